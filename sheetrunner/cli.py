@@ -1,0 +1,162 @@
+"""The commands. Thin: parse arguments, call the package, print with rich.
+
+This is the only module that sets up logging and knows exit codes:
+0 success, 1 an operation failed, 2 a usage or config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.logging import RichHandler
+
+from . import config as config_module
+from . import views
+from .daemon import build, open_pool, open_store
+from .errors import ConfigError, SheetrunnerError, TransportError
+
+DEFAULT_CONFIG = "sheetrunner.toml"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    console = Console()
+    try:
+        return args.func(args, console)
+    except ConfigError as exc:
+        console.print(f"[red]config error:[/] {exc}", highlight=False)
+        return 2
+    except SheetrunnerError as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sheetrunner", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def command(name: str, func, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (TOML)")
+        p.set_defaults(func=func)
+        return p
+
+    p = command("daemon", cmd_daemon, "poll the sheet and run its rows until stopped")
+    p.add_argument("--exit-when-done", action="store_true",
+                   help="exit 0 once no row is queued, running or retrying")
+    command("once", cmd_once, "run one cycle and exit")
+    p = command("ps", cmd_ps, "list runs from the state store")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--all", action="store_true", help="also runs no row shows any more")
+    p = command("logs", cmd_logs, "print a run's log")
+    p.add_argument("run_id")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing as it grows")
+    p.add_argument("--attempt", type=int, help="attempt number (default: the newest)")
+    p = command("init", cmd_init, "write a starter config and workbook, or prepare a sheet")
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False, markup=False)],
+    )
+    for noisy in ("apscheduler", "paramiko", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def cmd_daemon(args: argparse.Namespace, console: Console) -> int:
+    daemon = build(config_module.load(args.config))
+    try:
+        return daemon.run_forever(exit_when_done=args.exit_when_done)
+    finally:
+        daemon.close()
+
+
+def cmd_once(args: argparse.Namespace, console: Console) -> int:
+    daemon = build(config_module.load(args.config))
+    try:
+        report = daemon.cycle()
+    finally:
+        daemon.close()
+    console.print(
+        f"launched {len(report.launched)}, killed {len(report.killed)}, "
+        f"cells written {report.cells_written}, unfinished {report.unfinished}"
+        + ("" if report.sheet_ok else " (sheet unreachable)")
+    )
+    return 0
+
+
+def cmd_ps(args: argparse.Namespace, console: Console) -> int:
+    config = config_module.load(args.config)
+    store = open_store(config)
+    try:
+        runs = sorted(store.runs().values(), key=lambda r: (r.row, r.created_at))
+    finally:
+        store.close()
+    if not args.all:
+        runs = [r for r in runs if r.replaced_by is None]
+    if args.json:
+        print(json.dumps([views.run_json(r) for r in runs], indent=2))
+    else:
+        console.print(views.runs_table(runs))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace, console: Console) -> int:
+    config = config_module.load(args.config)
+    store = open_store(config)
+    run = store.run(args.run_id)
+    store.close()
+    if run is None or not run.host:
+        raise SheetrunnerError(f"no launched run {args.run_id!r}; `sheetrunner ps` lists the runs")
+    pool = open_pool(config)
+    agent = pool.agents.get(run.host)
+    if agent is None:
+        raise SheetrunnerError(f"run {run.run_id} ran on {run.host}, which is not in the config any more")
+    attempt = args.attempt or run.attempt
+    try:
+        if not args.follow:
+            sys.stdout.buffer.write(agent.tail(run.run_id, attempt))
+            return 0
+        return _follow(agent, run.run_id, attempt)
+    except TransportError as exc:
+        raise SheetrunnerError(f"could not read the log from {run.host}: {exc}") from None
+    finally:
+        pool.close()
+
+
+def _follow(agent, run_id: str, attempt: int) -> int:
+    offset = 0
+    try:
+        while True:
+            data = agent.tail(run_id, attempt, offset=offset)
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+            offset += len(data)
+            if not data:
+                time.sleep(1.0)
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_init(args: argparse.Namespace, console: Console) -> int:
+    from .starter import initialize
+
+    for line in initialize(Path(args.config)):
+        console.print(line, highlight=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

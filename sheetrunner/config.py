@@ -1,0 +1,383 @@
+"""Load and validate the TOML config into dataclasses.
+
+Every mistake fails at start with the key's name, what is wrong with it and an
+example of a right value, so a user never has to read a traceback. Relative
+paths are resolved against the config file's directory, so a config works
+from wherever the daemon is started.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class SheetConfig:
+    path: Path | None = None  # local .xlsx workbook
+    url: str | None = None  # Google Sheets url or key
+    worksheet: str | None = None  # tab name; default: the first tab
+    credentials: str | None = None
+    endpoint: str | None = None
+    pool_tab: str | None = None
+    metric_columns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    poll_interval_s: float = 15.0
+    state_dir: Path = Path(".sheetrunner-state")
+    on_host_lost: str = "wait"  # or "requeue"
+    host_lost_timeout_s: float = 300.0
+    probe_timeout_s: float = 30.0
+    max_parallel_hosts: int = 16
+
+
+@dataclass(frozen=True)
+class Defaults:
+    retries: int = 2
+    hang_timeout_s: float = 600.0
+    backoff_s: float = 30.0  # first retry waits this long, doubling each time
+    backoff_max_s: float = 3600.0
+    launch_timeout_s: float = 120.0  # a launch not seen by the probe after this is lost
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    name: str
+    command: tuple[str, ...]
+    workdir: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    keep_checkpoints: int = 2
+    best_metric: str | None = None
+    best_mode: str = "max"
+
+
+@dataclass(frozen=True)
+class SshConfig:
+    known_hosts: str = "~/.ssh/known_hosts"
+    host_key_policy: str = "reject"  # or "accept-new"
+    connect_timeout_s: float = 10.0
+    keepalive_s: float = 15.0
+    config_file: str | None = "~/.ssh/config"
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    name: str
+    local: bool = False
+    address: str | None = None
+    user: str | None = None
+    port: int | None = None
+    identity: str | None = None
+    labels: tuple[str, ...] = ()
+    accelerators: int | str = 0  # an int, "auto" (nvidia-smi) or a TPU kind like "tpu-v4-8"
+    slots: int = 1  # CPU-only runs (gpus = 0) at once
+    root: str = "~/.sheetrunner"  # where runs live on the host
+    python: str = "python3"  # interpreter for the agent and for "{python}" in job commands
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    sheet: SheetConfig
+    daemon: DaemonConfig
+    defaults: Defaults
+    jobs: dict[str, JobConfig]
+    hosts: tuple[HostConfig, ...]
+    ssh: SshConfig
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+
+TOP_KEYS = {"sheet", "daemon", "defaults", "jobs", "hosts", "ssh"}
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a config file; raises ConfigError naming the key and the fix."""
+    path = Path(path).expanduser().resolve()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {path} does not exist; create one with `sheetrunner init -c {path}`"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return parse(raw, path)
+
+
+def parse(raw: dict[str, Any], path: Path) -> Config:
+    _known_keys("", raw, TOP_KEYS)
+    base = path.parent
+    daemon = _daemon(raw.get("daemon", {}), base)
+    return Config(
+        path=path,
+        sheet=_sheet(_table(raw, "sheet"), base),
+        daemon=daemon,
+        defaults=_defaults(raw.get("defaults", {})),
+        jobs=_jobs(_table(raw, "jobs")),
+        hosts=_hosts(raw.get("hosts", []), base),
+        ssh=_ssh(raw.get("ssh", {})),
+    )
+
+
+def _table(raw: dict[str, Any], key: str) -> dict[str, Any]:
+    if key not in raw:
+        raise ConfigError(f"[{key}] is missing; see examples/local/sheetrunner.toml for a full config")
+    return _expect(key, raw[key], dict, "a table like [sheet]")
+
+
+def _sheet(raw: dict[str, Any], base: Path) -> SheetConfig:
+    _known_keys(
+        "sheet",
+        raw,
+        {"path", "url", "key", "worksheet", "credentials", "endpoint", "pool_tab", "metric_columns"},
+    )
+    path = _opt_str("sheet.path", raw.get("path"))
+    url = _opt_str("sheet.url", raw.get("url")) or _opt_str("sheet.key", raw.get("key"))
+    if bool(path) == bool(url):
+        raise ConfigError(
+            "[sheet] needs exactly one of `path` (a local workbook, e.g. path = \"experiments.xlsx\") "
+            "or `url` (a Google Sheet, e.g. url = \"https://docs.google.com/spreadsheets/d/KEY/edit\")"
+        )
+    columns = raw.get("metric_columns", [])
+    _expect_list_of_str("sheet.metric_columns", columns, '["acc", "loss"]')
+    return SheetConfig(
+        path=_resolve(base, path) if path else None,
+        url=url,
+        worksheet=_opt_str("sheet.worksheet", raw.get("worksheet")),
+        credentials=_opt_str("sheet.credentials", raw.get("credentials")),
+        endpoint=_opt_str("sheet.endpoint", raw.get("endpoint")),
+        pool_tab=_opt_str("sheet.pool_tab", raw.get("pool_tab")),
+        metric_columns=tuple(columns),
+    )
+
+
+def _daemon(raw: dict[str, Any], base: Path) -> DaemonConfig:
+    _expect("daemon", raw, dict, "a table [daemon]")
+    keys = {"poll_interval", "state_dir", "on_host_lost", "host_lost_timeout", "probe_timeout",
+            "max_parallel_hosts"}
+    _known_keys("daemon", raw, keys)
+    policy = raw.get("on_host_lost", "wait")
+    if policy not in ("wait", "requeue"):
+        raise ConfigError(
+            f"daemon.on_host_lost = {policy!r} is not allowed; use \"wait\" (keep a run on an "
+            "unreachable host until it is proven gone) or \"requeue\" (start it elsewhere after "
+            "host_lost_timeout seconds)"
+        )
+    return DaemonConfig(
+        poll_interval_s=_positive("daemon.poll_interval", raw.get("poll_interval", 15), "15"),
+        state_dir=_resolve(base, _opt_str("daemon.state_dir", raw.get("state_dir")) or ".sheetrunner-state"),
+        on_host_lost=policy,
+        host_lost_timeout_s=_positive(
+            "daemon.host_lost_timeout", raw.get("host_lost_timeout", 300), "300"
+        ),
+        probe_timeout_s=_positive("daemon.probe_timeout", raw.get("probe_timeout", 30), "30"),
+        max_parallel_hosts=int(
+            _positive("daemon.max_parallel_hosts", raw.get("max_parallel_hosts", 16), "16")
+        ),
+    )
+
+
+def _defaults(raw: dict[str, Any]) -> Defaults:
+    _expect("defaults", raw, dict, "a table [defaults]")
+    _known_keys(
+        "defaults", raw, {"retries", "hang_timeout", "backoff", "backoff_max", "launch_timeout"}
+    )
+    return Defaults(
+        retries=_non_negative_int("defaults.retries", raw.get("retries", 2), "2"),
+        hang_timeout_s=_positive("defaults.hang_timeout", raw.get("hang_timeout", 600), "600"),
+        backoff_s=_positive("defaults.backoff", raw.get("backoff", 30), "30"),
+        backoff_max_s=_positive("defaults.backoff_max", raw.get("backoff_max", 3600), "3600"),
+        launch_timeout_s=_positive("defaults.launch_timeout", raw.get("launch_timeout", 120), "120"),
+    )
+
+
+def _jobs(raw: dict[str, Any]) -> dict[str, JobConfig]:
+    if not raw:
+        raise ConfigError(
+            "[jobs] declares no job; add one, e.g.\n"
+            '[jobs.digits]\ncommand = ["{python}", "jobs/digits.py"]'
+        )
+    return {name: _job(name, spec) for name, spec in raw.items()}
+
+
+def _job(name: str, raw: Any) -> JobConfig:
+    where = f"jobs.{name}"
+    _name("job name", where, name)
+    _expect(where, raw, dict, f'[jobs.{name}] with command = ["python3", "train.py"]')
+    _known_keys(where, raw, {"command", "workdir", "env", "keep_checkpoints", "best_metric",
+                             "best_mode"})
+    command = raw.get("command")
+    if not command:
+        raise ConfigError(f'{where}.command is missing; e.g. command = ["python3", "train.py"]')
+    _expect_list_of_str(f"{where}.command", command, '["python3", "train.py"]')
+    env = raw.get("env", {})
+    _expect(f"{where}.env", env, dict, '{ OMP_NUM_THREADS = "1" }')
+    for key, value in env.items():
+        _expect(f"{where}.env.{key}", value, str, '"1" (environment values are strings)')
+    mode = raw.get("best_mode", "max")
+    if mode not in ("max", "min"):
+        raise ConfigError(f'{where}.best_mode = {mode!r}; use "max" or "min"')
+    return JobConfig(
+        name=name,
+        command=tuple(command),
+        workdir=_opt_str(f"{where}.workdir", raw.get("workdir")),
+        env=dict(env),
+        keep_checkpoints=_non_negative_int(
+            f"{where}.keep_checkpoints", raw.get("keep_checkpoints", 2), "2"
+        ),
+        best_metric=_opt_str(f"{where}.best_metric", raw.get("best_metric")),
+        best_mode=mode,
+    )
+
+
+HOST_KEYS = {"name", "local", "address", "user", "port", "identity", "labels", "accelerators",
+             "slots", "root", "python"}
+
+
+def _hosts(raw: Any, base: Path) -> tuple[HostConfig, ...]:
+    _expect("hosts", raw, list, '[[hosts]] tables, e.g.\n[[hosts]]\nname = "local"\nlocal = true')
+    if not raw:
+        raise ConfigError('no [[hosts]] declared; add e.g.\n[[hosts]]\nname = "local"\nlocal = true')
+    hosts = tuple(_host(i, spec, base) for i, spec in enumerate(raw))
+    names = [h.name for h in hosts]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"hosts: the name {name!r} is used twice; every host needs its own name")
+    return hosts
+
+
+def _host(index: int, raw: Any, base: Path) -> HostConfig:
+    where = f"hosts[{index}]"
+    _expect(where, raw, dict, '[[hosts]] with name = "gpu-a"')
+    _known_keys(where, raw, HOST_KEYS)
+    name = raw.get("name")
+    if not isinstance(name, str):
+        raise ConfigError(f'{where}.name is missing; e.g. name = "gpu-a"')
+    _name("host name", f"{where}.name", name)
+    where = f"hosts[{name}]"
+    local = raw.get("local", False)
+    _expect(f"{where}.local", local, bool, "true")
+    labels = raw.get("labels", [])
+    _expect_list_of_str(f"{where}.labels", labels, '["a100", "big"]')
+    root = _opt_str(f"{where}.root", raw.get("root")) or "~/.sheetrunner"
+    if local:
+        root = str(_resolve(base, root))
+    port = raw.get("port")
+    if port is not None and (not isinstance(port, int) or not 0 < port < 65536):
+        raise ConfigError(f"{where}.port = {port!r}; use a TCP port number, e.g. port = 22")
+    python = _opt_str(f"{where}.python", raw.get("python"))
+    return HostConfig(
+        name=name,
+        local=local,
+        address=_opt_str(f"{where}.address", raw.get("address")),
+        user=_opt_str(f"{where}.user", raw.get("user")),
+        port=port,
+        identity=_opt_str(f"{where}.identity", raw.get("identity")),
+        labels=tuple(labels),
+        accelerators=_accelerators(f"{where}.accelerators", raw.get("accelerators", 0)),
+        slots=_non_negative_int(f"{where}.slots", raw.get("slots", 1), "4"),
+        root=root,
+        python=python or (sys.executable if local else "python3"),
+    )
+
+
+TPU_RE = re.compile(r"^tpu-v\d+[a-z]*-\d+$")
+
+
+def _accelerators(where: str, value: Any) -> int | str:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ConfigError(f'{where} = {value!r}; use a count (8), "auto" or a TPU kind ("tpu-v4-8")')
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"{where} = {value}; a count cannot be negative, e.g. accelerators = 8")
+        return value
+    if value == "auto" or TPU_RE.match(value):
+        return value
+    raise ConfigError(f'{where} = {value!r}; use a count (8), "auto" or a TPU kind ("tpu-v4-8")')
+
+
+def _ssh(raw: dict[str, Any]) -> SshConfig:
+    _expect("ssh", raw, dict, "a table [ssh]")
+    _known_keys("ssh", raw, {"known_hosts", "host_key_policy", "connect_timeout", "keepalive",
+                             "config_file"})
+    policy = raw.get("host_key_policy", "reject")
+    if policy not in ("reject", "accept-new"):
+        raise ConfigError(
+            f"ssh.host_key_policy = {policy!r}; use \"reject\" (unknown host keys are refused) or "
+            "\"accept-new\" (trust a host's key the first time, then pin it)"
+        )
+    return SshConfig(
+        known_hosts=_opt_str("ssh.known_hosts", raw.get("known_hosts")) or "~/.ssh/known_hosts",
+        host_key_policy=policy,
+        connect_timeout_s=_positive("ssh.connect_timeout", raw.get("connect_timeout", 10), "10"),
+        keepalive_s=_positive("ssh.keepalive", raw.get("keepalive", 15), "15"),
+        config_file=raw.get("config_file", "~/.ssh/config"),
+    )
+
+
+# -- small validators: each names the key and shows a right value ---------------------------
+
+
+def _known_keys(where: str, raw: dict[str, Any], allowed: set[str]) -> None:
+    for key in raw:
+        if key not in allowed:
+            name = f"{where}.{key}" if where else key
+            raise ConfigError(
+                f"unknown key {name!r}; the keys allowed here are: {', '.join(sorted(allowed))}"
+            )
+
+
+def _expect(where: str, value: Any, kind: type, example: str) -> Any:
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ConfigError(f"{where} = {value!r} has the wrong type; expected e.g. {example}")
+    return value
+
+
+def _expect_list_of_str(where: str, value: Any, example: str) -> None:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} = {value!r}; expected a list of strings, e.g. {where.split('.')[-1]} = {example}")
+
+
+def _opt_str(where: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f'{where} = {value!r}; expected a non-empty string, e.g. {where.split(".")[-1]} = "..."')
+    return value
+
+
+def _positive(where: str, value: Any, example: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"{where} = {value!r}; expected a positive number of seconds, e.g. {where.split('.')[-1]} = {example}")
+    return float(value)
+
+
+def _non_negative_int(where: str, value: Any, example: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{where} = {value!r}; expected a whole number ≥ 0, e.g. {where.split('.')[-1]} = {example}")
+    return value
+
+
+def _name(what: str, where: str, name: str) -> None:
+    if not NAME_RE.match(name):
+        raise ConfigError(
+            f"{where}: {what} {name!r} may hold only letters, digits, '.', '_' and '-', e.g. \"gpu-a\""
+        )
+
+
+def _resolve(base: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path).resolve()

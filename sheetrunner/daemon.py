@@ -1,0 +1,287 @@
+"""The cycle: read the sheet, probe the pool, plan, journal, act, write back.
+
+Everything here is IO and ordering; every decision is `reconcile.plan`'s.
+One cycle runs at a time (APScheduler interval job, max_instances=1,
+coalesced). SIGTERM/SIGINT let the current cycle finish, then the daemon
+exits cleanly. A sheet or host that cannot be reached is logged and retried
+next cycle; it never stops the daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.blocking import BlockingScheduler
+
+from . import reconcile, rows
+from .config import Config, HostConfig
+from .errors import SheetError, SheetrunnerError, SheetUnavailable, TransportError
+from .model import Experiment, HostObservation, Run, Status
+from .pool.hosts import HostAgent, Pool, describe_argv, launch_spec
+from .pool.local import LocalTransport
+from .pool.transport import Transport
+from .reconcile import Launch, Plan
+from .sheets.base import SheetBackend, SheetWrite, Table
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+UNFINISHED = frozenset({Status.QUEUED, Status.LAUNCHING, Status.RUNNING, Status.RETRYING,
+                        Status.STALLED, Status.LOST})
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class CycleReport:
+    """What one cycle did; the CLI and tests read it."""
+
+    sheet_ok: bool = True
+    launched: list[str] = field(default_factory=list)
+    killed: list[str] = field(default_factory=list)
+    cells_written: int = 0
+    unfinished: int = 0  # runs or rows still to finish (queued, running, retrying, ...)
+
+
+class Daemon:
+    """One sheet, one pool, one store; `cycle()` is the whole job."""
+
+    def __init__(self, config: Config, sheet: SheetBackend, pool: Pool, store: Store,
+                 clock: Callable[[], datetime] = utc_now):
+        self.config = config
+        self.sheet = sheet
+        self.pool = pool
+        self.store = store
+        self.clock = clock
+        self.policy = policy_from(config)
+        self._cycle_lock = threading.Lock()
+
+    # -- one cycle ----------------------------------------------------------------------------
+
+    def cycle(self) -> CycleReport:
+        with self._cycle_lock:
+            return self._cycle()
+
+    def _cycle(self) -> CycleReport:
+        now = self.clock()
+        report = CycleReport()
+        table, experiments = self._read_sheet()
+        report.sheet_ok = table is not None
+        known = self.store.runs()
+        observed = self.pool.probe_all(_attempts_to_probe(known), now)
+        self.store.save_hosts(observed.values())
+        plan = reconcile.plan(experiments, known, observed, self.pool.capacities(), self.policy, now)
+        self.store.save_runs(plan.runs.values(), [(e.run_id, e.kind, e.detail) for e in plan.events], now)
+        runs = {**known, **plan.runs}
+        report.killed = self._kill(plan)
+        report.launched = self._launch(plan.launches, runs, now)
+        if table is not None:
+            report.cells_written = self._write_sheet(table, plan, runs, now)
+        report.unfinished = _unfinished(runs.values(), plan, experiments)
+        return report
+
+    def _read_sheet(self) -> tuple[Table | None, list[Experiment] | None]:
+        try:
+            table = self.sheet.read()
+        except SheetUnavailable as exc:
+            log.warning("sheet unreachable, runs go on and it is retried next cycle: %s", exc)
+            return None, None
+        except SheetError as exc:
+            log.error("sheet cannot be used: %s", exc)
+            return None, None
+        experiments = rows.parse_table(table, self.config.jobs, self.config.defaults.retries)
+        return table, experiments
+
+    def _kill(self, plan: Plan) -> list[str]:
+        done = []
+        for kill in plan.kills:
+            agent = self.pool.agents.get(kill.host)
+            if agent is None:
+                continue
+            try:
+                state = agent.kill(kill.run_id, kill.attempt)
+            except TransportError as exc:
+                log.warning("kill failed run=%s attempt=%s host=%s: %s (retried next cycle)",
+                            kill.run_id, kill.attempt, kill.host, exc)
+                continue
+            log.info("killed run=%s attempt=%s host=%s reason=%s state=%s",
+                     kill.run_id, kill.attempt, kill.host, kill.reason, state)
+            self.store.log_event(kill.run_id, "killed", f"attempt={kill.attempt} {kill.reason}", self.clock())
+            done.append(kill.run_id)
+        return done
+
+    def _launch(self, launches: list[Launch], runs: dict[str, Run], now: datetime) -> list[str]:
+        launched = []
+        for launch in launches:
+            run = runs[launch.run_id]
+            agent = self.pool.agents[launch.host]
+            spec = launch_spec(run, self.config.jobs[run.job], agent.config,
+                               job_workdir(self.config, run.job, agent.config))
+            self.store.record_intent(run, now)  # journal before acting
+            try:
+                result = agent.launch(spec)
+            except TransportError as exc:
+                self._launch_failed(run, str(exc), now)
+                continue
+            outcome = "sent" if result.launched else "already-claimed"
+            self.store.record_outcome(run.run_id, run.attempt, outcome, result.detail, self.clock())
+            log.info("launched run=%s attempt=%s host=%s accelerators=%s argv=%s",
+                     run.run_id, run.attempt, launch.host, ",".join(launch.accelerators) or "-",
+                     describe_argv(spec))
+            launched.append(run.run_id)
+        return launched
+
+    def _launch_failed(self, run: Run, error: str, now: datetime) -> None:
+        """The launch may not have reached the host: queue again; fencing handles a straggler."""
+        log.warning("launch failed run=%s attempt=%s host=%s: %s", run.run_id, run.attempt, run.host, error)
+        self.store.record_outcome(run.run_id, run.attempt, "failed", error, now)
+        run.status, run.message = Status.QUEUED, f"launch on {run.host} failed, will retry: {error}"
+        self.store.save_runs([run], now=now)
+
+    def _write_sheet(self, table: Table, plan: Plan, runs: dict[str, Run], now: datetime) -> int:
+        values = {row: rows.owned_values(runs[run_id], now) for row, run_id in plan.rows.items()}
+        values.update({row: rows.note_values(status, msg) for row, (status, msg) in plan.notes.items()})
+        jobs = {row: runs[run_id].job for row, run_id in plan.rows.items()}
+        change = rows.plan_write(table, values, jobs)
+        change.tabs.update(self.side_tabs())
+        if change.is_empty():
+            return 0
+        try:
+            self.sheet.write(change)
+        except SheetError as exc:
+            log.warning("sheet write failed, retried next cycle: %s", exc)
+            return 0
+        return sum(len(u.cells) for u in change.rows)
+
+    def side_tabs(self) -> dict[str, list[list]]:
+        """Extra tabs written with the cycle's batch (none yet; the pool tab comes here)."""
+        return {}
+
+    # -- running for a long time ----------------------------------------------------------------
+
+    def run_forever(self, exit_when_done: bool = False) -> int:
+        """Cycle every poll_interval until a signal (or, with exit_when_done, until done)."""
+        scheduler = BlockingScheduler(executors={"default": ThreadPoolExecutor(1)}, timezone=UTC)
+        stop = threading.Event()
+
+        def job() -> None:
+            if stop.is_set():
+                return
+            try:
+                report = self.cycle()
+            except SheetrunnerError as exc:
+                log.error("cycle failed, retried next cycle: %s", exc)
+                return
+            except Exception:
+                log.exception("cycle crashed, retried next cycle")
+                return
+            if exit_when_done and report.sheet_ok and report.unfinished == 0:
+                log.info("nothing queued, running or retrying: exiting")
+                stop.set()
+                scheduler.shutdown(wait=False)
+
+        def on_signal(signum: int, _frame: object) -> None:
+            log.info("%s received: finishing the current cycle, then exiting", signal.Signals(signum).name)
+            stop.set()
+            scheduler.shutdown(wait=False)
+
+        scheduler.add_job(job, "interval", seconds=self.config.daemon.poll_interval_s,
+                          next_run_time=datetime.now(UTC), max_instances=1, coalesce=True,
+                          misfire_grace_time=int(self.config.daemon.poll_interval_s))
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        scheduler.start()
+        with self._cycle_lock:  # let a cycle in progress finish
+            pass
+        return 0
+
+    def close(self) -> None:
+        self.pool.close()
+        self.store.close()
+
+
+def _attempts_to_probe(runs: dict[str, Run]) -> dict[str, set[tuple[str, int]]]:
+    wanted: dict[str, set[tuple[str, int]]] = {}
+    for run in runs.values():
+        if run.status.is_live and run.host:
+            wanted.setdefault(run.host, set()).add((run.run_id, run.attempt))
+    return wanted
+
+
+def _unfinished(runs, plan: Plan, experiments: list[Experiment] | None) -> int:
+    shown = set(plan.rows.values())
+    return sum(1 for r in runs if r.run_id in shown and r.status in UNFINISHED)
+
+
+def policy_from(config: Config) -> reconcile.Policy:
+    d = config.defaults
+    return reconcile.Policy(
+        retries=d.retries, hang_timeout_s=d.hang_timeout_s, backoff_s=d.backoff_s,
+        backoff_max_s=d.backoff_max_s, launch_timeout_s=d.launch_timeout_s,
+        on_host_lost=config.daemon.on_host_lost,
+        host_lost_timeout_s=config.daemon.host_lost_timeout_s,
+    )
+
+
+def job_workdir(config: Config, job: str, host: HostConfig) -> str | None:
+    """Where the job starts: relative workdirs are relative to the config file on the local
+    host (so the example works from any directory) and to the home directory elsewhere."""
+    workdir = config.jobs[job].workdir
+    if not host.local:
+        return workdir
+    base = config.base_dir
+    return str((base / workdir).resolve()) if workdir else str(base)
+
+
+# -- building the parts from the config -------------------------------------------------------
+
+
+def open_sheet(config: Config) -> SheetBackend:
+    if config.sheet.path is not None:
+        from .sheets.workbook import Workbook
+
+        return Workbook(config.sheet.path, config.sheet.worksheet)
+    from .sheets.google import GoogleSheet
+
+    return GoogleSheet(config.sheet.url or "", config.sheet.worksheet, config.sheet.credentials,
+                       config.sheet.endpoint)
+
+
+def transport_for(config: Config, host: HostConfig) -> Transport:
+    if host.local:
+        return LocalTransport(host.name)
+    from .pool.ssh import SshTransport
+
+    ssh = config.ssh
+    return SshTransport(
+        host.name, host.address, host.port, host.user, host.identity,
+        known_hosts=ssh.known_hosts, host_key_policy=ssh.host_key_policy,
+        connect_timeout_s=ssh.connect_timeout_s, keepalive_s=ssh.keepalive_s,
+        ssh_config=ssh.config_file,
+    )
+
+
+def open_pool(config: Config) -> Pool:
+    agents = [HostAgent(h, transport_for(config, h), config.daemon.probe_timeout_s)
+              for h in config.hosts]
+    return Pool(agents, config.daemon.max_parallel_hosts)
+
+
+def open_store(config: Config) -> Store:
+    return Store(Path(config.daemon.state_dir) / "state.sqlite")
+
+
+def build(config: Config) -> Daemon:
+    return Daemon(config, open_sheet(config), open_pool(config), open_store(config))
+
+
+__all__ = ["Daemon", "CycleReport", "build", "HostObservation", "SheetWrite"]

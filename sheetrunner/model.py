@@ -1,0 +1,189 @@
+"""The plain data sheetrunner works with: experiments, runs, attempts, observations.
+
+Vocabulary (used everywhere, no synonyms): a *job* is a program declared in
+the config; an *experiment* is a row of the sheet; a *run* is an experiment's
+execution and has a stable id; an *attempt* is the n-th launch of a run; a
+*host* is a machine of the *pool*.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class Status(str, enum.Enum):
+    """A run's status; the value is exactly the text shown in the sheet."""
+
+    QUEUED = "queued"
+    LAUNCHING = "launching"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    RETRYING = "retrying"
+    STALLED = "stalled"
+    LOST = "lost"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    HELD = "held"
+    INVALID = "invalid"
+    DUPLICATE = "duplicate"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def is_live(self) -> bool:
+        """A process of this run may exist on a host."""
+        return self in LIVE_STATUSES
+
+    @property
+    def is_final(self) -> bool:
+        """Nothing more happens to this run unless the user asks (rerun)."""
+        return self in FINAL_STATUSES
+
+
+LIVE_STATUSES = frozenset({Status.LAUNCHING, Status.RUNNING, Status.STALLED, Status.LOST})
+FINAL_STATUSES = frozenset(
+    {Status.SUCCEEDED, Status.FAILED, Status.STOPPED, Status.INVALID, Status.DUPLICATE}
+)
+
+# Row fill colours (RGB hex) by status, as DESIGN.md lists them.
+STATUS_COLOURS: dict[Status, str] = {
+    Status.QUEUED: "D9D9D9",
+    Status.LAUNCHING: "C9DAF8",
+    Status.RUNNING: "C9DAF8",
+    Status.SUCCEEDED: "D9EAD3",
+    Status.RETRYING: "FCE5CD",
+    Status.STALLED: "FFF2CC",
+    Status.LOST: "FFF2CC",
+    Status.FAILED: "F4CCCC",
+    Status.STOPPED: "999999",
+    Status.HELD: "999999",
+    Status.INVALID: "F4CCCC",
+    Status.DUPLICATE: "D9EAD3",
+}
+
+
+class Action(str, enum.Enum):
+    """What the user asks of a row in its `action` cell."""
+
+    RUN = "run"
+    HOLD = "hold"
+    STOP = "stop"
+    RERUN = "rerun"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One row of the sheet, parsed. `error` set means the row is invalid."""
+
+    row: int  # sheet row number as read this cycle (1-based, header is row 1)
+    run_id: str | None  # the `id` cell: set once the row was claimed
+    job: str
+    params: tuple[tuple[str, str], ...]  # (name, value) in column order, empty cells omitted
+    key: str  # hash of (job, canonical params): the experiment's identity
+    gpus: int = 1
+    where: str | None = None
+    priority: float = 0
+    retries: int | None = None  # None: the config's default
+    action: Action = Action.RUN
+    error: str | None = None
+    shown_status: str = ""  # the `status` cell as read: used to adopt an id the store lacks
+
+    @property
+    def argv_params(self) -> list[str]:
+        """The parameters as argv items: ["--lr", "0.1", ...]; never a shell string."""
+        out: list[str] = []
+        for name, value in self.params:
+            out += [f"--{name}", value]
+        return out
+
+
+@dataclass
+class Run:
+    """An experiment's execution, as the store knows it."""
+
+    run_id: str
+    key: str
+    job: str
+    params: tuple[tuple[str, str], ...]
+    gpus: int
+    where: str | None
+    status: Status
+    created_at: datetime
+    updated_at: datetime
+    retries: int = 0  # restarts allowed after a crash or hang
+    attempt: int = 0  # number of the newest attempt (0: never launched)
+    host: str | None = None
+    accelerators: tuple[str, ...] = ()
+    crashes: int = 0
+    started_at: datetime | None = None  # first launch of the run
+    attempt_started_at: datetime | None = None
+    finished_at: datetime | None = None
+    next_attempt_at: datetime | None = None  # backoff: not before this
+    message: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    log_path: str = ""
+    in_sheet: bool = False  # its id has been seen in the sheet at least once
+    priority: float = 0
+    row: int = 0  # the row it was last seen in (for ordering and display only)
+    last_action: Action = Action.RUN
+    duplicate_of: str | None = None
+    replaced_by: str | None = None  # a rerun's new run: the row now shows that one
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    """One accelerator of a host, as the probe saw it."""
+
+    index: str
+    name: str = ""
+    memory_used_mib: int | None = None
+    memory_total_mib: int | None = None
+    utilization_pct: int | None = None
+    foreign: bool = False  # busy with a process sheetrunner did not start
+
+
+class AttemptState(str, enum.Enum):
+    """What the probe found for one attempt directory on a host."""
+
+    STARTING = "starting"  # directory claimed, job not started yet
+    RUNNING = "running"  # process alive (pid, start time and boot id match)
+    EXITED = "exited"  # exit code written
+    LOST = "lost"  # process gone without an exit code, or the host rebooted
+    MISSING = "missing"  # no such attempt directory
+
+
+@dataclass(frozen=True)
+class AttemptObservation:
+    run_id: str
+    attempt: int
+    state: AttemptState
+    exit_code: int | None = None
+    heartbeat_at: datetime | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    log_path: str = ""
+
+
+@dataclass(frozen=True)
+class HostObservation:
+    """One host's probe result for this cycle. Unreachable is an observation, not an error."""
+
+    host: str
+    reachable: bool
+    observed_at: datetime
+    error: str = ""
+    boot_id: str = ""
+    accelerators: tuple[Accelerator, ...] = ()
+    load: float | None = None
+    disk_free_bytes: int | None = None
+    attempts: tuple[AttemptObservation, ...] = ()
+    down_since: datetime | None = None  # first failed probe of the current outage
+
+    def attempt(self, run_id: str, number: int) -> AttemptObservation | None:
+        for seen in self.attempts:
+            if seen.run_id == run_id and seen.attempt == number:
+                return seen
+        return None

@@ -1,0 +1,1 @@
+"""The pool: transports to hosts (local, SSH), the remote agent client, placement facts."""

@@ -1,0 +1,53 @@
+"""The local transport: the daemon's own machine, reached through subprocesses.
+
+It obeys the same interface as the SSH transport, so the embedded default
+(a workbook and this machine) runs exactly the code path a real pool runs,
+minus the network.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import CommandTimeout, HostUnreachable
+from .transport import CommandResult
+
+
+class LocalTransport:
+    """Runs commands on this machine."""
+
+    def __init__(self, host: str = "local"):
+        self.host = host
+
+    def run(self, argv: Sequence[str], *, stdin: bytes = b"", timeout_s: float = 30.0) -> CommandResult:
+        try:
+            done = subprocess.run(
+                list(argv), input=stdin, capture_output=True, timeout=timeout_s, check=False
+            )
+        except subprocess.TimeoutExpired:
+            raise CommandTimeout(f"{self.host}: {argv[0]} did not finish within {timeout_s:g}s") from None
+        except OSError as exc:
+            raise HostUnreachable(f"{self.host}: could not run {argv[0]}: {exc}") from None
+        return CommandResult(done.returncode, done.stdout, done.stderr)
+
+    def put_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        target = Path(os.path.expanduser(path))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, mode)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,476 @@
+"""The pure core: from what the sheet wants, the store knows and the probes saw, a plan.
+
+`plan()` does no IO and reads no clock; every policy lives here: matching rows
+to runs, hold/stop/rerun, placement on free accelerators, crash and hang
+handling with retries and backoff, loss of hosts, and fencing of stale
+attempts. The daemon journals the plan, carries it out and writes the sheet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from .model import (
+    Action,
+    AttemptObservation,
+    AttemptState,
+    Experiment,
+    HostObservation,
+    Run,
+    Status,
+)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The knobs of the core, from the config's [defaults] and [daemon]."""
+
+    retries: int = 2
+    hang_timeout_s: float = 600.0
+    backoff_s: float = 30.0
+    backoff_max_s: float = 3600.0
+    launch_timeout_s: float = 120.0
+    on_host_lost: str = "wait"  # or "requeue"
+    host_lost_timeout_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class HostCapacity:
+    """What a host offers this cycle: built from its config and its probe."""
+
+    name: str
+    labels: tuple[str, ...] = ()
+    accelerators: tuple[str, ...] = ()  # every accelerator id of the host
+    busy: tuple[str, ...] = ()  # taken by processes sheetrunner did not start
+    slots: int = 1  # CPU-only runs at once
+    reachable: bool = True
+
+    def matches(self, where: str | None) -> bool:
+        return where is None or where == self.name or where in self.labels
+
+
+@dataclass(frozen=True)
+class Launch:
+    run_id: str
+    attempt: int
+    host: str
+    accelerators: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Kill:
+    run_id: str
+    attempt: int
+    host: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Event:
+    run_id: str
+    kind: str
+    detail: str = ""
+
+
+@dataclass
+class Plan:
+    """What one cycle should do. `runs` holds every run whose state changed."""
+
+    runs: dict[str, Run] = field(default_factory=dict)
+    launches: list[Launch] = field(default_factory=list)
+    kills: list[Kill] = field(default_factory=list)
+    rows: dict[int, str] = field(default_factory=dict)  # sheet row -> run id it shows
+    notes: dict[int, tuple[Status, str]] = field(default_factory=dict)  # rows with no run
+    events: list[Event] = field(default_factory=list)
+
+
+def plan(
+    experiments: list[Experiment] | None,
+    known: Mapping[str, Run],
+    observed: Mapping[str, HostObservation],
+    hosts: list[HostCapacity],
+    policy: Policy,
+    now: datetime,
+) -> Plan:
+    """Decide one cycle. `experiments` is None when the sheet could not be read:
+    runs then go on (observed, retried, fenced) but no row is claimed or stopped."""
+    cycle = _Cycle({rid: dataclasses.replace(r) for rid, r in known.items()}, policy, now)
+    if experiments is not None:
+        cycle.match_rows(experiments)
+    cycle.observe(observed, {h.name for h in hosts})
+    cycle.fence(observed)
+    cycle.place(hosts)
+    return cycle.result(known)
+
+
+class _Cycle:
+    """The working state of one plan() call; each method is one step of the cycle."""
+
+    def __init__(self, runs: dict[str, Run], policy: Policy, now: datetime):
+        self.runs = runs
+        self.policy = policy
+        self.now = now
+        self.out = Plan()
+
+    # -- 1. rows -> runs ------------------------------------------------------------------
+
+    def match_rows(self, experiments: list[Experiment]) -> None:
+        seen: set[str] = set()
+        for exp in experiments:
+            run = self._run_for(exp, seen)
+            if run is None:
+                continue
+            seen.add(run.run_id)
+            self.out.rows[exp.row] = run.run_id
+            run.in_sheet = True
+            run.row = exp.row
+            self._apply_row(exp, run)
+        for run in self.runs.values():
+            if run.in_sheet and run.run_id not in seen and not run.status.is_final:
+                self._stop(run, "its row was deleted from the sheet")
+
+    def _run_for(self, exp: Experiment, seen: set[str]) -> Run | None:
+        if exp.run_id and exp.run_id in self.runs:
+            run = self.runs[exp.run_id]
+            while run.replaced_by and run.replaced_by in self.runs:
+                run = self.runs[run.replaced_by]  # a rerun whose new id is not shown yet
+            return run
+        if exp.error and not exp.run_id:
+            self.out.notes[exp.row] = (Status.INVALID, exp.error)
+            return None
+        if exp.run_id:
+            return self._adopt(exp)
+        pending = self._unconfirmed(exp.key, seen)
+        if pending is not None:
+            return pending  # claimed in a cycle whose write did not reach the sheet
+        done = self._succeeded(exp.key)
+        if done is not None and exp.action != Action.RERUN:
+            return self._new_run(exp, Status.DUPLICATE, duplicate_of=done)
+        return self._new_run(exp, Status.QUEUED)
+
+    def _adopt(self, exp: Experiment) -> Run:
+        """A row shows an id the store does not know (state lost): keep the id, trust
+        a final status the sheet shows, otherwise queue it again."""
+        shown = _status_or_none(exp.shown_status)
+        status = shown if shown is not None and shown.is_final else Status.QUEUED
+        run = self._make_run(exp, exp.run_id or "", status)
+        self.out.events.append(Event(run.run_id, "adopted", f"row {exp.row} showed {exp.shown_status!r}"))
+        return run
+
+    def _unconfirmed(self, key: str, seen: set[str]) -> Run | None:
+        for run in self.runs.values():
+            if run.key == key and not run.in_sheet and run.run_id not in seen:
+                return run
+        return None
+
+    def _succeeded(self, key: str) -> Run | None:
+        for run in self.runs.values():
+            if run.key == key and run.status == Status.SUCCEEDED:
+                return run
+        return None
+
+    def _new_run(self, exp: Experiment, status: Status, duplicate_of: Run | None = None) -> Run:
+        run = self._make_run(exp, self._next_id(exp.key), status)
+        run.last_action = exp.action
+        if duplicate_of is not None:
+            run.duplicate_of = duplicate_of.run_id
+            run.finished_at = self.now
+            run.message = (
+                f"same job and parameters as run {duplicate_of.run_id}, which succeeded; "
+                "set action to rerun to run it again"
+            )
+        self.out.events.append(Event(run.run_id, "claimed", f"row {exp.row} status={status}"))
+        return run
+
+    def _make_run(self, exp: Experiment, run_id: str, status: Status) -> Run:
+        run = Run(
+            run_id=run_id, key=exp.key, job=exp.job, params=exp.params, gpus=exp.gpus,
+            where=exp.where, status=status, created_at=self.now, updated_at=self.now,
+            retries=self._retries(exp), priority=exp.priority, row=exp.row,
+        )
+        self.runs[run_id] = run
+        return run
+
+    def _next_id(self, key: str) -> str:
+        n = 1 + sum(1 for r in self.runs.values() if r.key == key)
+        while f"{key[:8]}-{n}" in self.runs:
+            n += 1
+        return f"{key[:8]}-{n}"
+
+    def _retries(self, exp: Experiment) -> int:
+        return self.policy.retries if exp.retries is None else exp.retries
+
+    def _apply_row(self, exp: Experiment, run: Run) -> None:
+        """The row's wishes: its action, its edits, its validity."""
+        rerun = exp.action == Action.RERUN and run.last_action != Action.RERUN
+        run.last_action = exp.action
+        run.priority = exp.priority
+        if exp.error:
+            self._invalidate(run, exp.error)
+        elif rerun and (run.status.is_final or run.attempt > 0):
+            self._rerun(exp, run)
+        elif run.status == Status.INVALID or (run.key != exp.key and run.attempt == 0):
+            self._refresh(exp, run)
+        elif run.key != exp.key:
+            run.message = "the row changed after the run started; set action to rerun to run the new values"
+        else:
+            self._apply_action(exp.action, run)
+
+    def _invalidate(self, run: Run, reason: str) -> None:
+        if run.status.is_live:
+            self._kill(run, "the row became invalid")
+        run.status, run.message = Status.INVALID, reason
+
+    def _refresh(self, exp: Experiment, run: Run) -> None:
+        """A row fixed or edited before its run ever launched: take the new values."""
+        run.key, run.job, run.params = exp.key, exp.job, exp.params
+        run.gpus, run.where, run.retries = exp.gpus, exp.where, self._retries(exp)
+        run.status, run.message, run.duplicate_of = Status.QUEUED, "", None
+        self._apply_action(exp.action, run)
+
+    def _rerun(self, exp: Experiment, old: Run) -> None:
+        if old.status.is_live or old.status in (Status.QUEUED, Status.RETRYING, Status.HELD):
+            self._stop(old, "replaced by a rerun")
+        new = self._new_run(exp, Status.QUEUED)
+        new.in_sheet = True
+        new.last_action = Action.RERUN
+        old.replaced_by = new.run_id
+        self.out.rows[exp.row] = new.run_id
+
+    def _apply_action(self, action: Action, run: Run) -> None:
+        if action == Action.STOP and run.status not in (Status.STOPPED, Status.SUCCEEDED,
+                                                        Status.FAILED, Status.DUPLICATE):
+            self._stop(run, "stopped: the row's action is stop")
+        elif action == Action.HOLD and run.status in (Status.QUEUED, Status.RETRYING):
+            run.status, run.message = Status.HELD, "held: the row's action is hold"
+        elif action in (Action.RUN, Action.RERUN) and run.status == Status.HELD:
+            run.status, run.message = Status.QUEUED, ""
+
+    def _stop(self, run: Run, reason: str) -> None:
+        if run.status.is_live:
+            self._kill(run, reason)
+        run.status, run.message, run.finished_at = Status.STOPPED, reason, self.now
+
+    def _kill(self, run: Run, reason: str) -> None:
+        if run.host and run.attempt:
+            self.out.kills.append(Kill(run.run_id, run.attempt, run.host, reason))
+
+    # -- 2. what the probes saw ---------------------------------------------------------------
+
+    def observe(self, observed: Mapping[str, HostObservation], configured: set[str]) -> None:
+        for run in self.runs.values():
+            if not run.status.is_live or run.host is None:
+                continue
+            host = observed.get(run.host)
+            if host is None or not host.reachable:
+                self._host_silent(run, host, configured)
+                continue
+            self._seen(run, host.attempt(run.run_id, run.attempt))
+
+    def _host_silent(self, run: Run, host: HostObservation | None, configured: set[str]) -> None:
+        if run.host not in configured:
+            self._crash(run, f"lost: host {run.host} is no longer in the config")
+            return
+        down_since = host.down_since if host and host.down_since else self.now
+        down_for = (self.now - down_since).total_seconds()
+        if self.policy.on_host_lost == "requeue" and down_for >= self.policy.host_lost_timeout_s:
+            self._crash(run, f"lost: host {run.host} unreachable for {int(down_for)}s")
+        elif run.status != Status.LOST:
+            run.status = Status.LOST
+            run.message = f"host {run.host} unreachable: {host.error if host else 'not probed'}"
+
+    def _seen(self, run: Run, seen: AttemptObservation | None) -> None:
+        if seen is not None:
+            run.metrics = dict(seen.metrics) or run.metrics
+            run.log_path = seen.log_path or run.log_path
+        state = seen.state if seen else AttemptState.MISSING
+        if state == AttemptState.EXITED:
+            self._exited(run, seen.exit_code if seen else None)
+        elif state == AttemptState.LOST:
+            self._crash(run, "lost: the process ended without an exit code (host rebooted?)")
+        elif state in (AttemptState.MISSING, AttemptState.STARTING):
+            self._not_started(run, state)
+        elif run.status == Status.STALLED:
+            pass  # killed last cycle; wait for the probe to see it gone
+        else:
+            self._alive(run, seen)
+
+    def _exited(self, run: Run, code: int | None) -> None:
+        if run.status == Status.STALLED:
+            self._crash(run, run.message or "stalled")
+        elif code == 0:
+            run.status, run.message, run.finished_at = Status.SUCCEEDED, "", self.now
+            self.out.events.append(Event(run.run_id, "succeeded", f"attempt={run.attempt}"))
+        else:
+            self._crash(run, f"exit code {code} on attempt {run.attempt}")
+
+    def _not_started(self, run: Run, state: AttemptState) -> None:
+        age = (self.now - (run.attempt_started_at or self.now)).total_seconds()
+        if age < self.policy.launch_timeout_s:
+            if run.status == Status.LOST:
+                run.status = Status.LAUNCHING
+            return
+        if state == AttemptState.STARTING:
+            self._kill(run, "the job did not start in time")
+        self._crash(run, f"lost: attempt {run.attempt} did not start within {int(age)}s")
+
+    def _alive(self, run: Run, seen: AttemptObservation | None) -> None:
+        beat = (seen.heartbeat_at if seen else None) or run.attempt_started_at or self.now
+        silent_s = (self.now - beat).total_seconds()
+        if silent_s > self.policy.hang_timeout_s:
+            self._kill(run, "no heartbeat")
+            run.status = Status.STALLED
+            run.message = f"stalled: no heartbeat for {int(silent_s)}s; killed"
+            self.out.events.append(Event(run.run_id, "stalled", f"attempt={run.attempt}"))
+            return
+        if run.status != Status.RUNNING:
+            run.message = ""
+        run.status = Status.RUNNING
+
+    def _crash(self, run: Run, reason: str) -> None:
+        """A crash, hang or loss: retry with exponential backoff until retries are spent."""
+        run.crashes += 1
+        self.out.events.append(Event(run.run_id, "crashed", reason))
+        if run.crashes > run.retries:
+            run.status, run.finished_at = Status.FAILED, self.now
+            run.message = f"{reason}; no retries left ({run.retries} allowed)"
+            return
+        delay = min(self.policy.backoff_s * 2 ** (run.crashes - 1), self.policy.backoff_max_s)
+        run.status = Status.RETRYING
+        run.next_attempt_at = self.now + timedelta(seconds=delay)
+        run.message = f"{reason}; retry {run.crashes}/{run.retries} in {int(delay)}s"
+
+    # -- 3. fencing ----------------------------------------------------------------------------
+
+    def fence(self, observed: Mapping[str, HostObservation]) -> None:
+        """Only the newest attempt of a live run may run; kill any other we know of."""
+        for host in observed.values():
+            for seen in host.attempts:
+                if seen.state not in (AttemptState.RUNNING, AttemptState.STARTING):
+                    continue
+                run = self.runs.get(seen.run_id)
+                if run is None:
+                    continue  # not ours to judge (another daemon's state dir?)
+                current = run.status.is_live and run.attempt == seen.attempt and run.host == host.host
+                if not current and not self._already_killing(run.run_id, seen.attempt, host.host):
+                    self.out.kills.append(
+                        Kill(run.run_id, seen.attempt, host.host, "fenced: not the run's current attempt")
+                    )
+
+    def _already_killing(self, run_id: str, attempt: int, host: str) -> bool:
+        return any(k.run_id == run_id and k.attempt == attempt and k.host == host
+                   for k in self.out.kills)
+
+    # -- 4. placement ------------------------------------------------------------------------
+
+    def place(self, hosts: list[HostCapacity]) -> None:
+        free = _free_capacity(hosts, self.runs.values())
+        for run in sorted(self._waiting(), key=lambda r: (-r.priority, r.row, r.created_at)):
+            host = _best_fit(run, hosts, free)
+            if host is None:
+                run.message = _why_waiting(run, hosts)
+                continue
+            given = _take(run, host, free)
+            self._launch(run, host.name, given)
+
+    def _waiting(self) -> Iterable[Run]:
+        for run in self.runs.values():
+            if run.status == Status.QUEUED or (
+                run.status == Status.RETRYING and (run.next_attempt_at or self.now) <= self.now
+            ):
+                yield run
+
+    def _launch(self, run: Run, host: str, accelerators: tuple[str, ...]) -> None:
+        run.attempt += 1
+        run.status, run.host, run.accelerators = Status.LAUNCHING, host, accelerators
+        run.attempt_started_at = self.now
+        run.started_at = run.started_at or self.now
+        run.finished_at, run.next_attempt_at = None, None
+        if not run.message.startswith(("exit code", "lost", "stalled")):
+            run.message = ""
+        self.out.launches.append(Launch(run.run_id, run.attempt, host, accelerators))
+
+    # -- result --------------------------------------------------------------------------------
+
+    def result(self, known: Mapping[str, Run]) -> Plan:
+        for run_id, run in self.runs.items():
+            if known.get(run_id) != run:
+                run.updated_at = self.now
+                self.out.runs[run_id] = run
+        return self.out
+
+
+@dataclass
+class _Free:
+    accelerators: list[str]
+    slots: int
+
+
+def _free_capacity(hosts: list[HostCapacity], runs: Iterable[Run]) -> dict[str, _Free]:
+    """What is free on each reachable host once live runs and foreign processes are counted."""
+    free = {
+        h.name: _Free([a for a in h.accelerators if a not in h.busy], h.slots)
+        for h in hosts
+        if h.reachable
+    }
+    for run in runs:
+        if not run.status.is_live or run.host not in free:
+            continue
+        if run.gpus == 0:
+            free[run.host].slots -= 1
+        for acc in run.accelerators:
+            if acc in free[run.host].accelerators:
+                free[run.host].accelerators.remove(acc)
+    return free
+
+
+def _best_fit(run: Run, hosts: list[HostCapacity], free: dict[str, _Free]) -> HostCapacity | None:
+    """The host with the fewest free accelerators that still fit: big holes stay for big runs."""
+    fits = [
+        h for h in hosts
+        if h.name in free and h.matches(run.where) and _fits(run, free[h.name])
+    ]
+    if not fits:
+        return None
+    if run.gpus == 0:
+        return max(fits, key=lambda h: free[h.name].slots)
+    return min(fits, key=lambda h: len(free[h.name].accelerators))
+
+
+def _fits(run: Run, free: _Free) -> bool:
+    if run.gpus == 0:
+        return free.slots > 0
+    return len(free.accelerators) >= run.gpus
+
+
+def _take(run: Run, host: HostCapacity, free: dict[str, _Free]) -> tuple[str, ...]:
+    space = free[host.name]
+    if run.gpus == 0:
+        space.slots -= 1
+        return ()
+    given = tuple(space.accelerators[: run.gpus])
+    del space.accelerators[: run.gpus]
+    return given
+
+
+def _why_waiting(run: Run, hosts: list[HostCapacity]) -> str:
+    matching = [h for h in hosts if h.matches(run.where)]
+    if not matching:
+        return f"waiting: no host is named or labelled {run.where!r}"
+    if run.gpus > max(len(h.accelerators) for h in matching):
+        most = max(len(h.accelerators) for h in matching)
+        return f"waiting: needs {run.gpus} accelerators on one host; the largest has {most}"
+    if not any(h.reachable for h in matching):
+        return "waiting: no matching host is reachable"
+    need = f"{run.gpus} free accelerators" if run.gpus else "a free CPU slot"
+    return f"waiting for {need}"
+
+
+def _status_or_none(text: str) -> Status | None:
+    try:
+        return Status(text)
+    except ValueError:
+        return None

@@ -1,0 +1,16 @@
+"""Scripts shipped to hosts. They need only python3's standard library there."""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+
+
+def agent_source() -> bytes:
+    """The agent script's bytes, as uploaded to every host."""
+    return resources.files(__name__).joinpath("agent.py").read_bytes()
+
+
+def agent_name() -> str:
+    """File name on the host, versioned by content: a changed agent is uploaded again."""
+    return f"agent-{hashlib.sha256(agent_source()).hexdigest()[:12]}.py"

@@ -1,0 +1,1 @@
+"""Sheet backends: the local .xlsx workbook and Google Sheets, one interface."""

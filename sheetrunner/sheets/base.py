@@ -1,0 +1,85 @@
+"""The interface every sheet backend implements, and the data it moves.
+
+A backend does IO and decides nothing: once a cycle the daemon calls `read()`
+for the whole table, and at most once `write()` with only the owned cells whose
+value differs from what that read returned. Which cells those are is decided
+in `rows.py`; a backend never compares values itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass
+class Table:
+    """The whole experiments tab as read this cycle.
+
+    `rows[i]` is sheet row `i + 2` (row 1 is the header). Rows may be ragged:
+    trailing empty cells can be missing. Values are the typed values the
+    sheet holds (numbers stay numbers; a formula's computed value, not its text).
+    """
+
+    header: list[str]
+    rows: list[list[Any]]
+
+    def column(self, name: str) -> int | None:
+        """0-based index of the column with this header, or None."""
+        try:
+            return self.header.index(name)
+        except ValueError:
+            return None
+
+    def value(self, row: int, name: str) -> Any:
+        """The value at sheet row `row` under header `name` ('' when absent)."""
+        col = self.column(name)
+        cells = self.rows[row - 2] if 0 <= row - 2 < len(self.rows) else []
+        if col is None or col >= len(cells) or cells[col] is None:
+            return ""
+        return cells[col]
+
+
+@dataclass
+class RowUpdate:
+    """Owned cells to write in one row.
+
+    `row` is the row number in this cycle's read; `run_id` is the id that row
+    showed when read (None when the row is being claimed this cycle). A backend
+    that re-reads before writing uses `run_id` to find the row again if rows
+    moved, and skips an update whose row can no longer be found.
+    """
+
+    row: int
+    run_id: str | None
+    cells: dict[str, Any]  # owned header -> value (str, int or float; never parsed as a formula)
+    fill: str | None = None  # RGB hex for the whole row; None leaves the colour alone
+    job: str = ""  # the row's `job` cell as read, to recognise an unclaimed row
+
+
+@dataclass
+class SheetWrite:
+    """Everything one cycle writes, sent as one batch."""
+
+    new_columns: list[str] = field(default_factory=list)  # owned headers to add at the right
+    rows: list[RowUpdate] = field(default_factory=list)
+    tabs: dict[str, list[list[Any]]] = field(default_factory=dict)  # side tabs, replaced whole
+
+    def is_empty(self) -> bool:
+        return not (self.new_columns or self.rows or self.tabs)
+
+
+class SheetBackend(Protocol):
+    """One read of the whole table per cycle, one batched write per cycle."""
+
+    def read(self) -> Table:
+        """The whole experiments tab. Raises SheetUnavailable (transient) or SheetError."""
+        ...
+
+    def write(self, change: SheetWrite) -> None:
+        """Apply one cycle's change as one batch. Raises SheetUnavailable or SheetError."""
+        ...
+
+    def initialize(self, header: list[str], job_names: list[str]) -> None:
+        """`sheetrunner init`: write the header into an empty tab, or add missing columns."""
+        ...

@@ -1,0 +1,198 @@
+"""SQLite state: runs, their attempts, hosts, and an append-only event journal.
+
+The store is the daemon's memory across restarts. Intent is journaled before
+acting: a launch is recorded (attempt row with outcome 'pending') and
+committed before the command is sent, and its outcome after. WAL mode with
+synchronous=FULL, so a committed intent survives a crash of the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable
+from dataclasses import asdict, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .model import Action, HostObservation, Run, Status
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    run_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    accelerators TEXT NOT NULL,
+    launched_at TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (run_id, attempt)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS hosts (
+    name TEXT PRIMARY KEY,
+    data TEXT NOT NULL
+);
+"""
+
+
+class Store:
+    """One SQLite file in the state directory; safe to share between threads."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def runs(self) -> dict[str, Run]:
+        with self._lock:
+            rows = self._db.execute("SELECT data FROM runs").fetchall()
+        return {run.run_id: run for run in (run_from_json(r[0]) for r in rows)}
+
+    def run(self, run_id: str) -> Run | None:
+        with self._lock:
+            row = self._db.execute("SELECT data FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return run_from_json(row[0]) if row else None
+
+    def save_runs(self, runs: Iterable[Run], events: Iterable[tuple[str, str, str]] = (),
+                  now: datetime | None = None) -> None:
+        """Save runs and append events in one transaction."""
+        at = (now or datetime.now().astimezone()).isoformat()
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO runs (run_id, status, data) VALUES (?, ?, ?)",
+                [(r.run_id, r.status.value, run_to_json(r)) for r in runs],
+            )
+            self._db.executemany(
+                "INSERT INTO events (at, run_id, kind, detail) VALUES (?, ?, ?, ?)",
+                [(at, run_id, kind, detail) for run_id, kind, detail in events],
+            )
+
+    # -- attempts: the launch journal ----------------------------------------------------------
+
+    def record_intent(self, run: Run, now: datetime) -> None:
+        """Commit 'about to launch attempt N of run R on host H' before sending anything."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, 'pending', '')",
+                (run.run_id, run.attempt, run.host, json.dumps(list(run.accelerators)),
+                 now.isoformat()),
+            )
+            self._db.execute(
+                "INSERT OR REPLACE INTO runs (run_id, status, data) VALUES (?, ?, ?)",
+                (run.run_id, run.status.value, run_to_json(run)),
+            )
+            self._event(now, run.run_id, "launch-intent", f"attempt={run.attempt} host={run.host}")
+
+    def record_outcome(self, run_id: str, attempt: int, outcome: str, detail: str,
+                       now: datetime) -> None:
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "UPDATE attempts SET outcome = ?, detail = ? WHERE run_id = ? AND attempt = ?",
+                (outcome, detail, run_id, attempt),
+            )
+            self._event(now, run_id, f"launch-{outcome}", f"attempt={attempt} {detail}".strip())
+
+    def attempts(self, run_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            cur = self._db.execute(
+                "SELECT attempt, host, accelerators, launched_at, outcome, detail FROM attempts "
+                "WHERE run_id = ? ORDER BY attempt", (run_id,))
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    # -- events -------------------------------------------------------------------------------
+
+    def log_event(self, run_id: str, kind: str, detail: str, now: datetime) -> None:
+        with self._lock, self._db:
+            self._event(now, run_id, kind, detail)
+
+    def _event(self, now: datetime, run_id: str, kind: str, detail: str) -> None:
+        self._db.execute(
+            "INSERT INTO events (at, run_id, kind, detail) VALUES (?, ?, ?, ?)",
+            (now.isoformat(), run_id, kind, detail),
+        )
+
+    def events(self, run_id: str | None = None) -> list[tuple[str, str, str, str]]:
+        query = "SELECT at, run_id, kind, detail FROM events"
+        args: tuple[str, ...] = ()
+        if run_id:
+            query, args = query + " WHERE run_id = ?", (run_id,)
+        with self._lock:
+            return list(self._db.execute(query + " ORDER BY id", args).fetchall())
+
+    # -- hosts: the last probe of each, for `pool` and for outage tracking ----------------------
+
+    def save_hosts(self, observations: Iterable[HostObservation]) -> None:
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO hosts (name, data) VALUES (?, ?)",
+                [(o.host, json.dumps(_jsonable(asdict(o)))) for o in observations],
+            )
+
+    def hosts(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT name, data FROM hosts").fetchall()
+        return {name: json.loads(data) for name, data in rows}
+
+
+# -- (de)serialising runs ----------------------------------------------------------------------
+
+_DATETIME_FIELDS = {f.name for f in fields(Run) if "datetime" in str(f.type)}
+_TUPLE_FIELDS = {"params", "accelerators"}
+
+
+def run_to_json(run: Run) -> str:
+    return json.dumps(_jsonable(asdict(run)), sort_keys=True)
+
+
+def run_from_json(text: str) -> Run:
+    data = json.loads(text)
+    known = {f.name for f in fields(Run)}
+    data = {k: v for k, v in data.items() if k in known}
+    for name in _DATETIME_FIELDS:
+        if data.get(name):
+            data[name] = datetime.fromisoformat(data[name])
+    data["params"] = tuple(tuple(p) for p in data.get("params", ()))
+    data["accelerators"] = tuple(data.get("accelerators", ()))
+    data["status"] = Status(data["status"])
+    data["last_action"] = Action(data.get("last_action", "run"))
+    return Run(**data)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Status | Action):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value

@@ -1,0 +1,86 @@
+"""Builders shared by the tests: a workbook with rows, a config around it, a fake clock."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import openpyxl
+
+from sheetrunner import config as config_module
+from sheetrunner.rows import OWNED_COLUMNS
+
+FAKE_JOB = Path(__file__).parent / "jobs" / "fake_job.py"
+
+
+def write_workbook(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.title = "experiments"
+    sheet.append(header)
+    for row in rows:
+        sheet.append(row)
+    book.save(path)
+    return path
+
+
+def read_workbook(path: Path) -> list[dict[str, Any]]:
+    sheet = openpyxl.load_workbook(path).worksheets[0]
+    rows = list(sheet.iter_rows(values_only=True))
+    header = [str(h) for h in rows[0]]
+    return [dict(zip(header, r, strict=False)) for r in rows[1:] if any(v is not None for v in r)]
+
+
+def fill_of(path: Path, row: int) -> str:
+    sheet = openpyxl.load_workbook(path).worksheets[0]
+    return str(sheet.cell(row=row, column=1).fill.start_color.rgb)[-6:]
+
+
+def local_config(tmp: Path, extra: str = "", slots: int = 2, accelerators: int = 0,
+                 hang_timeout: float = 600, retries: int = 2, backoff: float = 0.5) -> config_module.Config:
+    text = textwrap.dedent(f"""
+        [sheet]
+        path = "experiments.xlsx"
+
+        [daemon]
+        poll_interval = 0.5
+        state_dir = "state"
+
+        [defaults]
+        retries = {retries}
+        hang_timeout = {hang_timeout}
+        backoff = {backoff}
+        launch_timeout = 10
+
+        [jobs.fake]
+        command = ["{sys.executable}", "{FAKE_JOB}"]
+
+        [[hosts]]
+        name = "local"
+        local = true
+        accelerators = {accelerators}
+        slots = {slots}
+        root = "host"
+    """) + textwrap.dedent(extra)
+    path = tmp / "sheetrunner.toml"
+    path.write_text(text)
+    return config_module.load(path)
+
+
+HEADER = ["job", "--steps", "--sleep", "--exit", "gpus", "action", *OWNED_COLUMNS]
+
+
+class Clock:
+    """A clock the test moves by hand: time is a parameter, tests never wait on it."""
+
+    def __init__(self, start: datetime | None = None):
+        self.now = start or datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
