@@ -235,9 +235,7 @@ def _job(name: str, raw: Any) -> JobConfig:
         command=tuple(command),
         workdir=_opt_str(f"{where}.workdir", raw.get("workdir")),
         env=dict(env),
-        keep_checkpoints=_non_negative_int(
-            f"{where}.keep_checkpoints", raw.get("keep_checkpoints", 2), "2"
-        ),
+        keep_checkpoints=_keep(f"{where}.keep_checkpoints", raw.get("keep_checkpoints", 2)),
         best_metric=_opt_str(f"{where}.best_metric", raw.get("best_metric")),
         best_mode=mode,
     )
@@ -369,6 +367,13 @@ def _non_negative_int(where: str, value: Any, example: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"{where} = {value!r}; expected a whole number ≥ 0, e.g. {where.split('.')[-1]} = {example}")
     return value
+
+
+def _keep(where: str, value: Any) -> int:
+    count = _non_negative_int(where, value, "2")
+    if count < 1:
+        raise ConfigError(f"{where} = 0 would delete the resume point; keep at least 1, e.g. 2")
+    return count
 
 
 def _name(what: str, where: str, name: str) -> None:

@@ -74,7 +74,7 @@ def context(environ: Mapping[str, str] | None = None) -> Context:
         checkpoint_dir=Path(env.get("SHEETRUNNER_CHECKPOINT_DIR") or run_dir / "checkpoints"),
         metrics_file=Path(env.get("SHEETRUNNER_METRICS_FILE") or run_dir / "metrics.jsonl"),
         heartbeat_file=Path(env.get("SHEETRUNNER_HEARTBEAT_FILE") or run_dir / "heartbeat"),
-        keep_checkpoints=_int_env(env, "SHEETRUNNER_KEEP_CHECKPOINTS", 2, minimum=1),
+        keep_checkpoints=_keep_checkpoints(env),
         best_metric=env.get("SHEETRUNNER_BEST_METRIC") or None,
         best_mode=_best_mode(env.get("SHEETRUNNER_BEST_MODE") or "max"),
     )
@@ -90,6 +90,11 @@ def _int_env(env: Mapping[str, str], name: str, default: int, *, minimum: int) -
     if value < minimum:
         raise ValueError(f"{name}={raw!r}: expected an integer >= {minimum}")
     return value
+
+
+def _keep_checkpoints(env: Mapping[str, str]) -> int:
+    """0 (the config allows it) still keeps the newest: it is the resume point."""
+    return max(1, _int_env(env, "SHEETRUNNER_KEEP_CHECKPOINTS", 2, minimum=0))
 
 
 def _best_mode(raw: str) -> str:

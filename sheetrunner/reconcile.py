@@ -125,11 +125,12 @@ class _Cycle:
                 continue
             seen.add(run.run_id)
             self.out.rows[exp.row] = run.run_id
-            run.in_sheet = True
+            run.in_sheet = run.in_sheet or exp.run_id == run.run_id
             run.row = exp.row
             self._apply_row(exp, run)
+            seen.add(self.out.rows[exp.row])  # a rerun's new run
         for run in self.runs.values():
-            if run.in_sheet and run.run_id not in seen and not run.status.is_final:
+            if run.run_id not in seen and not run.status.is_final:
                 self._stop(run, "its row was deleted from the sheet")
 
     def _run_for(self, exp: Experiment, seen: set[str]) -> Run | None:

@@ -20,7 +20,7 @@ from ..config import HostConfig, JobConfig
 from ..errors import TransportError
 from ..model import Accelerator, AttemptObservation, AttemptState, HostObservation, Run
 from ..reconcile import HostCapacity
-from ..remote import agent_name, agent_source
+from ..remote import agent_name, agent_source, job_library_source
 from .accelerators import is_tpu, tpu_chips, visible_env
 from .transport import Transport
 
@@ -49,10 +49,21 @@ class HostAgent:
     def _agent_path(self) -> str:
         return f"{self.config.root.rstrip('/')}/bin/{agent_name()}"
 
+    def _upload(self) -> None:
+        """The agent, and for remote hosts the job library, under <root>/bin and <root>/lib."""
+        self.transport.put_file(self._agent_path(), agent_source(), 0o755)
+        if not self.config.local:
+            self.transport.put_file(f"{self.lib_dir}/sheetrunner/__init__.py", b"")
+            self.transport.put_file(f"{self.lib_dir}/sheetrunner/job.py", job_library_source())
+        self._uploaded = True
+
+    @property
+    def lib_dir(self) -> str:
+        return f"{self.config.root.rstrip('/')}/lib"
+
     def _call(self, args: list[str], stdin: bytes = b"", timeout_s: float | None = None) -> bytes:
         if not self._uploaded:
-            self.transport.put_file(self._agent_path(), agent_source(), 0o755)
-            self._uploaded = True
+            self._upload()
         argv = [self.config.python, self._agent_path(), *args]
         result = self.transport.run(argv, stdin=stdin, timeout_s=timeout_s or self.timeout_s)
         if result.exit_code == 2 and b"can't open file" in result.stderr:
@@ -186,6 +197,7 @@ def launch_spec(run: Run, job: JobConfig, host: HostConfig, workdir: str | None)
         "env": env,
         "workdir": workdir,
         "accelerators": list(run.accelerators),
+        "lib_dir": None if host.local else f"{host.root.rstrip('/')}/lib",
     }
 
 

@@ -14,3 +14,8 @@ def agent_source() -> bytes:
 def agent_name() -> str:
     """File name on the host, versioned by content: a changed agent is uploaded again."""
     return f"agent-{hashlib.sha256(agent_source()).hexdigest()[:12]}.py"
+
+
+def job_library_source() -> bytes:
+    """sheetrunner.job, standard library only: shipped to hosts that lack sheetrunner."""
+    return resources.files("sheetrunner").joinpath("job.py").read_bytes()

@@ -174,13 +174,17 @@ def tail_bytes(path, size=TAIL_BYTES):
 
 
 def latest_metrics(path):
-    """The newest report: metrics.jsonl, else a `SHEETRUNNER {...}` line in the log."""
+    """The newest value of every metric reported lately (a loss every step, an accuracy
+    every epoch: both show), from metrics.jsonl, else `SHEETRUNNER {...}` log lines."""
     for name, prefix in (("metrics.jsonl", ""), ("output.log", METRIC_PREFIX)):
         lines = tail_bytes(os.path.join(path, name)).decode("utf-8", "replace").splitlines()
-        for line in reversed(lines):
+        merged = {}
+        for line in lines:
             found = _metric_line(line, prefix)
             if found is not None:
-                return found
+                merged.update(found)
+        if merged:
+            return merged
     return {}
 
 
@@ -286,6 +290,9 @@ def job_env(spec, path):
         "SHEETRUNNER_ACCELERATORS": accelerators,
         "PYTHONUNBUFFERED": "1",
     })
+    lib = spec.get("lib_dir")
+    if lib and os.path.isdir(lib):  # sheetrunner.job, uploaded for hosts without sheetrunner
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (lib, env.get("PYTHONPATH")) if p)
     return env
 
 

@@ -1,0 +1,369 @@
+"""The pure core, without any IO: each behaviour is a small scenario driven cycle by cycle."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from sheetrunner.model import (
+    Action,
+    AttemptObservation,
+    AttemptState,
+    Experiment,
+    HostObservation,
+    Run,
+    Status,
+)
+from sheetrunner.reconcile import HostCapacity, Plan, Policy, plan
+from sheetrunner.rows import experiment_key
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+POLICY = Policy(retries=2, hang_timeout_s=60, backoff_s=10, backoff_max_s=100,
+                launch_timeout_s=30, on_host_lost="wait", host_lost_timeout_s=120)
+
+
+def exp(row: int = 2, run_id: str | None = None, lr: str = "0.1", gpus: int = 1,
+        action: Action = Action.RUN, **kw) -> Experiment:
+    params = (("lr", lr),)
+    return Experiment(row=row, run_id=run_id, job="train", params=params,
+                      key=experiment_key("train", params), gpus=gpus, action=action, **kw)
+
+
+def gpu_host(name: str = "a", n: int = 2, **kw) -> HostCapacity:
+    return HostCapacity(name=name, accelerators=tuple(str(i) for i in range(n)), **kw)
+
+
+class World:
+    """Carries plans out on paper: the store is a dict, the hosts are dicts of attempts."""
+
+    def __init__(self, hosts: list[HostCapacity], policy: Policy = POLICY):
+        self.hosts = hosts
+        self.policy = policy
+        self.runs: dict[str, Run] = {}
+        self.alive: dict[tuple[str, int], str] = {}  # (run, attempt) -> host
+        self.outcome: dict[tuple[str, int], AttemptObservation] = {}
+        self.heartbeat: dict[tuple[str, int], datetime] = {}
+        self.down: set[str] = set()
+        self.now = T0
+        self.last = Plan()
+
+    def step(self, experiments: list[Experiment] | None, advance_s: float = 5) -> Plan:
+        self.now += timedelta(seconds=advance_s)
+        hosts = [HostCapacity(h.name, h.labels, h.accelerators, h.busy, h.slots,
+                              h.name not in self.down) for h in self.hosts]
+        self.last = plan(experiments, self.runs, self.observe(), hosts, self.policy, self.now)
+        self.runs.update(self.last.runs)
+        for kill in self.last.kills:
+            key = (kill.run_id, kill.attempt)
+            if self.alive.get(key) == kill.host and kill.host not in self.down:
+                del self.alive[key]
+                self.outcome[key] = AttemptObservation(*key, AttemptState.EXITED, exit_code=143)
+        for launch in self.last.launches:
+            self.alive[(launch.run_id, launch.attempt)] = launch.host
+            self.heartbeat[(launch.run_id, launch.attempt)] = self.now
+        return self.last
+
+    def observe(self) -> dict[str, HostObservation]:
+        seen = {}
+        for host in self.hosts:
+            if host.name in self.down:
+                seen[host.name] = HostObservation(host.name, False, self.now, error="down",
+                                                  down_since=self.now - timedelta(seconds=500))
+                continue
+            attempts = [AttemptObservation(r, a, AttemptState.RUNNING,
+                                           heartbeat_at=self.heartbeat.get((r, a)))
+                        for (r, a), h in self.alive.items() if h == host.name]
+            attempts += [o for k, o in self.outcome.items() if k not in self.alive]
+            seen[host.name] = HostObservation(host.name, True, self.now, attempts=tuple(attempts))
+        return seen
+
+    def finish(self, run_id: str, code: int) -> None:
+        key = (run_id, self.runs[run_id].attempt)
+        del self.alive[key]
+        self.outcome[key] = AttemptObservation(*key, AttemptState.EXITED, exit_code=code)
+
+    def beat(self, run_id: str) -> None:
+        self.heartbeat[(run_id, self.runs[run_id].attempt)] = self.now
+
+    def status(self, row_exp: Experiment) -> Status:
+        return self.runs[self.last.rows[row_exp.row]].status
+
+    def only_run(self) -> Run:
+        (run,) = self.runs.values()
+        return run
+
+
+def claimed(world: World, e: Experiment) -> Experiment:
+    """The same row as the sheet shows it once its id was written."""
+    return Experiment(**{**e.__dict__, "run_id": world.last.rows[e.row]})
+
+
+def test_a_new_row_is_claimed_and_launched_on_a_free_accelerator():
+    world = World([gpu_host()])
+    p = world.step([exp()])
+    run = world.only_run()
+    assert p.rows == {2: run.run_id}
+    assert run.status == Status.LAUNCHING and run.attempt == 1 and run.host == "a"
+    assert [(launch.run_id, launch.accelerators) for launch in p.launches] == [(run.run_id, ("0",))]
+
+
+def test_a_launched_attempt_seen_alive_is_running_then_succeeds():
+    world = World([gpu_host()])
+    e = exp()
+    world.step([e])
+    e = claimed(world, e)
+    world.step([e])
+    assert world.only_run().status == Status.RUNNING
+    world.finish(world.only_run().run_id, 0)
+    world.step([e])
+    assert world.only_run().status == Status.SUCCEEDED
+    assert world.only_run().finished_at == world.now
+
+
+def test_a_claim_whose_id_never_reached_the_sheet_is_not_claimed_twice():
+    world = World([gpu_host()])
+    world.step([exp()])
+    world.step([exp()])  # the write failed: the row still shows no id
+    assert len(world.runs) == 1
+    assert len(world.alive) == 1
+
+
+def test_a_crash_retries_with_exponential_backoff_until_retries_are_spent():
+    world = World([gpu_host()])
+    e = exp()
+    world.step([e])
+    e = claimed(world, e)
+    delays = []
+    for _ in range(3):
+        world.finish(world.only_run().run_id, 1)
+        world.step([e], advance_s=1)
+        run = world.only_run()
+        if run.status == Status.RETRYING:
+            delays.append((run.next_attempt_at - world.now).total_seconds())
+            world.step([e], advance_s=delays[-1])
+            assert world.only_run().status == Status.LAUNCHING
+    assert delays == [10, 20]
+    assert world.only_run().status == Status.FAILED
+    assert "no retries left" in world.only_run().message
+    assert world.only_run().attempt == 3
+
+
+def test_a_retrying_run_waits_for_its_backoff():
+    world = World([gpu_host()])
+    e = exp()
+    world.step([e])
+    e = claimed(world, e)
+    world.finish(world.only_run().run_id, 1)
+    world.step([e], advance_s=1)
+    p = world.step([e], advance_s=5)
+    assert p.launches == [] and world.only_run().status == Status.RETRYING
+
+
+def test_a_silent_run_is_stalled_killed_and_counted_as_a_crash():
+    world = World([gpu_host()])
+    e = exp()
+    world.step([e])
+    e = claimed(world, e)
+    world.step([e], advance_s=30)
+    p = world.step([e], advance_s=61)
+    assert world.only_run().status == Status.STALLED
+    assert [k.reason for k in p.kills] == ["no heartbeat"]
+    world.step([e])
+    assert world.only_run().status == Status.RETRYING
+    assert world.only_run().crashes == 1
+
+
+def test_a_heartbeat_keeps_a_long_run_alive():
+    world = World([gpu_host()])
+    e = exp()
+    world.step([e])
+    e = claimed(world, e)
+    for _ in range(10):
+        world.beat(world.only_run().run_id)
+        world.step([e], advance_s=50)
+    assert world.only_run().status == Status.RUNNING
+
+
+@pytest.mark.parametrize(
+    ("action", "expected", "killed"),
+    [
+        (Action.STOP, Status.STOPPED, True),
+        (Action.HOLD, Status.RUNNING, False),  # hold applies before launch only
+        (Action.RUN, Status.RUNNING, False),
+    ],
+)
+def test_actions_on_a_running_row(action, expected, killed):
+    world = World([gpu_host()])
+    e = exp()
+    world.step([e])
+    e = claimed(world, e)
+    world.step([e])
+    p = world.step([Experiment(**{**e.__dict__, "action": action})])
+    assert world.only_run().status == expected
+    assert bool(p.kills) == killed
+
+
+def test_hold_keeps_a_row_from_launching_until_released():
+    world = World([gpu_host()])
+    e = exp(action=Action.HOLD)
+    p = world.step([e])
+    assert p.launches == [] and world.only_run().status == Status.HELD
+    e = Experiment(**{**claimed(world, e).__dict__, "action": Action.RUN})
+    p = world.step([e])
+    assert len(p.launches) == 1
+
+
+def test_rerun_starts_a_fresh_run_once_and_the_row_shows_it():
+    world = World([gpu_host()])
+    e = exp()
+    world.step([e])
+    e = claimed(world, e)
+    old = world.only_run().run_id
+    world.finish(old, 0)
+    world.step([e])
+    e = Experiment(**{**e.__dict__, "action": Action.RERUN})
+    p = world.step([e])
+    new = p.rows[2]
+    assert new != old and world.runs[new].status == Status.LAUNCHING
+    world.step([e])  # the action still says rerun: no third run
+    world.step([Experiment(**{**e.__dict__, "run_id": new})])
+    assert len(world.runs) == 2
+
+
+def test_an_identical_row_after_success_is_a_duplicate_not_a_second_run():
+    world = World([gpu_host()])
+    e = exp()
+    world.step([e])
+    e = claimed(world, e)
+    world.finish(world.only_run().run_id, 0)
+    world.step([e])
+    p = world.step([e, exp(row=3)])
+    dup = world.runs[p.rows[3]]
+    assert dup.status == Status.DUPLICATE and dup.duplicate_of == e.run_id
+    assert p.launches == []
+
+
+def test_a_deleted_row_stops_its_run():
+    world = World([gpu_host()])
+    e = exp()
+    world.step([e])
+    world.step([claimed(world, e)])
+    p = world.step([])
+    assert world.only_run().status == Status.STOPPED
+    assert "deleted" in world.only_run().message and len(p.kills) == 1
+
+
+def test_an_unreadable_sheet_stops_nothing_and_claims_nothing():
+    world = World([gpu_host()])
+    e = exp()
+    world.step([e])
+    world.step(None)
+    assert world.only_run().status == Status.RUNNING
+    world.finish(world.only_run().run_id, 0)
+    world.step(None)
+    assert world.only_run().status == Status.SUCCEEDED
+
+
+def test_an_invalid_row_gets_a_note_and_no_run():
+    world = World([gpu_host()])
+    p = world.step([exp(error="unknown job 'x'")])
+    assert world.runs == {}
+    assert p.notes == {2: (Status.INVALID, "unknown job 'x'")}
+
+
+def test_placement_never_hands_out_more_accelerators_than_exist():
+    world = World([gpu_host(n=2)])
+    p = world.step([exp(row=r, lr=str(r), gpus=1) for r in range(2, 6)])
+    given = [a for launch in p.launches for a in launch.accelerators]
+    assert sorted(given) == ["0", "1"]
+    waiting = [r for r in world.runs.values() if r.status == Status.QUEUED]
+    assert len(waiting) == 2 and all("waiting for 1 free" in r.message for r in waiting)
+
+
+def test_placement_packs_onto_the_fullest_host_that_fits_and_respects_where():
+    world = World([gpu_host("big", 8), gpu_host("small", 2)])
+    p = world.step([exp(row=2, lr="1", gpus=2), exp(row=3, lr="2", gpus=4),
+                    exp(row=4, lr="3", gpus=1, where="big")])
+    hosts = {world.runs[launch.run_id].params[0][1]: launch.host for launch in p.launches}
+    assert hosts == {"1": "small", "2": "big", "3": "big"}
+
+
+def test_priority_then_row_order_decides_who_gets_the_last_accelerator():
+    world = World([gpu_host(n=1)])
+    p = world.step([exp(row=2, lr="1"), exp(row=3, lr="2", priority=5)])
+    assert world.runs[p.launches[0].run_id].params == (("lr", "2"),)
+
+
+def test_a_gpu_busy_with_a_foreign_process_is_not_handed_out():
+    world = World([gpu_host(n=2, busy=("0",))])
+    p = world.step([exp(row=2, lr="1"), exp(row=3, lr="2")])
+    assert [launch.accelerators for launch in p.launches] == [("1",)]
+
+
+def test_cpu_runs_take_slots():
+    world = World([HostCapacity("cpu", slots=2)])
+    p = world.step([exp(row=r, lr=str(r), gpus=0) for r in range(2, 6)])
+    assert len(p.launches) == 2 and all(launch.accelerators == () for launch in p.launches)
+
+
+def test_a_run_too_big_for_any_host_says_so():
+    world = World([gpu_host(n=2)])
+    world.step([exp(gpus=4)])
+    assert "largest has 2" in world.only_run().message
+
+
+def test_an_unreachable_host_marks_its_runs_lost_and_waits_by_default():
+    world = World([gpu_host("a"), gpu_host("b")])
+    e = exp()
+    world.step([e])
+    e = claimed(world, e)
+    world.step([e])
+    world.down.add(world.only_run().host)
+    p = world.step([e], advance_s=1000)
+    assert world.only_run().status == Status.LOST and p.launches == []
+
+
+def test_requeue_policy_moves_a_run_off_a_lost_host_and_fences_the_old_attempt():
+    world = World([gpu_host("a"), gpu_host("b")],
+                  Policy(**{**POLICY.__dict__, "on_host_lost": "requeue"}))
+    e = exp()
+    world.step([e])
+    e = claimed(world, e)
+    world.step([e])
+    first = world.only_run().host
+    world.down.add(first)
+    world.step([e], advance_s=200)
+    assert world.only_run().status == Status.RETRYING
+    p = world.step([e], advance_s=20)
+    assert world.only_run().host != first and len(p.launches) == 1
+    world.down.clear()  # the old host comes back with the old attempt still running
+    p = world.step([e])
+    assert [(k.host, k.attempt) for k in p.kills] == [(first, 1)]
+
+
+def test_a_launch_never_seen_by_the_probe_is_lost_after_the_launch_timeout():
+    world = World([gpu_host()])
+    e = exp()
+    world.step([e])
+    world.alive.clear()  # the launch never materialised
+    world.step([claimed(world, e)], advance_s=10)
+    assert world.only_run().status == Status.LAUNCHING
+    world.step([claimed(world, e)], advance_s=30)
+    assert world.only_run().status == Status.RETRYING
+
+
+def test_an_edited_row_before_launch_takes_the_new_values():
+    world = World([gpu_host(n=0)])
+    e = exp()
+    world.step([e])
+    e2 = exp(run_id=world.last.rows[2], lr="0.5")
+    world.step([e2])
+    assert world.only_run().params == (("lr", "0.5"),)
+
+
+def test_an_id_the_store_lost_is_adopted_with_the_status_the_sheet_shows():
+    world = World([gpu_host()])
+    world.step([exp(run_id="abc-1", shown_status="succeeded")])
+    assert world.runs["abc-1"].status == Status.SUCCEEDED
+    assert world.last.launches == []
