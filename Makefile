@@ -1,0 +1,14 @@
+.PHONY: demo test demo-reset lint
+
+demo:        ## run the example rows on this machine (Ctrl-C to stop)
+	scripts/demo.sh
+
+test:        ## install test dependencies and run the whole test suite
+	scripts/test.sh
+
+demo-reset:  ## put the example workbook back as committed and forget its runs
+	git checkout -- examples/local/experiments.xlsx
+	rm -rf examples/local/.state
+
+lint:
+	ruff check . && ruff format --check sheetrunner
