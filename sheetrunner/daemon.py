@@ -150,8 +150,7 @@ class Daemon:
     def _write_sheet(self, table: Table, plan: Plan, runs: dict[str, Run], now: datetime) -> int:
         values = {row: rows.owned_values(runs[run_id], now) for row, run_id in plan.rows.items()}
         values.update({row: rows.note_values(status, msg) for row, (status, msg) in plan.notes.items()})
-        jobs = {row: runs[run_id].job for row, run_id in plan.rows.items()}
-        change = rows.plan_write(table, values, jobs)
+        change = rows.plan_write(table, values)
         change.tabs.update(self.side_tabs())
         if change.is_empty():
             return 0
@@ -196,7 +195,7 @@ class Daemon:
 
         scheduler.add_job(job, "interval", seconds=self.config.daemon.poll_interval_s,
                           next_run_time=datetime.now(UTC), max_instances=1, coalesce=True,
-                          misfire_grace_time=int(self.config.daemon.poll_interval_s))
+                          misfire_grace_time=max(1, int(self.config.daemon.poll_interval_s)))
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         scheduler.start()

@@ -170,10 +170,7 @@ def note_values(status: Status, message: str) -> dict[str, Any]:
 
 
 def plan_write(
-    table: Table,
-    rows: Mapping[int, dict[str, Any]],
-    jobs_by_row: Mapping[int, str],
-    extra_columns: Iterable[str] = (),
+    table: Table, rows: Mapping[int, dict[str, Any]], extra_columns: Iterable[str] = ()
 ) -> SheetWrite:
     """The cells of `rows` (row -> owned values) that differ from what `table` shows.
 
@@ -190,8 +187,8 @@ def plan_write(
         status = values.get("status")
         fill = STATUS_COLOURS[Status(status)] if "status" in changed and status else None
         shown_id = cell_text(table.value(row, "id")).strip() or None
-        updates.append(RowUpdate(row=row, run_id=shown_id, cells=changed, fill=fill,
-                                 job=jobs_by_row.get(row, "")))
+        job = cell_text(table.value(row, "job")).strip()
+        updates.append(RowUpdate(row=row, run_id=shown_id, cells=changed, fill=fill, job=job))
     return SheetWrite(new_columns=new_columns, rows=updates)
 
 

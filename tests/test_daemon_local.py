@@ -1,0 +1,232 @@
+"""The whole loop on the embedded default: a real workbook, this machine, real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import openpyxl
+import pytest
+from helpers import HEADER, fill_of, local_config, read_workbook, write_workbook
+
+from sheetrunner.daemon import Daemon, build
+from sheetrunner.model import STATUS_COLOURS, Status
+
+
+def start(tmp_path: Path, rows: list[list], header: list[str] = HEADER, **cfg) -> Daemon:
+    write_workbook(tmp_path / "experiments.xlsx", header, rows)
+    return build(local_config(tmp_path, **cfg))
+
+
+def cycle_until(daemon: Daemon, done: Callable[[list[dict]], bool], timeout_s: float = 30) -> list[dict]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        daemon.cycle()
+        rows = read_workbook(daemon.config.sheet.path)
+        if done(rows):
+            return rows
+        assert time.monotonic() < deadline, f"timed out; sheet shows {rows}"
+        time.sleep(0.2)
+
+
+def statuses(rows: list[dict]) -> list[str]:
+    return [r.get("status") for r in rows]
+
+
+def all_in(*wanted: str) -> Callable[[list[dict]], bool]:
+    return lambda rows: all(s in wanted for s in statuses(rows))
+
+
+def test_rows_run_to_success_and_the_sheet_shows_ids_metrics_and_colours(tmp_path):
+    daemon = start(tmp_path, [["fake", 3, 0.05, None, 0], ["fake", 2, 0.05, None, 0]])
+    first = cycle_until(daemon, lambda rows: all(r["status"] for r in rows))
+    assert set(statuses(first)) <= {"launching", "running"}
+    rows = cycle_until(daemon, all_in("succeeded"))
+    assert len({r["id"] for r in rows}) == 2
+    assert rows[0]["metrics"] == "step=3 loss=0.3333" and rows[0]["attempt"] == 1
+    assert rows[0]["host"] == "local" and Path(rows[0]["log"]).is_file()
+    assert fill_of(daemon.config.sheet.path, 2) == STATUS_COLOURS[Status.SUCCEEDED]
+
+
+def test_a_crash_is_retried_and_then_succeeds(tmp_path):
+    header = [*HEADER[:4], "--fail-attempts", *HEADER[4:]]
+    daemon = start(tmp_path, [["fake", 1, 0.01, None, 1, 0]], header)
+    rows = cycle_until(daemon, all_in("succeeded"))
+    assert rows[0]["attempt"] == 2
+
+
+def test_crashes_past_the_retries_fail_the_row_with_the_reason(tmp_path):
+    daemon = start(tmp_path, [["fake", 1, 0.01, 3, 0]], retries=1)
+    rows = cycle_until(daemon, all_in("failed"))
+    assert "exit code 3" in rows[0]["message"] and "no retries left" in rows[0]["message"]
+    assert rows[0]["attempt"] == 2
+    assert fill_of(daemon.config.sheet.path, 2) == STATUS_COLOURS[Status.FAILED]
+
+
+def test_a_hung_run_is_stalled_killed_and_failed_when_no_retries_are_left(tmp_path):
+    header = [*HEADER[:4], "--hang", *HEADER[4:]]
+    daemon = start(tmp_path, [["fake", 1, 0.01, None, 1, 0]], header, hang_timeout=2, retries=0)
+    rows = cycle_until(daemon, all_in("running"))
+    pid_file = Path(rows[0]["log"]).parent / "pid"
+    pid = int(pid_file.read_text().split()[0])
+    rows = cycle_until(daemon, all_in("failed"))
+    assert "stalled: no heartbeat" in rows[0]["message"]
+    assert not _alive(pid)
+
+
+def test_stop_kills_a_running_row(tmp_path):
+    header = [*HEADER[:4], "--hang", *HEADER[4:]]
+    daemon = start(tmp_path, [["fake", 1, 0.01, None, 1, 0]], header)
+    rows = cycle_until(daemon, all_in("running"))
+    pid = int((Path(rows[0]["log"]).parent / "pid").read_text().split()[0])
+    _edit(daemon.config.sheet.path, lambda s: s.cell(row=2, column=header.index("action") + 1, value="stop"))
+    rows = cycle_until(daemon, all_in("stopped"))
+    assert not _alive(pid)
+
+
+def test_a_row_added_and_rows_sorted_while_running_land_on_the_right_rows(tmp_path):
+    daemon = start(tmp_path, [["fake", 30, 0.1, None, 0], ["fake", 1, 0.01, None, 0]])
+    cycle_until(daemon, lambda rows: rows[1]["status"] == "succeeded")
+    ids = [r["id"] for r in read_workbook(daemon.config.sheet.path)]
+
+    def sort_and_add(sheet):
+        values = [[c.value for c in row] for row in sheet.iter_rows(min_row=2)]
+        for r, row in enumerate([values[1], values[0], ["fake", 2, 0.01, None, 0]], start=2):
+            for c, v in enumerate(row, start=1):
+                sheet.cell(row=r, column=c, value=v)
+
+    _edit(daemon.config.sheet.path, sort_and_add)
+    rows = cycle_until(daemon, lambda rows: rows[2].get("status") == "succeeded")
+    assert [r["id"] for r in rows[:2]] == [ids[1], ids[0]]
+    assert rows[0]["status"] == "succeeded" and rows[0]["--steps"] == 1
+    assert rows[1]["status"] == "running" and rows[1]["--steps"] == 30
+    assert rows[2]["id"] not in ids
+    daemon.cycle()
+
+
+def test_a_deleted_row_stops_its_run(tmp_path):
+    daemon = start(tmp_path, [["fake", 300, 0.1, None, 0], ["fake", 1, 0.01, None, 0]])
+    rows = cycle_until(daemon, lambda rows: rows[0]["status"] == "running")
+    pid = int((Path(rows[0]["log"]).parent / "pid").read_text().split()[0])
+    _edit(daemon.config.sheet.path, lambda s: s.delete_rows(2))
+    daemon.cycle()
+    deadline = time.monotonic() + 15
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid)
+    run = daemon.store.run(rows[0]["id"])
+    assert run.status == Status.STOPPED and "deleted" in run.message
+
+
+def test_an_invalid_row_says_why_and_the_others_still_run(tmp_path):
+    daemon = start(tmp_path, [["nosuchjob", 1, 0.01, None, 0], ["fake", 1, 0.01, None, "two"],
+                              ["fake", 1, 0.01, None, 0]])
+    rows = cycle_until(daemon, lambda rows: rows[2]["status"] == "succeeded")
+    assert rows[0]["status"] == "invalid" and "unknown job 'nosuchjob'" in rows[0]["message"]
+    assert rows[1]["status"] == "invalid" and "gpus must be a whole number" in rows[1]["message"]
+    assert rows[0]["id"] is None
+
+
+def test_a_restarted_daemon_does_not_start_a_running_row_again(tmp_path):
+    daemon = start(tmp_path, [["fake", 15, 0.1, None, 0]])
+    cycle_until(daemon, all_in("running"))
+    daemon.close()
+    again = build(daemon.config)
+    rows = cycle_until(again, all_in("succeeded"))
+    run_dir = Path(rows[0]["log"]).parent.parent
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.isdigit()) == ["1"]
+    assert [e[2] for e in again.store.events(rows[0]["id"])].count("launch-intent") == 1
+
+
+def test_a_typed_over_owned_cell_is_put_right_and_a_quiet_cycle_writes_nothing(tmp_path):
+    daemon = start(tmp_path, [["fake", 1, 0.01, None, 0]])
+    cycle_until(daemon, all_in("succeeded"))
+    status_col = HEADER.index("status") + 1
+    _edit(daemon.config.sheet.path, lambda s: s.cell(row=2, column=status_col, value="oops"))
+    assert daemon.cycle().cells_written == 1
+    assert read_workbook(daemon.config.sheet.path)[0]["status"] == "succeeded"
+    before = daemon.config.sheet.path.stat().st_mtime_ns
+    assert daemon.cycle().cells_written == 0
+    assert daemon.config.sheet.path.stat().st_mtime_ns == before
+
+
+def test_an_unreadable_workbook_is_retried_and_nothing_is_lost(tmp_path):
+    daemon = start(tmp_path, [["fake", 8, 0.1, None, 0]])
+    cycle_until(daemon, all_in("running"))
+    good = daemon.config.sheet.path.read_bytes()
+    daemon.config.sheet.path.write_bytes(good[:100])  # caught mid-save
+    deadline = time.monotonic() + 20
+    while daemon.store.runs().popitem()[1].status != Status.SUCCEEDED:
+        assert not daemon.cycle().sheet_ok
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    daemon.config.sheet.path.write_bytes(good)
+    rows = cycle_until(daemon, all_in("succeeded"))
+    assert rows[0]["metrics"].startswith("step=8")
+
+
+def test_cli_daemon_exit_when_done_and_ps(tmp_path):
+    write_workbook(tmp_path / "experiments.xlsx", HEADER, [["fake", 2, 0.01, None, 0]])
+    local_config(tmp_path)
+    cfg = str(tmp_path / "sheetrunner.toml")
+    done = subprocess.run([sys.executable, "-m", "sheetrunner.cli", "daemon", "-c", cfg,
+                           "--exit-when-done"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    ps = subprocess.run([sys.executable, "-m", "sheetrunner.cli", "ps", "-c", cfg, "--json"],
+                        capture_output=True, text=True, timeout=30)
+    assert '"status": "succeeded"' in ps.stdout
+
+
+def test_cli_daemon_finishes_its_cycle_and_exits_cleanly_on_sigterm(tmp_path):
+    write_workbook(tmp_path / "experiments.xlsx", HEADER, [["fake", 100, 0.1, None, 0]])
+    local_config(tmp_path)
+    cfg = str(tmp_path / "sheetrunner.toml")
+    proc = subprocess.Popen([sys.executable, "-m", "sheetrunner.cli", "daemon", "-c", cfg],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while read_workbook(tmp_path / "experiments.xlsx")[0].get("status") != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "SIGTERM received" in err
+
+
+def test_a_bad_config_fails_at_start_with_the_key_and_exit_code_2(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[sheet]\npath = "x.xlsx"\n[daemon]\npoll_intervall = 3\n')
+    done = subprocess.run([sys.executable, "-m", "sheetrunner.cli", "once", "-c", str(cfg)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "daemon.poll_intervall" in done.stdout
+
+
+def _edit(path: Path, change) -> None:
+    """Edit the workbook as a person would in their spreadsheet program, then save."""
+    book = openpyxl.load_workbook(path)
+    change(book.worksheets[0])
+    book.save(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_jobs():
+    """Kill any fake job a failing test left behind, so tests stay independent."""
+    yield
+    subprocess.run(["pkill", "-f", "fake_job.py --steps 300"], check=False)
+    subprocess.run(["pkill", "-f", "fake_job.py --steps 100"], check=False)
+    subprocess.run(["pkill", "-f", "fake_job.py --steps 1 --sleep 0.01 --hang"], check=False)
+    os.environ.pop("SHEETRUNNER_SHEETS_ENDPOINT", None)
