@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 
-class Status(str, enum.Enum):
+class Status(enum.StrEnum):
     """A run's status; the value is exactly the text shown in the sheet."""
 
     QUEUED = "queued"
@@ -29,9 +29,6 @@ class Status(str, enum.Enum):
     HELD = "held"
     INVALID = "invalid"
     DUPLICATE = "duplicate"
-
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def is_live(self) -> bool:
@@ -66,7 +63,7 @@ STATUS_COLOURS: dict[Status, str] = {
 }
 
 
-class Action(str, enum.Enum):
+class Action(enum.StrEnum):
     """What the user asks of a row in its `action` cell."""
 
     RUN = "run"
@@ -146,7 +143,7 @@ class Accelerator:
     foreign: bool = False  # busy with a process sheetrunner did not start
 
 
-class AttemptState(str, enum.Enum):
+class AttemptState(enum.StrEnum):
     """What the probe found for one attempt directory on a host."""
 
     STARTING = "starting"  # directory claimed, job not started yet
