@@ -114,6 +114,8 @@ def load(path: str | Path) -> Config:
         ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc}; point -c at a UTF-8 TOML file") from None
     return parse(raw, path)
 
 
@@ -184,9 +186,7 @@ def _daemon(raw: dict[str, Any], base: Path) -> DaemonConfig:
             "daemon.host_lost_timeout", raw.get("host_lost_timeout", 300), "300"
         ),
         probe_timeout_s=_positive("daemon.probe_timeout", raw.get("probe_timeout", 30), "30"),
-        max_parallel_hosts=int(
-            _positive("daemon.max_parallel_hosts", raw.get("max_parallel_hosts", 16), "16")
-        ),
+        max_parallel_hosts=_at_least_one("daemon.max_parallel_hosts", raw.get("max_parallel_hosts", 16)),
     )
 
 
@@ -274,7 +274,8 @@ def _host(index: int, raw: Any, base: Path) -> HostConfig:
     if local:
         root = str(_resolve(base, root))
     port = raw.get("port")
-    if port is not None and (not isinstance(port, int) or not 0 < port < 65536):
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int)
+                             or not 0 < port < 65536):
         raise ConfigError(f"{where}.port = {port!r}; use a TCP port number, e.g. port = 22")
     python = _opt_str(f"{where}.python", raw.get("python"))
     return HostConfig(
@@ -322,7 +323,7 @@ def _ssh(raw: dict[str, Any]) -> SshConfig:
         host_key_policy=policy,
         connect_timeout_s=_positive("ssh.connect_timeout", raw.get("connect_timeout", 10), "10"),
         keepalive_s=_positive("ssh.keepalive", raw.get("keepalive", 15), "15"),
-        config_file=raw.get("config_file", "~/.ssh/config"),
+        config_file=_opt_str("ssh.config_file", raw.get("config_file", "~/.ssh/config")),
     )
 
 
@@ -367,6 +368,13 @@ def _non_negative_int(where: str, value: Any, example: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"{where} = {value!r}; expected a whole number ≥ 0, e.g. {where.split('.')[-1]} = {example}")
     return value
+
+
+def _at_least_one(where: str, value: Any) -> int:
+    count = _non_negative_int(where, value, "16")
+    if count < 1:
+        raise ConfigError(f"{where} = 0; expected a whole number ≥ 1, e.g. 16")
+    return count
 
 
 def _keep(where: str, value: Any) -> int:

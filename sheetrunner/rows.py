@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .model import STATUS_COLOURS, Action, Experiment, Run, Status
-from .sheets.base import RowUpdate, SheetWrite, Table
+from .sheets.base import RowUpdate, SheetWrite, Table, UnsavedFormula
 
 USER_COLUMNS = ("job", "gpus", "where", "priority", "retries", "action")
 OWNED_COLUMNS = ("id", "status", "host", "attempt", "started", "elapsed", "metrics", "message", "log")
@@ -86,7 +86,7 @@ def _parse_row(
         run_id = None  # the row was copied with its id: it is a new experiment
     if run_id:
         seen_ids.add(run_id)
-    errors: list[str] = []
+    errors: list[str] = _unsaved_formulas(table, row)
     job = text["job"]
     if not job:
         errors.append("the job cell is empty; name one of the configured jobs")
@@ -110,6 +110,15 @@ def _parse_row(
         error="; ".join(errors) or None,
         shown_status=cell_text(table.value(row, "status")).strip(),
     )
+
+
+def _unsaved_formulas(table: Table, row: int) -> list[str]:
+    return [
+        f"cell {v.cell} holds the formula {v.formula} but the file has no computed value for "
+        "it; open the workbook in your spreadsheet program and save it"
+        for v in (table.rows[row - 2] if row - 2 < len(table.rows) else [])
+        if isinstance(v, UnsavedFormula)
+    ]
 
 
 def _int_cell(text: str, default: int | None, name: str, errors: list[str]) -> int | None:
@@ -188,8 +197,16 @@ def plan_write(
         fill = STATUS_COLOURS[Status(status)] if "status" in changed and status else None
         shown_id = cell_text(table.value(row, "id")).strip() or None
         job = cell_text(table.value(row, "job")).strip()
-        updates.append(RowUpdate(row=row, run_id=shown_id, cells=changed, fill=fill, job=job))
+        expect = {} if shown_id else user_cells(table, row)
+        updates.append(RowUpdate(row=row, run_id=shown_id, cells=changed, fill=fill, job=job,
+                                 expect=expect))
     return SheetWrite(new_columns=new_columns, rows=updates)
+
+
+def user_cells(table: Table, row: int) -> dict[str, str]:
+    """The row's user-owned cells as text: a claim lands only on a row that still shows them."""
+    names = [h for h in table.header if h in USER_COLUMNS or h in param_columns(table.header)]
+    return {name: cell_text(table.value(row, name)).strip() for name in names}
 
 
 def _same(shown: Any, wanted: Any) -> bool:

@@ -40,6 +40,16 @@ class Table:
         return cells[col]
 
 
+@dataclass(frozen=True)
+class UnsavedFormula:
+    """A formula cell whose computed value the file does not hold (the workbook was last
+    saved by a program that does not compute formulas). Rows holding one are invalid
+    until a spreadsheet program saves the file again."""
+
+    cell: str
+    formula: str
+
+
 @dataclass
 class RowUpdate:
     """Owned cells to write in one row.
@@ -55,6 +65,7 @@ class RowUpdate:
     cells: dict[str, Any]  # owned header -> value (str, int or float; never parsed as a formula)
     fill: str | None = None  # RGB hex for the whole row; None leaves the colour alone
     job: str = ""  # the row's `job` cell as read, to recognise an unclaimed row
+    expect: dict[str, str] = field(default_factory=dict)  # user cells as read (text), for claims
 
 
 @dataclass

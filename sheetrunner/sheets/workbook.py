@@ -14,16 +14,19 @@ import logging
 import os
 import tempfile
 import zipfile
+from xml.etree import ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 import openpyxl
+from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 from openpyxl.styles import PatternFill
 from openpyxl.worksheet.datavalidation import DataValidation
 from openpyxl.worksheet.worksheet import Worksheet
 
 from ..errors import SheetError, SheetUnavailable
-from .base import RowUpdate, SheetWrite, Table
+from ..rows import cell_text
+from .base import RowUpdate, SheetWrite, Table, UnsavedFormula
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +37,31 @@ class Workbook:
     def __init__(self, path: Path, worksheet: str | None = None):
         self.path = Path(path)
         self.worksheet = worksheet
+        # openpyxl cannot compute formulas and drops the values a spreadsheet program saved
+        # with them; remember those values across our own saves: (cell, formula) -> value.
+        self._formula_values: dict[tuple[str, str], Any] = {}
 
     # -- reading ------------------------------------------------------------------------------
 
     def read(self) -> Table:
-        book = self._load(data_only=True)  # a formula's computed value, as saved by the editor
-        sheet = self._tab(book)
-        rows = [list(r) for r in sheet.iter_rows(values_only=True)]
+        values = self._tab(self._load(data_only=True))  # formulas' values, as last saved
+        formulas = self._tab(self._load(data_only=False))
+        self._remember_formulas(formulas, values)
+        rows = [list(r) for r in values.iter_rows(values_only=True)]
         if not rows:
             return Table(header=[], rows=[])
+        for cell, formula in _formula_cells(formulas):
+            if values[cell].value is None:
+                known = self._formula_values.get((cell, formula))
+                value = known if known is not None else UnsavedFormula(cell, formula)
+                rows[values[cell].row - 1][values[cell].column - 1] = value
         header = [str(h).strip() if h is not None else "" for h in rows[0]]
         return Table(header=header, rows=_trim(rows[1:]))
+
+    def _remember_formulas(self, formulas: Worksheet, values: Worksheet) -> None:
+        for cell, formula in _formula_cells(formulas):
+            if values[cell].value is not None:
+                self._formula_values[(cell, formula)] = values[cell].value
 
     def _load(self, data_only: bool) -> openpyxl.Workbook:
         if not self.path.exists():
@@ -54,7 +71,7 @@ class Workbook:
             )
         try:
             return openpyxl.load_workbook(self.path, data_only=data_only)
-        except (zipfile.BadZipFile, KeyError, OSError, EOFError) as exc:
+        except (zipfile.BadZipFile, KeyError, OSError, EOFError, ET.ParseError, ValueError) as exc:
             # Usually caught mid-save by the person's editor: try again next cycle.
             raise SheetUnavailable(f"could not read {self.path}: {exc}") from None
 
@@ -75,6 +92,7 @@ class Workbook:
             return
         book = self._load(data_only=False)  # keep formulas as formulas when saving
         sheet = self._tab(book)
+        self._remember_formulas(sheet, self._tab(self._load(data_only=True)))
         columns = _header_columns(sheet, change.new_columns)
         rows_by_id = _rows_by_id(sheet, columns.get("id"))
         width = max(sheet.max_column, len(columns))
@@ -165,19 +183,38 @@ def _locate(sheet: Worksheet, update: RowUpdate, rows_by_id: dict[str, int],
     """The row to write now: found by id, or for a claim, the same row if still unclaimed."""
     if update.run_id:
         return rows_by_id.get(update.run_id)
-    id_col, job_col = columns.get("id"), columns.get("job")
+    id_col = columns.get("id")
     shown_id = sheet.cell(row=update.row, column=id_col).value if id_col else None
-    shown_job = sheet.cell(row=update.row, column=job_col).value if job_col else None
-    if shown_id in (None, "") and str(shown_job or "").strip() == update.job:
-        return update.row
-    return None
+    expect = update.expect or {"job": update.job}
+    same = all(
+        _shown(sheet, update.row, columns.get(name)) == value for name, value in expect.items()
+    )
+    return update.row if shown_id in (None, "") and same else None
+
+
+def _shown(sheet: Worksheet, row: int, column: int | None) -> str:
+    return cell_text(sheet.cell(row=row, column=column).value).strip() if column else ""
+
+
+def _formula_cells(sheet: Worksheet) -> list[tuple[str, str]]:
+    return [
+        (cell.coordinate, str(cell.value))
+        for row in sheet.iter_rows()
+        for cell in row
+        if cell.data_type == "f"
+    ]
+
+
+def _clean(value: Any) -> Any:
+    """Text without the control characters an .xlsx cannot hold (ANSI colours in a traceback)."""
+    return ILLEGAL_CHARACTERS_RE.sub("", value) if isinstance(value, str) else value
 
 
 def _write_row(sheet: Worksheet, row: int, update: RowUpdate, columns: dict[str, int],
                width: int) -> None:
     for name, value in update.cells.items():
         cell = sheet.cell(row=row, column=columns[name])
-        cell.value = value
+        cell.value = _clean(value)
         if isinstance(value, str):
             cell.data_type = "s"  # our text is never a formula, even if it starts with '='
     if update.fill:
@@ -191,7 +228,7 @@ def _replace_tab(book: openpyxl.Workbook, name: str, values: list[list[Any]]) ->
         del book[name]
     sheet = book.create_sheet(name)
     for row in values:
-        sheet.append(row)
+        sheet.append([_clean(v) for v in row])
     for row in sheet.iter_rows():
         for cell in row:
             if isinstance(cell.value, str):
