@@ -14,9 +14,9 @@ import logging
 import os
 import tempfile
 import zipfile
-from xml.etree import ElementTree as ET
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree as ET
 
 import openpyxl
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
