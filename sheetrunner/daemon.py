@@ -20,7 +20,7 @@ from pathlib import Path
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from . import reconcile, rows
+from . import expansion, reconcile, rows
 from .config import Config, HostConfig
 from .errors import SheetError, SheetrunnerError, SheetUnavailable, TransportError
 from .model import Experiment, HostObservation, Run, Status
@@ -79,13 +79,14 @@ class Daemon:
         known = self.store.runs()
         observed = self.pool.probe_all(_attempts_to_probe(known), now)
         self.store.save_hosts(observed.values())
-        plan = reconcile.plan(experiments, known, observed, self.pool.capacities(), self.policy, now)
+        plain = [e for e in experiments if not e.is_sweep] if experiments is not None else None
+        plan = reconcile.plan(plain, known, observed, self.pool.capacities(), self.policy, now)
         self.store.save_runs(plan.runs.values(), [(e.run_id, e.kind, e.detail) for e in plan.events], now)
         runs = {**known, **plan.runs}
         report.killed = self._kill(plan)
         report.launched = self._launch(plan.launches, runs, now)
-        if table is not None:
-            report.cells_written = self._write_sheet(table, plan, runs, now)
+        if table is not None and experiments is not None:
+            report.cells_written = self._write_sheet(table, experiments, plan, runs, now)
         report.unfinished = _unfinished(runs.values(), plan, experiments)
         return report
 
@@ -147,10 +148,17 @@ class Daemon:
         run.status, run.message = Status.QUEUED, f"launch on {run.host} failed, will retry: {error}"
         self.store.save_runs([run], now=now)
 
-    def _write_sheet(self, table: Table, plan: Plan, runs: dict[str, Run], now: datetime) -> int:
+    def _write_sheet(self, table: Table, experiments: list[Experiment], plan: Plan,
+                     runs: dict[str, Run], now: datetime) -> int:
         values = {row: rows.owned_values(runs[run_id], now) for row, run_id in plan.rows.items()}
         values.update({row: rows.note_values(status, msg) for row, (status, msg) in plan.notes.items()})
-        change = rows.plan_write(table, values)
+        parents = [e for e in experiments if e.is_sweep]
+        sweep_cells, fills, inserts = expansion.sweep_values(
+            table, parents, _child_statuses(experiments, plan, runs))
+        values.update(sweep_cells)
+        extra = [expansion.SWEEP_COLUMN] if parents or expansion.SWEEP_COLUMN in table.header else []
+        change = rows.plan_write(table, values, extra, fills)
+        change.inserts = inserts
         change.tabs.update(self.side_tabs())
         if change.is_empty():
             return 0
@@ -206,6 +214,20 @@ class Daemon:
     def close(self) -> None:
         self.pool.close()
         self.store.close()
+
+
+def _child_statuses(experiments: list[Experiment], plan: Plan,
+                    runs: dict[str, Run]) -> dict[str, list[Status]]:
+    """Statuses of the rows expanded from each sweep, by sweep id."""
+    found: dict[str, list[Status]] = {}
+    for e in experiments:
+        if not e.sweep_id:
+            continue
+        if e.row in plan.rows:
+            found.setdefault(e.sweep_id, []).append(runs[plan.rows[e.row]].status)
+        elif e.row in plan.notes:
+            found.setdefault(e.sweep_id, []).append(plan.notes[e.row][0])
+    return found
 
 
 def _attempts_to_probe(runs: dict[str, Run]) -> dict[str, set[tuple[str, int]]]:

@@ -88,6 +88,13 @@ class Experiment:
     action: Action = Action.RUN
     error: str | None = None
     shown_status: str = ""  # the `status` cell as read: used to adopt an id the store lacks
+    sweep_id: str = ""  # the `sweep` cell: the id of the sweep row this row was expanded from
+    children: tuple[tuple[tuple[str, str], ...], ...] = ()  # a sweep row: its combinations
+
+    @property
+    def is_sweep(self) -> bool:
+        """A row whose parameter cells hold lists or ranges: it expands, it does not run."""
+        return bool(self.children)
 
     @property
     def argv_params(self) -> list[str]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from .model import STATUS_COLOURS, Action, Experiment, Run, Status
 from .sheets.base import RowUpdate, SheetWrite, Table, UnsavedFormula
+from .sweeps import SWEEP_ID_PREFIX, SweepError, combinations, is_sweep
 
 USER_COLUMNS = ("job", "gpus", "where", "priority", "retries", "action")
 OWNED_COLUMNS = ("id", "status", "host", "attempt", "started", "elapsed", "metrics", "message", "log")
@@ -92,6 +93,7 @@ def _parse_row(
         errors.append("the job cell is empty; name one of the configured jobs")
     elif job not in jobs:
         errors.append(f"unknown job {job!r}; the config declares: {', '.join(sorted(jobs))}")
+    children = _sweep(values, run_id, errors)
     gpus = _int_cell(text["gpus"], 1, "gpus", errors)
     retries = _int_cell(text["retries"], None, "retries", errors)
     priority = _number_cell(text["priority"], errors)
@@ -109,7 +111,25 @@ def _parse_row(
         action=action,
         error="; ".join(errors) or None,
         shown_status=cell_text(table.value(row, "status")).strip(),
+        sweep_id=cell_text(table.value(row, "sweep")).strip(),
+        children=children,
     )
+
+
+def _sweep(
+    values: tuple[tuple[str, str], ...], run_id: str | None, errors: list[str]
+) -> tuple[tuple[tuple[str, str], ...], ...]:
+    """The combinations of a sweep row, or () for a plain row."""
+    if not any(is_sweep(v) for _, v in values):
+        return ()
+    if run_id and not run_id.startswith(SWEEP_ID_PREFIX):
+        errors.append("this row already ran; to sweep, add a new row with the list or range")
+        return ()
+    try:
+        return tuple(tuple(combo) for combo in combinations(values))
+    except SweepError as exc:
+        errors.append(str(exc))
+        return ()
 
 
 def _unsaved_formulas(table: Table, row: int) -> list[str]:
@@ -179,7 +199,10 @@ def note_values(status: Status, message: str) -> dict[str, Any]:
 
 
 def plan_write(
-    table: Table, rows: Mapping[int, dict[str, Any]], extra_columns: Iterable[str] = ()
+    table: Table,
+    rows: Mapping[int, dict[str, Any]],
+    extra_columns: Iterable[str] = (),
+    fills: Mapping[int, str] | None = None,
 ) -> SheetWrite:
     """The cells of `rows` (row -> owned values) that differ from what `table` shows.
 
@@ -193,14 +216,20 @@ def plan_write(
         changed = {k: v for k, v in values.items() if not _same(table.value(row, k), v)}
         if not changed:
             continue
-        status = values.get("status")
-        fill = STATUS_COLOURS[Status(status)] if "status" in changed and status else None
+        fill = (fills or {}).get(row) or _status_fill(changed.get("status"))
         shown_id = cell_text(table.value(row, "id")).strip() or None
         job = cell_text(table.value(row, "job")).strip()
         expect = {} if shown_id else user_cells(table, row)
         updates.append(RowUpdate(row=row, run_id=shown_id, cells=changed, fill=fill, job=job,
                                  expect=expect))
     return SheetWrite(new_columns=new_columns, rows=updates)
+
+
+def _status_fill(status: Any) -> str | None:
+    try:
+        return STATUS_COLOURS[Status(status)] if status else None
+    except ValueError:
+        return None
 
 
 def user_cells(table: Table, row: int) -> dict[str, str]:

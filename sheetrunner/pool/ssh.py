@@ -319,7 +319,9 @@ class SshTransport:
         secret never sits on disk with wider permissions.
         """
         if not path or path.endswith("/") or (path.startswith("~") and not path.startswith("~/")):
-            raise ValueError(f"put_file needs a file path (absolute, relative or ~/...), got {path!r}")
+            raise ValueError(
+                f"put_file needs a file path (absolute, relative or ~/...), got {path!r}"
+            )
         timeout_s = _PUT_BASE_TIMEOUT_S + len(data) / _PUT_MIN_BYTES_PER_S
 
         def body(conn: _Connection, deadline: float) -> None:
@@ -369,7 +371,10 @@ class SshTransport:
             self._slots.release()
 
     def _guarded(
-        self, conn: _Connection, what: str, deadline: float,
+        self,
+        conn: _Connection,
+        what: str,
+        deadline: float,
         body: Callable[[_Connection, float], T],
     ) -> T:
         """Translate everything paramiko and the socket layer raise into our error tree."""
@@ -394,8 +399,7 @@ class SshTransport:
             conn.close(f"{what} failed")
             why = f" (the connection was closed earlier: {earlier})" if earlier else ""
             raise HostUnreachable(
-                f"host {self.host}: the SSH connection failed during {what}: "
-                f"{_describe(exc)}{why}"
+                f"host {self.host}: the SSH connection failed during {what}: {_describe(exc)}{why}"
             ) from exc
         finally:
             alarm.cancel()
@@ -440,11 +444,14 @@ class SshTransport:
         delay = min(self._backoff_max_s, self._backoff_base_s * 2 ** (self._failures - 1))
         self._retry_at = time.monotonic() + delay
         self._last_error = exc
-        log.warning("host %s: %s (retry in %.1f s at the earliest)", self.host, exc, delay)
+        log.warning("%s (retry in %.1f s at the earliest)", exc, delay)
 
     def _connect(self) -> _Connection:
         """Open the connection through every hop under one connect deadline."""
-        route = self._route()
+        try:
+            route = self._route()
+        except ValueError as exc:  # e.g. `Port abc` or `ProxyJump host:abc` in ssh_config
+            raise HostUnreachable(f"host {self.host}: bad value in the ssh config: {exc}") from exc
         started = time.monotonic()
         deadline = started + self._connect_timeout_s
         conn = _Connection()
@@ -462,7 +469,9 @@ class SshTransport:
                 if index + 1 < len(route):
                     nxt = route[index + 1]
                     sock = transport.open_channel(
-                        "direct-tcpip", (nxt.address, nxt.port), ("127.0.0.1", 0),
+                        "direct-tcpip",
+                        (nxt.address, nxt.port),
+                        ("127.0.0.1", 0),
                         timeout=_remaining(deadline),
                     )
                     conn.add(sock)
@@ -480,8 +489,10 @@ class SshTransport:
         finally:
             alarm.cancel()
         log.info(
-            "host %s: connected to %s in %.2f s", self.host,
-            " -> ".join(h.label for h in route), time.monotonic() - started,
+            "host %s: connected to %s in %.2f s",
+            self.host,
+            " -> ".join(h.label for h in route),
+            time.monotonic() - started,
         )
         return conn
 
@@ -532,10 +543,16 @@ class SshTransport:
         timeout = _remaining(deadline)
         try:
             client.connect(
-                hop.address, hop.port, username=hop.user,
+                hop.address,
+                hop.port,
+                username=hop.user,
                 key_filename=list(hop.key_files) or None,
-                allow_agent=hop.allow_agent, look_for_keys=hop.look_for_keys,
-                sock=sock, timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
+                allow_agent=hop.allow_agent,
+                look_for_keys=hop.look_for_keys,
+                sock=sock,
+                timeout=timeout,
+                banner_timeout=timeout,
+                auth_timeout=timeout,
                 channel_timeout=self._connect_timeout_s,
             )
         except paramiko.BadHostKeyException as exc:
@@ -585,8 +602,9 @@ class SshTransport:
         route = self._route_to(first_host, first_user, first_port, None, depth + 1)
         for jump_user, jump_host, jump_port in specs[1:]:
             # Like `ssh -J a,b`: b is reached through a; b's own ProxyJump does not apply.
-            route.append(replace(self._hop(jump_host, jump_user, jump_port, None)[0],
-                                 proxy_command=None))
+            route.append(
+                replace(self._hop(jump_host, jump_user, jump_port, None)[0], proxy_command=None)
+            )
         return route + [replace(hop, proxy_command=None)]
 
     def _hop(
@@ -626,11 +644,17 @@ class SshTransport:
             chan.close()
 
     def _open_channel(self, conn: _Connection, deadline: float) -> paramiko.Channel:
-        """A session channel; a dead cached connection is reported as stale, not as an error."""
+        """A session channel; a dead cached connection is reported as stale, not as an error.
+
+        Opening is bounded by connect_timeout_s even for long commands: a host that
+        takes longer to open a channel is not answering, whatever the command's budget.
+        """
         transport = conn.transport
         assert transport is not None
         try:
-            return transport.open_session(timeout=_remaining(deadline))
+            return transport.open_session(
+                timeout=min(_remaining(deadline), self._connect_timeout_s)
+            )
         except paramiko.ChannelException as exc:
             raise _Refused(
                 f"the host refused a new SSH channel ({exc}); is sshd's MaxSessions "
@@ -704,7 +728,7 @@ class _RejectUnknownKey(paramiko.MissingHostKeyPolicy):
             f"host {self._host}: the SSH host key of {hostname} ({_fingerprint(key)}) is not in "
             f"{self._known_hosts}. Check the fingerprint out of band (console, provisioning "
             f"output), then add it with: {_keyscan_command(self._hop)} >> "
-            f"{shlex.quote(self._known_hosts)} ; or set host_key_policy = \"accept-new\" in the "
+            f'{shlex.quote(self._known_hosts)} ; or set host_key_policy = "accept-new" in the '
             "[ssh] section to trust a host's key the first time sheetrunner sees it"
         )
 
@@ -730,7 +754,10 @@ class _AcceptNewKey(paramiko.MissingHostKeyPolicy):
         if pinned is None:
             log.warning(
                 "host %s: trusted new SSH host key of %s on first use: %s (added to %s)",
-                self._host, hostname, _fingerprint(key), self._known_hosts,
+                self._host,
+                hostname,
+                _fingerprint(key),
+                self._known_hosts,
             )
 
 
@@ -837,7 +864,8 @@ def _auth_plan(
     if identity:
         return (os.path.expanduser(identity),), False, False
     files = tuple(
-        path for path in (os.path.expanduser(f) for f in opts.get("identityfile", []))
+        path
+        for path in (os.path.expanduser(f) for f in opts.get("identityfile", []))
         if os.path.exists(path)
     )
     identities_only = opts.get("identitiesonly", "no").lower() == "yes"

@@ -69,15 +69,28 @@ class RowUpdate:
 
 
 @dataclass
+class RowInsert:
+    """New rows to put directly under `after_row` (a sweep's children under their parent).
+
+    `expect` holds the parent row's user cells as read; a backend that re-reads
+    before writing inserts only if that row still shows them."""
+
+    after_row: int
+    rows: list[dict[str, Any]]  # header -> value, one dict per new row
+    expect: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class SheetWrite:
     """Everything one cycle writes, sent as one batch."""
 
     new_columns: list[str] = field(default_factory=list)  # owned headers to add at the right
     rows: list[RowUpdate] = field(default_factory=list)
     tabs: dict[str, list[list[Any]]] = field(default_factory=dict)  # side tabs, replaced whole
+    inserts: list[RowInsert] = field(default_factory=list)  # applied after `rows`, bottom first
 
     def is_empty(self) -> bool:
-        return not (self.new_columns or self.rows or self.tabs)
+        return not (self.new_columns or self.rows or self.tabs or self.inserts)
 
 
 class SheetBackend(Protocol):

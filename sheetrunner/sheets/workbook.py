@@ -26,7 +26,7 @@ from openpyxl.worksheet.worksheet import Worksheet
 
 from ..errors import SheetError, SheetUnavailable
 from ..rows import cell_text
-from .base import RowUpdate, SheetWrite, Table, UnsavedFormula
+from .base import RowInsert, RowUpdate, SheetWrite, Table, UnsavedFormula
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,8 @@ class Workbook:
                 log.info("row %s moved or changed since it was read; writing it next cycle", update.row)
                 continue
             _write_row(sheet, row, update, columns, width)
+        for insert in sorted(change.inserts, key=lambda i: -i.after_row):
+            _insert_rows(sheet, insert, columns)
         for name, values in change.tabs.items():
             _replace_tab(book, name, values)
         self._save(book)
@@ -221,6 +223,21 @@ def _write_row(sheet: Worksheet, row: int, update: RowUpdate, columns: dict[str,
         fill = PatternFill(start_color=update.fill, end_color=update.fill, fill_type="solid")
         for col in range(1, width + 1):
             sheet.cell(row=row, column=col).fill = fill
+
+
+def _insert_rows(sheet: Worksheet, insert: RowInsert, columns: dict[str, int]) -> None:
+    """Put new rows under `after_row`, if that row still shows what was read."""
+    if any(_shown(sheet, insert.after_row, columns.get(k)) != v for k, v in insert.expect.items()):
+        log.info("row %s changed since it was read; inserting its rows next cycle", insert.after_row)
+        return
+    sheet.insert_rows(insert.after_row + 1, len(insert.rows))
+    for offset, values in enumerate(insert.rows, start=1):
+        for name, value in values.items():
+            if name in columns:
+                cell = sheet.cell(row=insert.after_row + offset, column=columns[name])
+                cell.value = _clean(value)
+                if isinstance(value, str):
+                    cell.data_type = "s"
 
 
 def _replace_tab(book: openpyxl.Workbook, name: str, values: list[list[Any]]) -> None:

@@ -1,0 +1,774 @@
+"""The Google Sheets backend: one read and at most one batched write per cycle, via gspread.
+
+Quota is the binding constraint (60 reads and 60 writes a minute per service
+account), so every cycle costs exactly one `values:batchGet` of the whole tab,
+and at most one `spreadsheets:batchUpdate` carrying every owned cell, colour,
+header and side tab. Writes are typed `updateCells` addressed by sheetId: the
+sheet never parses our text as a formula, and renaming the tab breaks nothing.
+The Sheets API has no compare-and-set, so only owned cells are ever written,
+with the narrowest field masks (a user's bold text or number format survives).
+
+gspread itself is used unmodified; `SheetsHTTPClient` is its documented
+extension point and adds the endpoint override (tests run against the
+emulator in tests/sheets_emulator), a timeout and bounded, jittered retries.
+gspread, requests and google-auth errors are translated here, once, into
+`SheetUnavailable` (transient: retried next cycle) or `SheetError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import logging
+import math
+import os
+import random
+import re
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import google.auth.credentials
+import google.auth.exceptions
+import google.oauth2.credentials
+import gspread
+import requests
+from google.oauth2 import service_account
+from gspread.exceptions import APIError, GSpreadException, SpreadsheetNotFound
+from gspread.http_client import ParamsType
+from gspread.utils import absolute_range_name
+
+from sheetrunner.errors import ConfigError, SheetError, SheetUnavailable
+from sheetrunner.sheets import base
+from sheetrunner.sheets.base import RowUpdate, SheetWrite, Table
+
+log = logging.getLogger(__name__)
+
+SCOPES = ["https://www.googleapis.com/auth/spreadsheets"]
+API_ORIGIN = "https://sheets.googleapis.com"
+ENDPOINT_ENV = "SHEETRUNNER_SHEETS_ENDPOINT"
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+ACTIONS = ("run", "hold", "stop", "rerun")
+JOB_HEADER = "job"
+ACTION_HEADER = "action"
+_TRANSIENT_ERRORS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,  # the connection died mid-answer
+    google.auth.exceptions.TransportError,
+)
+_FOREIGN_ERRORS = (
+    GSpreadException,
+    PermissionError,  # gspread's open_by_key turns HTTP 403 into the builtin
+    requests.RequestException,
+    google.auth.exceptions.GoogleAuthError,
+)
+_FORMULA_TYPE = getattr(base, "Formula", None)  # a deliberate formula, if rows.py defines one
+_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+# ---------------------------------------------------------------- HTTP
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded exponential backoff with jitter: delays base, 2*base, 4*base... capped."""
+
+    max_attempts: int = 6
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 32.0
+
+    def delay_s(self, attempt: int, retry_after_s: float | None = None) -> float:
+        """The pause after failed attempt `attempt` (1-based); half to full of the step."""
+        step = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
+        delay = step * random.uniform(0.5, 1.0)
+        if retry_after_s is not None:
+            delay = max(delay, min(retry_after_s, self.backoff_max_s))
+        return delay
+
+
+class SheetsHTTPClient(gspread.HTTPClient):
+    """gspread's HTTP client with an endpoint override, a timeout and bounded retries.
+
+    gspread builds this class itself with two positional arguments, so the
+    settings are attributes set afterwards by `GoogleSheet`. gspread's own
+    BackOffHTTPClient is not used: in 6.2 it retries forever, without jitter,
+    and not on connection errors.
+    """
+
+    endpoint: str | None = None
+    policy: RetryPolicy = RetryPolicy()
+
+    def request(self, method: str, endpoint: str, *args: Any, **kwargs: Any) -> requests.Response:
+        url = self._rewrite(endpoint)
+        for attempt in range(1, self.policy.max_attempts + 1):
+            try:
+                return super().request(method, url, *args, **kwargs)
+            except APIError as exc:
+                status = exc.response.status_code
+                if status not in RETRY_STATUSES or attempt == self.policy.max_attempts:
+                    raise
+                reason, retry_after = f"HTTP {status}", _retry_after_s(exc.response)
+            except _TRANSIENT_ERRORS as exc:
+                if attempt == self.policy.max_attempts:
+                    raise
+                reason, retry_after = type(exc).__name__, None
+            delay = self.policy.delay_s(attempt, retry_after)
+            log.warning(
+                "Sheets API %s failed (%s), attempt %d of %d; retrying in %.1f s",
+                method.upper(),
+                reason,
+                attempt,
+                self.policy.max_attempts,
+                delay,
+            )
+            time.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _rewrite(self, url: str) -> str:
+        if self.endpoint and url.startswith(API_ORIGIN):
+            return self.endpoint.rstrip("/") + url[len(API_ORIGIN) :]
+        return url
+
+
+def _retry_after_s(response: requests.Response) -> float | None:
+    try:
+        return float(response.headers["Retry-After"])
+    except (KeyError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def spreadsheet_key(url_or_key: str) -> str:
+    """The spreadsheet id from a docs.google.com URL or a bare key."""
+    text = (url_or_key or "").strip()
+    if "/" in text:
+        try:
+            text = gspread.utils.extract_id_from_url(text)
+        except gspread.exceptions.NoValidUrlKeyFound:
+            raise ConfigError(
+                f"[sheet] url {url_or_key!r} is not a Google Sheets URL; copy the address of "
+                "the sheet (https://docs.google.com/spreadsheets/d/<key>/edit) or just its key"
+            ) from None
+    if not _KEY.match(text):
+        raise ConfigError(f"[sheet] url {url_or_key!r} is neither a Google Sheets URL nor a key")
+    return text
+
+
+def load_credentials(
+    credentials: str | google.auth.credentials.Credentials | None, endpoint: str | None
+) -> google.auth.credentials.Credentials:
+    """Credentials for the spreadsheets scope only; "none" (no token) only with an endpoint."""
+    if isinstance(credentials, google.auth.credentials.Credentials):
+        return credentials
+    if credentials == "none":
+        if not endpoint:
+            raise ConfigError(
+                '[sheet] credentials = "none" only works with an endpoint override (a local '
+                f"emulator, via {ENDPOINT_ENV}); for Google Sheets give the path of a "
+                "service-account JSON key"
+            )
+        return google.auth.credentials.AnonymousCredentials()
+    path = _credentials_path(credentials)
+    _warn_if_readable_by_others(path)
+    return _credentials_from_file(path)
+
+
+def _credentials_path(configured: str | None) -> Path:
+    if configured:
+        path, source = Path(configured).expanduser(), "[sheet] credentials"
+    elif os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
+        path, source = (
+            Path(os.environ["GOOGLE_APPLICATION_CREDENTIALS"]),
+            "GOOGLE_APPLICATION_CREDENTIALS",
+        )
+    else:
+        path, source = Path(gspread.auth.DEFAULT_SERVICE_ACCOUNT_FILENAME), "gspread's default"
+    if not path.is_file():
+        raise ConfigError(
+            f"no credentials file at {path} (from {source}); create a service-account key "
+            "(Google Cloud console > IAM > Service accounts > Keys > JSON), share the sheet "
+            "with the account's email as Editor, and set [sheet] credentials to the key's path"
+        )
+    return path
+
+
+def _warn_if_readable_by_others(path: Path) -> None:
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning(
+            "credentials file %s can be read by group or others (mode %o); run: chmod 600 %s",
+            path,
+            stat.S_IMODE(mode),
+            path,
+        )
+
+
+def _credentials_from_file(path: Path) -> google.auth.credentials.Credentials:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise ConfigError(f"credentials file {path} is not readable JSON") from None
+    kind = info.get("type") if isinstance(info, dict) else None
+    try:
+        if kind == "service_account":
+            return service_account.Credentials.from_service_account_info(info, scopes=SCOPES)
+        if kind == "authorized_user":
+            return google.oauth2.credentials.Credentials.from_authorized_user_info(info, SCOPES)
+    except ValueError as exc:
+        raise ConfigError(f"credentials file {path} is incomplete: {exc}") from None
+    raise ConfigError(
+        f"credentials file {path} is of type {kind!r}; expected a service-account key "
+        '("type": "service_account")'
+    )
+
+
+# ---------------------------------------------------------------- the backend
+
+
+@dataclass
+class _Tab:
+    """What we keep of a tab's metadata: enough to address it by sheetId."""
+
+    sheet_id: int
+    title: str
+    row_count: int
+    col_count: int
+
+    @classmethod
+    def from_properties(cls, props: dict[str, Any]) -> _Tab:
+        grid = props.get("gridProperties", {})
+        return cls(
+            props["sheetId"], props["title"], grid.get("rowCount", 0), grid.get("columnCount", 0)
+        )
+
+
+@dataclass
+class _Batch:
+    """One write's requests, and the metadata to remember once it succeeded."""
+
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    grown: dict[int, tuple[int, int]] = field(default_factory=dict)  # sheetId -> (rows, cols)
+    created: list[_Tab] = field(default_factory=list)
+    header: list[str] = field(default_factory=list)
+
+
+class GoogleSheet:
+    """A `SheetBackend` on one tab of a Google Sheet (or of the emulator, via an endpoint).
+
+    Metadata (the tab's sheetId and size, the other tabs) is fetched on first
+    use, two reads, and cached; it is fetched again only after a permanent
+    error or when the tab was renamed.
+    """
+
+    def __init__(
+        self,
+        url_or_key: str,
+        worksheet: str | None = None,
+        credentials: str | google.auth.credentials.Credentials | None = None,
+        endpoint: str | None = None,
+        timeout_s: float = 30,
+        max_attempts: int = 6,
+        *,
+        backoff_base_s: float = 1.0,
+        backoff_max_s: float = 32.0,
+        id_header: str = "id",
+    ) -> None:
+        self.key = spreadsheet_key(url_or_key)
+        self.worksheet = worksheet
+        self.endpoint = os.environ.get(ENDPOINT_ENV) or endpoint or None
+        if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"Sheets endpoint {self.endpoint!r} must start with http:// or https://"
+            )
+        self.id_header = id_header
+        self.policy = RetryPolicy(max_attempts, backoff_base_s, backoff_max_s)
+        creds = load_credentials(credentials, self.endpoint)
+        self._account = getattr(creds, "service_account_email", None) or "the service account"
+        self._client = gspread.Client(creds, http_client=SheetsHTTPClient)
+        http = self._client.http_client
+        http.endpoint, http.policy = self.endpoint, self.policy  # type: ignore[attr-defined]
+        http.set_timeout(timeout_s)
+        self._spreadsheet: gspread.Spreadsheet | None = None
+        self._tab: _Tab | None = None
+        self._tabs: dict[str, _Tab] = {}
+        self._table: Table | None = None
+        self._pending: SheetWrite | None = None
+
+    @property
+    def pending(self) -> SheetWrite | None:
+        """Updates a failed write kept for the next one (None when nothing is waiting)."""
+        return self._pending
+
+    # ------------------------------------------------------------ SheetBackend
+
+    def read(self) -> Table:
+        """The whole tab in one request, typed (UNFORMATTED_VALUE), rows ragged."""
+        tab = self._open()
+        with self._api_errors():
+            try:
+                answer = self._get_values(tab)
+            except APIError as exc:
+                if not _is_unknown_range(exc):
+                    raise
+                answer = self._get_values(self._follow_rename())
+        value_range = answer["valueRanges"][0]
+        self._note_grid_size(value_range.get("range", ""))
+        rows = value_range.get("values", [])
+        header = [str(h) for h in rows[0]] if rows else []
+        self._table = Table(header=header, rows=rows[1:])
+        return self._table
+
+    def write(self, change: SheetWrite) -> None:
+        """Send `change`, plus whatever a failed write left pending, as one batchUpdate."""
+        merged = _merge(self._pending, change, self._table, self.id_header)
+        if merged.is_empty():
+            return
+        if self._table is None:
+            self.read()  # only when called without this cycle's read: rows need the header
+        batch = self._plan(merged, self._open())
+        try:
+            self._send(batch)
+        except SheetUnavailable as exc:
+            self._pending = merged
+            raise SheetUnavailable(
+                f"{exc}; {len(merged.rows)} row update(s) kept for the next write"
+            ) from exc
+        except SheetError:
+            self._pending = None
+            self._forget_metadata()
+            raise
+        self._pending = None
+        self._remember(batch)
+
+    def initialize(self, header: list[str], job_names: list[str]) -> None:
+        """Write the header (frozen, with dropdowns) into an empty tab, else add missing columns."""
+        tab = self._open()
+        table = self.read()
+        batch = _Batch(header=list(table.header))
+        if not table.header and not table.rows:
+            self._add_columns(batch, tab, header)
+            batch.requests.append(_freeze_header(tab))
+            batch.requests += _dropdowns(tab, header, job_names)
+        else:
+            self._add_columns(batch, tab, [h for h in header if h not in table.header])
+        if batch.requests:
+            self._send(batch)
+            self._remember(batch)
+
+    # ------------------------------------------------------------ metadata
+
+    def _open(self) -> _Tab:
+        if self._tab is None:
+            with self._api_errors():
+                if self._spreadsheet is None:
+                    self._spreadsheet = self._client.open_by_key(self.key)
+                self._load_tabs()
+            self._tab = self._pick_tab()
+            log.info(
+                "using spreadsheet %s tab %r (sheetId %d)",
+                self.key,
+                self._tab.title,
+                self._tab.sheet_id,
+            )
+        return self._tab
+
+    def _load_tabs(self) -> None:
+        assert self._spreadsheet is not None
+        sheets = self._spreadsheet.fetch_sheet_metadata()["sheets"]
+        tabs = sorted(sheets, key=lambda s: s["properties"].get("index", 0))
+        self._tabs = {s["properties"]["title"]: _Tab.from_properties(s["properties"]) for s in tabs}
+
+    def _pick_tab(self) -> _Tab:
+        if self.worksheet is None:
+            return next(iter(self._tabs.values()))
+        tab = self._tabs.get(self.worksheet)
+        if tab is None:
+            raise SheetError(
+                f"spreadsheet {self.key} has no tab named {self.worksheet!r} (it has: "
+                f"{', '.join(map(repr, self._tabs))}); fix [sheet] worksheet"
+            )
+        return tab
+
+    def _follow_rename(self) -> _Tab:
+        """The tab's title changed under us: find it again by its sheetId (one extra read)."""
+        assert self._tab is not None
+        old = self._tab
+        self._load_tabs()
+        found = next((t for t in self._tabs.values() if t.sheet_id == old.sheet_id), None)
+        if found is None:
+            self._tab = None
+            raise SheetError(
+                f"tab {old.title!r} (sheetId {old.sheet_id}) is gone from spreadsheet "
+                f"{self.key}; restore it (File > Version history) or fix [sheet] worksheet"
+            )
+        log.info("tab %r was renamed to %r; following it by sheetId", old.title, found.title)
+        self._tab = found
+        return found
+
+    def _forget_metadata(self) -> None:
+        self._tab = None
+
+    def _note_grid_size(self, echoed: str) -> None:
+        """The read echoes the whole grid's range ("Runs!A1:Z1000"): keep the cached size
+        current for free, so a column a user inserted or deleted cannot skew a later write."""
+        try:
+            grid = gspread.utils.a1_range_to_grid_range(echoed.rpartition("!")[2])
+        except GSpreadException:
+            return
+        if self._tab is not None and "endRowIndex" in grid and "endColumnIndex" in grid:
+            self._tab.row_count, self._tab.col_count = grid["endRowIndex"], grid["endColumnIndex"]
+
+    def _get_values(self, tab: _Tab) -> dict[str, Any]:
+        assert self._spreadsheet is not None
+        params: ParamsType = {
+            "valueRenderOption": "UNFORMATTED_VALUE",
+            "dateTimeRenderOption": "FORMATTED_STRING",
+            "majorDimension": "ROWS",
+        }
+        return self._spreadsheet.values_batch_get([absolute_range_name(tab.title)], params=params)
+
+    # ------------------------------------------------------------ building the batch
+
+    def _plan(self, change: SheetWrite, tab: _Tab) -> _Batch:
+        assert self._table is not None
+        batch = _Batch(header=list(self._table.header))
+        self._add_columns(batch, tab, change.new_columns)
+        columns = _column_index(batch.header)
+        for update in change.rows:
+            batch.requests += _row_requests(tab.sheet_id, update, columns)
+        for name, rows in change.tabs.items():
+            self._side_tab_requests(batch, name, rows)
+        return batch
+
+    def _add_columns(self, batch: _Batch, tab: _Tab, names: list[str]) -> None:
+        """Headers appended right of the last header cell, growing the grid first if needed."""
+        new = [n for n in dict.fromkeys(names) if n not in batch.header]
+        if not new:
+            return
+        start = len(batch.header)
+        batch.grown[tab.sheet_id] = _grow(batch, tab, tab.row_count, start + len(new))
+        batch.requests.append(_update_cells(tab.sheet_id, 0, start, [new]))
+        batch.header += new
+
+    def _side_tab_requests(self, batch: _Batch, name: str, rows: list[list[Any]]) -> None:
+        """Replace a side tab's values whole (creating the tab the first time)."""
+        if self._tab is not None and name == self._tab.title:
+            log.error("refusing to overwrite the experiments tab %r as a side tab", name)
+            return
+        height, width = max(len(rows), 1), max((len(r) for r in rows), default=1) or 1
+        tab = self._tabs.get(name)
+        if tab is None:
+            tab = _Tab(self._new_sheet_id(batch), name, height, width)
+            batch.requests.append(_add_sheet(tab))
+            batch.created.append(tab)
+        else:
+            batch.grown[tab.sheet_id] = _grow(batch, tab, height, width)
+        whole = {"sheetId": tab.sheet_id}
+        batch.requests.append(
+            {"updateCells": {"range": whole, "rows": _row_data(rows), "fields": "userEnteredValue"}}
+        )
+
+    def _new_sheet_id(self, batch: _Batch) -> int:
+        taken = {t.sheet_id for t in self._tabs.values()} | {t.sheet_id for t in batch.created}
+        while True:
+            sheet_id = random.randrange(1, 2**31 - 1)
+            if sheet_id not in taken:
+                return sheet_id
+
+    # ------------------------------------------------------------ sending
+
+    def _send(self, batch: _Batch) -> None:
+        assert self._spreadsheet is not None
+        with self._api_errors():
+            self._spreadsheet.batch_update({"requests": batch.requests})
+
+    def _remember(self, batch: _Batch) -> None:
+        """After a successful write: the grid sizes, new tabs and header it produced."""
+        self._tabs.update({t.title: t for t in batch.created})
+        for tab in self._tabs.values():  # the experiments tab is one of these objects
+            if tab.sheet_id in batch.grown:
+                tab.row_count, tab.col_count = batch.grown[tab.sheet_id]
+        if self._table is not None:
+            self._table.header = list(batch.header)
+
+    @contextlib.contextmanager
+    def _api_errors(self) -> Iterator[None]:
+        """Translate gspread/requests/google-auth errors into SheetError/SheetUnavailable."""
+        try:
+            yield
+        except SheetError:
+            raise
+        except _FOREIGN_ERRORS as exc:
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: Exception) -> SheetError:
+        where = f"spreadsheet {self.key}"
+        if isinstance(exc, SpreadsheetNotFound):
+            return SheetError(
+                f"{where} not found: check [sheet] url (and that it is a Google Sheet)"
+            )
+        if isinstance(exc, PermissionError) or _status(exc) == 403:
+            return SheetError(f"no access to {where}: share it as Editor with {self._account}")
+        if isinstance(exc, APIError):
+            return _translate_api_error(exc, where, self.policy.max_attempts)
+        refresh = google.auth.exceptions.RefreshError
+        if isinstance(exc, refresh) and not getattr(exc, "retryable", False):
+            return SheetError(
+                f"could not get a Google access token ({_reason(exc)}); check [sheet] credentials"
+            )
+        if isinstance(exc, (*_TRANSIENT_ERRORS, refresh)):
+            origin = self.endpoint or API_ORIGIN
+            return SheetUnavailable(
+                f"cannot reach Google Sheets at {origin} ({type(exc).__name__}) after "
+                f"{self.policy.max_attempts} attempts; will retry next cycle"
+            )
+        return SheetError(f"Google Sheets failed on {where}: {_reason(exc)}")
+
+
+def _translate_api_error(exc: APIError, where: str, attempts: int) -> SheetError:
+    status = exc.response.status_code
+    message = str(exc.error.get("message", "")).strip()
+    if status in RETRY_STATUSES:
+        return SheetUnavailable(
+            f"Google Sheets answered HTTP {status} {exc.error.get('status', '')} ({message}) "
+            f"{attempts} times in a row for {where}; will retry next cycle"
+        )
+    if status == 401:
+        return SheetError(
+            "Google Sheets rejected the credentials (HTTP 401); check [sheet] credentials"
+        )
+    if status == 404:
+        return SheetError(f"{where} not found (HTTP 404); check [sheet] url")
+    return SheetError(f"Google Sheets refused a request on {where} (HTTP {status}): {message}")
+
+
+def _is_unknown_range(exc: APIError) -> bool:
+    """The 400 the API gives for a range on a tab title that no longer exists."""
+    message = str(exc.error.get("message", ""))
+    return exc.response.status_code == 400 and message.startswith("Unable to parse range")
+
+
+def _status(exc: Exception) -> int | None:
+    return exc.response.status_code if isinstance(exc, APIError) else None
+
+
+def _reason(exc: Exception) -> str:
+    """The first line of the error's own message (google-auth puts a response dict second)."""
+    text = str(exc.args[0]) if exc.args else type(exc).__name__
+    return (text.splitlines() or [type(exc).__name__])[0][:200]
+
+
+# ---------------------------------------------------------------- pending writes
+
+
+def _merge(
+    older: SheetWrite | None, newer: SheetWrite, table: Table | None, id_header: str
+) -> SheetWrite:
+    """A failed write's updates under this cycle's, newest value winning per cell.
+
+    Older row updates are found again in this cycle's read (by run id, or for
+    a claim by its row still being unclaimed with the same job); rows that are
+    gone are dropped, since writing by stale position could hit another run.
+    """
+    if older is None:
+        return newer
+    rows: dict[Any, RowUpdate] = {}
+    for update in older.rows:
+        moved = _relocate(update, table, id_header)
+        if moved is not None:
+            rows[_run_key(moved, id_header)] = moved
+    for update in newer.rows:
+        key = _run_key(update, id_header)
+        rows[key] = _combine(rows[key], update) if key in rows else update
+    return SheetWrite(
+        new_columns=list(dict.fromkeys(older.new_columns + newer.new_columns)),
+        rows=list(rows.values()),
+        tabs={**older.tabs, **newer.tabs},
+    )
+
+
+def _run_key(update: RowUpdate, id_header: str) -> Any:
+    return update.run_id or update.cells.get(id_header) or ("row", update.row)
+
+
+def _combine(old: RowUpdate, new: RowUpdate) -> RowUpdate:
+    return replace(
+        new,
+        run_id=new.run_id or old.run_id,
+        cells={**old.cells, **new.cells},
+        fill=new.fill if new.fill is not None else old.fill,
+    )
+
+
+def _relocate(update: RowUpdate, table: Table | None, id_header: str) -> RowUpdate | None:
+    if table is None:
+        return update
+    col = table.column(id_header)
+    if update.run_id is not None:
+        for offset, cells in enumerate(table.rows):
+            if col is not None and col < len(cells) and str(cells[col]) == update.run_id:
+                return replace(update, row=offset + 2)
+        log.info("run %s: its row is gone; dropping its pending sheet update", update.run_id)
+        return None
+    unclaimed = col is None or table.value(update.row, id_header) == ""
+    if unclaimed and str(table.value(update.row, JOB_HEADER)) == update.job:
+        return update
+    log.info("row %d changed before its claim was written; dropping the pending claim", update.row)
+    return None
+
+
+# ---------------------------------------------------------------- request JSON
+
+
+def typed_value(value: Any) -> dict[str, Any]:
+    """An ExtendedValue that the sheet stores as is: text is never parsed as a formula.
+
+    The one formula written on purpose is a sparkline: a `base.Formula` value
+    when that type exists, else text starting with "=SPARKLINE(".
+    """
+    if _is_formula(value):
+        return {"formulaValue": str(value)}
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if value is None or value == "":
+        return {}
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int | float) and math.isfinite(value):
+        return {"numberValue": value}
+    return {"stringValue": str(value)}
+
+
+def _is_formula(value: Any) -> bool:
+    if _FORMULA_TYPE is not None:
+        return isinstance(value, _FORMULA_TYPE)
+    return isinstance(value, str) and value.startswith("=SPARKLINE(")
+
+
+def rgb(fill: str) -> dict[str, float]:
+    """Hex "C9DAF8" -> {"red": 0.788, ...}; the API stores colours in 1/255 steps anyway."""
+    digits = fill.lstrip("#")
+    if not re.fullmatch(r"[0-9A-Fa-f]{6}", digits):
+        raise ValueError(f"row fill {fill!r} is not an RGB hex colour like 'C9DAF8'")
+    levels = (int(digits[i : i + 2], 16) / 255 for i in (0, 2, 4))
+    return dict(zip(("red", "green", "blue"), levels, strict=True))
+
+
+def _column_index(header: list[str]) -> dict[str, int]:
+    columns: dict[str, int] = {}
+    for i, name in enumerate(header):
+        if name:
+            columns.setdefault(name, i)
+    return columns
+
+
+def _row_requests(
+    sheet_id: int, update: RowUpdate, columns: dict[str, int]
+) -> list[dict[str, Any]]:
+    """One updateCells per run of adjacent owned columns, one repeatCell for the row colour."""
+    unknown = [h for h in update.cells if h not in columns]
+    if unknown:
+        log.warning("row %d: no column %s in the sheet; not written", update.row, unknown)
+    cells = sorted((columns[h], v) for h, v in update.cells.items() if h in columns)
+    requests_ = [
+        _update_cells(sheet_id, update.row - 1, start, [values])
+        for start, values in _adjacent_runs(cells)
+    ]
+    if update.fill is not None:
+        requests_ += _fill_request(sheet_id, update)
+    return requests_
+
+
+def _fill_request(sheet_id: int, update: RowUpdate) -> list[dict[str, Any]]:
+    """The row's background ("" clears it); only that format field, so a user's bold stays."""
+    try:
+        colour = {"backgroundColor": rgb(update.fill)} if update.fill else {}
+    except ValueError as exc:
+        log.warning("row %d: %s; colour not written", update.row, exc)
+        return []
+    row = {"sheetId": sheet_id, "startRowIndex": update.row - 1, "endRowIndex": update.row}
+    fields = "userEnteredFormat.backgroundColor"
+    return [{"repeatCell": {"range": row, "cell": {"userEnteredFormat": colour}, "fields": fields}}]
+
+
+def _adjacent_runs(cells: list[tuple[int, Any]]) -> list[tuple[int, list[Any]]]:
+    runs: list[tuple[int, list[Any]]] = []
+    for col, value in cells:
+        if runs and runs[-1][0] + len(runs[-1][1]) == col:
+            runs[-1][1].append(value)
+        else:
+            runs.append((col, [value]))
+    return runs
+
+
+def _update_cells(sheet_id: int, row0: int, col0: int, rows: list[list[Any]]) -> dict[str, Any]:
+    width = max(len(r) for r in rows)
+    grid_range = {
+        "sheetId": sheet_id,
+        "startRowIndex": row0,
+        "endRowIndex": row0 + len(rows),
+        "startColumnIndex": col0,
+        "endColumnIndex": col0 + width,
+    }
+    return {
+        "updateCells": {"range": grid_range, "rows": _row_data(rows), "fields": "userEnteredValue"}
+    }
+
+
+def _row_data(rows: list[list[Any]]) -> list[dict[str, Any]]:
+    return [{"values": [{"userEnteredValue": typed_value(v)} for v in row]} for row in rows]
+
+
+def _grow(batch: _Batch, tab: _Tab, rows: int, cols: int) -> tuple[int, int]:
+    """appendDimension requests so the grid holds at least rows x cols; the resulting size."""
+    size = (max(tab.row_count, rows), max(tab.col_count, cols))
+    have_size = (tab.row_count, tab.col_count)
+    for dimension, have, want in zip(("ROWS", "COLUMNS"), have_size, size, strict=True):
+        if want > have:
+            append = {"sheetId": tab.sheet_id, "dimension": dimension, "length": want - have}
+            batch.requests.append({"appendDimension": append})
+    return size
+
+
+def _add_sheet(tab: _Tab) -> dict[str, Any]:
+    grid = {"rowCount": tab.row_count, "columnCount": tab.col_count}
+    return {
+        "addSheet": {
+            "properties": {"sheetId": tab.sheet_id, "title": tab.title, "gridProperties": grid}
+        }
+    }
+
+
+def _freeze_header(tab: _Tab) -> dict[str, Any]:
+    props = {"sheetId": tab.sheet_id, "gridProperties": {"frozenRowCount": 1}}
+    return {
+        "updateSheetProperties": {"properties": props, "fields": "gridProperties.frozenRowCount"}
+    }
+
+
+def _dropdowns(tab: _Tab, header: list[str], job_names: list[str]) -> list[dict[str, Any]]:
+    """Dropdowns under `action` (strict: a typo is refused) and `job` (a warning only:
+    a job added to the config later must still be typeable)."""
+    lists = [(ACTION_HEADER, list(ACTIONS), True), (JOB_HEADER, list(job_names), False)]
+    requests_ = []
+    for name, choices, strict in lists:
+        if name not in header or not choices:
+            continue
+        col = header.index(name)
+        below_header = {
+            "sheetId": tab.sheet_id,
+            "startRowIndex": 1,
+            "startColumnIndex": col,
+            "endColumnIndex": col + 1,
+        }
+        condition = {"type": "ONE_OF_LIST", "values": [{"userEnteredValue": c} for c in choices]}
+        rule = {"condition": condition, "strict": strict, "showCustomUi": True}
+        requests_.append({"setDataValidation": {"range": below_header, "rule": rule}})
+    return requests_
