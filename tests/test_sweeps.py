@@ -55,7 +55,7 @@ def test_the_summary_counts_children_most_pressing_first():
 def test_a_sweep_row_expands_into_child_rows_that_run(tmp_path):
     write_workbook(tmp_path / "experiments.xlsx", HEADER + ["notes"],
                    [["fake", "1..2", "0.01, 0.02", None, 0, None] + [None] * 9 + ["keep me"],
-                    ["fake", 1, 0.01, None, 0]])
+                    ["fake", 3, 0.01, None, 0]])
     daemon = build(local_config(tmp_path))
     daemon.cycle()
     rows = read_workbook(tmp_path / "experiments.xlsx")
@@ -66,7 +66,7 @@ def test_a_sweep_row_expands_into_child_rows_that_run(tmp_path):
         ("1", "0.01"), ("1", "0.02"), ("2", "0.01"), ("2", "0.02")]
     assert all(c["sweep"] == parent["id"] and c["job"] == "fake" and c["gpus"] == 0
                for c in children)
-    assert last["--steps"] == 1
+    assert last["--steps"] == 3
     rows = cycle_until(daemon, lambda rows: all(r["status"] == "succeeded" for r in rows[1:]))
     assert rows[0]["status"] == "4/4 succeeded"
     assert len({r["id"] for r in rows}) == 6

@@ -43,8 +43,9 @@ from gspread.http_client import ParamsType
 from gspread.utils import absolute_range_name
 
 from sheetrunner.errors import ConfigError, SheetError, SheetUnavailable
+from sheetrunner.rows import cell_text
 from sheetrunner.sheets import base
-from sheetrunner.sheets.base import RowUpdate, SheetWrite, Table
+from sheetrunner.sheets.base import RowInsert, RowUpdate, SheetWrite, Table
 
 log = logging.getLogger(__name__)
 
@@ -443,6 +444,10 @@ class GoogleSheet:
         columns = _column_index(batch.header)
         for update in change.rows:
             batch.requests += _row_requests(tab.sheet_id, update, columns)
+        for insert in sorted(change.inserts, key=lambda i: -i.after_row):  # bottom first
+            batch.requests += _insert_requests(tab.sheet_id, insert, columns)
+            height, width = batch.grown.get(tab.sheet_id, (tab.row_count, tab.col_count))
+            batch.grown[tab.sheet_id] = (height + len(insert.rows), width)
         for name, rows in change.tabs.items():
             self._side_tab_requests(batch, name, rows)
         return batch
@@ -574,8 +579,10 @@ def _merge(
     """A failed write's updates under this cycle's, newest value winning per cell.
 
     Older row updates are found again in this cycle's read (by run id, or for
-    a claim by its row still being unclaimed with the same job); rows that are
-    gone are dropped, since writing by stale position could hit another run.
+    a claim by its row still being unclaimed and showing the same user cells);
+    rows that are gone are dropped, since writing by stale position could hit
+    another run. Older inserts are dropped too: the daemon derives a sweep's
+    missing rows from the sheet every cycle, so keeping them could insert twice.
     """
     if older is None:
         return newer
@@ -591,6 +598,7 @@ def _merge(
         new_columns=list(dict.fromkeys(older.new_columns + newer.new_columns)),
         rows=list(rows.values()),
         tabs={**older.tabs, **newer.tabs},
+        inserts=newer.inserts,
     )
 
 
@@ -610,18 +618,23 @@ def _combine(old: RowUpdate, new: RowUpdate) -> RowUpdate:
 def _relocate(update: RowUpdate, table: Table | None, id_header: str) -> RowUpdate | None:
     if table is None:
         return update
-    col = table.column(id_header)
     if update.run_id is not None:
-        for offset, cells in enumerate(table.rows):
-            if col is not None and col < len(cells) and str(cells[col]) == update.run_id:
-                return replace(update, row=offset + 2)
+        for row in range(2, len(table.rows) + 2):
+            if _shown(table, row, id_header) == update.run_id:
+                return replace(update, row=row)
         log.info("run %s: its row is gone; dropping its pending sheet update", update.run_id)
         return None
-    unclaimed = col is None or table.value(update.row, id_header) == ""
-    if unclaimed and str(table.value(update.row, JOB_HEADER)) == update.job:
+    expect = update.expect or {JOB_HEADER: update.job}
+    same = all(_shown(table, update.row, name) == value for name, value in expect.items())
+    if same and _shown(table, update.row, id_header) == "":
         return update
     log.info("row %d changed before its claim was written; dropping the pending claim", update.row)
     return None
+
+
+def _shown(table: Table, row: int, name: str) -> str:
+    """A cell as text, compared the way rows.py compares it."""
+    return cell_text(table.value(row, name)).strip()
 
 
 # ---------------------------------------------------------------- request JSON
@@ -696,6 +709,30 @@ def _fill_request(sheet_id: int, update: RowUpdate) -> list[dict[str, Any]]:
     row = {"sheetId": sheet_id, "startRowIndex": update.row - 1, "endRowIndex": update.row}
     fields = "userEnteredFormat.backgroundColor"
     return [{"repeatCell": {"range": row, "cell": {"userEnteredFormat": colour}, "fields": fields}}]
+
+
+def _insert_requests(
+    sheet_id: int, insert: RowInsert, columns: dict[str, int]
+) -> list[dict[str, Any]]:
+    """New empty rows under `after_row` (the row as read this cycle), then their cells."""
+    if not insert.rows:
+        return []
+    start = insert.after_row  # 0-based index of the first new row
+    rows = {"sheetId": sheet_id, "dimension": "ROWS", "startIndex": start}
+    rows["endIndex"] = start + len(insert.rows)
+    requests_: list[dict[str, Any]] = [
+        {"insertDimension": {"range": rows, "inheritFromBefore": False}}
+    ]
+    for offset, values in enumerate(insert.rows):
+        unknown = [h for h in values if h not in columns]
+        if unknown:
+            log.warning("inserted row %d: no column %s in the sheet", start + offset + 1, unknown)
+        cells = sorted((columns[h], v) for h, v in values.items() if h in columns)
+        requests_ += [
+            _update_cells(sheet_id, start + offset, col, [run])
+            for col, run in _adjacent_runs(cells)
+        ]
+    return requests_
 
 
 def _adjacent_runs(cells: list[tuple[int, Any]]) -> list[tuple[int, list[Any]]]:
