@@ -61,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing as it grows")
     p.add_argument("--attempt", type=int, help="attempt number (default: the newest)")
+    p = command("plot", cmd_plot, "a metric's curve for runs, as a PNG or in the terminal")
+    p.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    p.add_argument("--metric", help="metric to draw (default: the first reported besides step)")
+    p.add_argument("-o", "--output", help="write a PNG here instead of drawing in the terminal")
     p = command("init", cmd_init, "write a starter config and workbook, or prepare a sheet")
     return parser
 
@@ -148,6 +152,44 @@ def _follow(agent, run_id: str, attempt: int) -> int:
                 time.sleep(1.0)
     except KeyboardInterrupt:
         return 0
+
+
+def cmd_plot(args: argparse.Namespace, console: Console) -> int:
+    from . import plot
+
+    config = config_module.load(args.config)
+    histories = _histories(config, args.run_ids)
+    metric = args.metric or next(
+        iter(plot.metrics_in([r for records in histories.values() for r in records])), None)
+    if metric is None:
+        raise SheetrunnerError("these runs reported no metrics yet")
+    curves = {run_id: plot.series(records, metric) for run_id, records in histories.items()}
+    if args.output:
+        console.print(f"wrote {plot.write_png(curves, metric, Path(args.output))}")
+    else:
+        console.print(f"[bold]{metric}[/]")
+        for line in plot.text_lines(curves, metric):
+            console.print(line, highlight=False)
+    return 0
+
+
+def _histories(config, run_ids: list[str]) -> dict[str, list[dict]]:
+    """Each run's reports, fetched from its host (the newest attempt)."""
+    store = open_store(config)
+    runs = {run_id: store.run(run_id) for run_id in run_ids}
+    store.close()
+    pool = open_pool(config)
+    try:
+        found = {}
+        for run_id, run in runs.items():
+            if run is None or not run.host or run.host not in pool.agents:
+                raise SheetrunnerError(f"no launched run {run_id!r}; `sheetrunner ps` lists the runs")
+            found[run_id] = pool.agents[run.host].history(run_id, run.attempt)
+        return found
+    except TransportError as exc:
+        raise SheetrunnerError(f"could not fetch metrics: {exc}") from None
+    finally:
+        pool.close()
 
 
 def cmd_init(args: argparse.Namespace, console: Console) -> int:

@@ -29,6 +29,7 @@ class SheetConfig:
     endpoint: str | None = None
     pool_tab: str | None = None
     metric_columns: tuple[str, ...] = ()
+    curve: str | None = None  # metric drawn as a sparkline in the `curve` column
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,8 @@ def _sheet(raw: dict[str, Any], base: Path) -> SheetConfig:
     _known_keys(
         "sheet",
         raw,
-        {"path", "url", "key", "worksheet", "credentials", "endpoint", "pool_tab", "metric_columns"},
+        {"path", "url", "key", "worksheet", "credentials", "endpoint", "pool_tab", "metric_columns",
+         "curve"},
     )
     path = _opt_str("sheet.path", raw.get("path"))
     url = _opt_str("sheet.url", raw.get("url")) or _opt_str("sheet.key", raw.get("key"))
@@ -163,6 +165,7 @@ def _sheet(raw: dict[str, Any], base: Path) -> SheetConfig:
         endpoint=_opt_str("sheet.endpoint", raw.get("endpoint")),
         pool_tab=_opt_str("sheet.pool_tab", raw.get("pool_tab")),
         metric_columns=tuple(columns),
+        curve=_opt_str("sheet.curve", raw.get("curve")),
     )
 
 

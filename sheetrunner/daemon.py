@@ -20,7 +20,7 @@ from pathlib import Path
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from . import expansion, reconcile, rows
+from . import reconcile, rows
 from .config import Config, HostConfig
 from .errors import SheetError, SheetrunnerError, SheetUnavailable, TransportError
 from .model import Experiment, HostObservation, Run, Status
@@ -28,6 +28,7 @@ from .pool.hosts import HostAgent, Pool, describe_argv, launch_spec
 from .pool.local import LocalTransport
 from .pool.transport import Transport
 from .reconcile import Launch, Plan
+from .sheet_view import SheetView
 from .sheets.base import SheetBackend, SheetWrite, Table
 from .store import Store
 
@@ -63,6 +64,7 @@ class Daemon:
         self.store = store
         self.clock = clock
         self.policy = policy_from(config)
+        self.view = SheetView(config.sheet)
         self._cycle_lock = threading.Lock()
 
     # -- one cycle ----------------------------------------------------------------------------
@@ -150,16 +152,7 @@ class Daemon:
 
     def _write_sheet(self, table: Table, experiments: list[Experiment], plan: Plan,
                      runs: dict[str, Run], now: datetime) -> int:
-        values = {row: rows.owned_values(runs[run_id], now) for row, run_id in plan.rows.items()}
-        values.update({row: rows.note_values(status, msg) for row, (status, msg) in plan.notes.items()})
-        parents = [e for e in experiments if e.is_sweep]
-        sweep_cells, fills, inserts = expansion.sweep_values(
-            table, parents, _child_statuses(experiments, plan, runs))
-        values.update(sweep_cells)
-        extra = [expansion.SWEEP_COLUMN] if parents or expansion.SWEEP_COLUMN in table.header else []
-        change = rows.plan_write(table, values, extra, fills)
-        change.inserts = inserts
-        change.tabs.update(self.side_tabs())
+        change = self.view.change(table, experiments, plan, runs, now, self.side_tabs())
         if change.is_empty():
             return 0
         try:
@@ -167,6 +160,7 @@ class Daemon:
         except SheetError as exc:
             log.warning("sheet write failed, retried next cycle: %s", exc)
             return 0
+        self.view.written(change)
         return sum(len(u.cells) for u in change.rows)
 
     def side_tabs(self) -> dict[str, list[list]]:
@@ -214,20 +208,6 @@ class Daemon:
     def close(self) -> None:
         self.pool.close()
         self.store.close()
-
-
-def _child_statuses(experiments: list[Experiment], plan: Plan,
-                    runs: dict[str, Run]) -> dict[str, list[Status]]:
-    """Statuses of the rows expanded from each sweep, by sweep id."""
-    found: dict[str, list[Status]] = {}
-    for e in experiments:
-        if not e.sweep_id:
-            continue
-        if e.row in plan.rows:
-            found.setdefault(e.sweep_id, []).append(runs[plan.rows[e.row]].status)
-        elif e.row in plan.notes:
-            found.setdefault(e.sweep_id, []).append(plan.notes[e.row][0])
-    return found
 
 
 def _attempts_to_probe(runs: dict[str, Run]) -> dict[str, set[tuple[str, int]]]:

@@ -129,6 +129,7 @@ class Run:
     next_attempt_at: datetime | None = None  # backoff: not before this
     message: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)  # the current attempt's min/max/history
     log_path: str = ""
     in_sheet: bool = False  # its id has been seen in the sheet at least once
     priority: float = 0
@@ -169,6 +170,7 @@ class AttemptObservation:
     heartbeat_at: datetime | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     log_path: str = ""
+    summary: dict[str, Any] = field(default_factory=dict)  # {"min": {}, "max": {}, "history": {}}
 
 
 @dataclass(frozen=True)

@@ -286,6 +286,7 @@ class _Cycle:
     def _seen(self, run: Run, seen: AttemptObservation | None) -> None:
         if seen is not None:
             run.metrics = dict(seen.metrics) or run.metrics
+            run.summary = dict(seen.summary) or run.summary
             run.log_path = seen.log_path or run.log_path
         state = seen.state if seen else AttemptState.MISSING
         if state == AttemptState.EXITED:

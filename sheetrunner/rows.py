@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .model import STATUS_COLOURS, Action, Experiment, Run, Status
-from .sheets.base import RowUpdate, SheetWrite, Table, UnsavedFormula
+from .sheets.base import RowUpdate, SheetWrite, Sparkline, Table, UnsavedFormula
 from .sweeps import SWEEP_ID_PREFIX, SweepError, combinations, is_sweep
 
 USER_COLUMNS = ("job", "gpus", "where", "priority", "retries", "action")
@@ -192,6 +192,28 @@ def owned_values(run: Run, now: datetime) -> dict[str, Any]:
     }
 
 
+LOWER_IS_BETTER = ("loss", "err", "perplexity", "ppl", "time")
+
+
+def best_is_lowest(metric: str) -> bool:
+    """Which end of a metric is its best: lowest for losses and errors, else highest."""
+    return any(word in metric.lower() for word in LOWER_IS_BETTER)
+
+
+def metric_values(run: Run, metric_columns: Iterable[str]) -> dict[str, Any]:
+    """`acc` (latest) and `best acc` (over the current attempt) for each configured metric."""
+    values: dict[str, Any] = {}
+    for name in metric_columns:
+        values[name] = run.metrics.get(name, "")
+        side = "min" if best_is_lowest(name) else "max"
+        values[f"best {name}"] = run.summary.get(side, {}).get(name, "")
+    return values
+
+
+def metric_column_names(metric_columns: Iterable[str]) -> list[str]:
+    return [c for name in metric_columns for c in (name, f"best {name}")]
+
+
 def note_values(status: Status, message: str) -> dict[str, Any]:
     """The owned cells of a row that has no run (an invalid row never claimed)."""
     blank = dict.fromkeys(OWNED_COLUMNS, "")
@@ -239,7 +261,16 @@ def user_cells(table: Table, row: int) -> dict[str, str]:
 
 
 def _same(shown: Any, wanted: Any) -> bool:
+    if isinstance(wanted, Sparkline):
+        return False  # the daemon only hands over curves that changed
+    if _is_number(shown) and _is_number(wanted):
+        # Spreadsheets keep 15-17 significant digits: 1/6 may come back as 0.1666666666666667.
+        return math.isclose(float(shown), float(wanted), rel_tol=1e-12, abs_tol=0.0)
     return cell_text(shown).strip() == cell_text(wanted).strip()
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def format_time(moment: datetime | None) -> str:

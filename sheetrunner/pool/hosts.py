@@ -92,6 +92,11 @@ class HostAgent:
         return self._call(["tail", self.config.root, run_id, str(attempt), where])
 
 
+    def history(self, run_id: str, attempt: int, most: int = 2000) -> list[dict]:
+        """The attempt's reports, thinned evenly to at most `most`."""
+        return json.loads(self._call(["history", self.config.root, run_id, str(attempt), str(most)]))
+
+
 class Pool:
     """All hosts of the config, with what was last seen of each."""
 
@@ -162,6 +167,7 @@ def _attempt(seen: dict) -> AttemptObservation:
         exit_code=seen.get("exit_code"),
         heartbeat_at=datetime.fromtimestamp(beat, UTC) if beat else None,
         metrics=seen.get("metrics") or {},
+        summary=seen.get("summary") or {},
         log_path=seen.get("log_path", ""),
     )
 

@@ -239,9 +239,9 @@ class SshTransport:
     MAX_CHANNELS_PER_HOST of them talk to the host at once, the others wait
     (within their own timeout) for a free slot.
 
-    Deadlines: connecting (TCP, handshake, login, through jump hosts) is
-    bounded by `connect_timeout_s`; `timeout_s` of `run` bounds waiting for a
-    channel slot and then the command itself. When a command times out its
+    Deadlines: connecting (TCP, handshake, login, through jump hosts) and
+    opening a channel are bounded by `connect_timeout_s`; `timeout_s` of `run`
+    bounds the wait for a channel slot and, separately, the command itself. When a command times out its
     connection is closed, so other commands running on it at that moment fail
     with HostUnreachable and the next call reconnects.
     """
@@ -746,7 +746,13 @@ class _AcceptNewKey(paramiko.MissingHostKeyPolicy):
         self._host, self._hop, self._known_hosts = host, hop, known_hosts
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey):
-        pinned = _pin_host_key(self._known_hosts, hostname, key)
+        try:
+            pinned = _pin_host_key(self._known_hosts, hostname, key)
+        except OSError as exc:
+            raise HostKeyError(
+                f"host {self._host}: cannot add the host key of {hostname} to "
+                f"{self._known_hosts}: {exc}"
+            ) from exc
         if pinned is not None and pinned != key:
             raise HostKeyError(
                 _changed_key_message(self._host, self._hop, self._known_hosts, pinned, key)

@@ -21,7 +21,8 @@ METRIC_PREFIX = "SHEETRUNNER "
 
 def main(argv):
     command, args = argv[1], argv[2:]
-    handlers = {"probe": probe, "launch": launch, "supervise": supervise, "kill": kill, "tail": tail}
+    handlers = {"probe": probe, "launch": launch, "supervise": supervise, "kill": kill, "tail": tail,
+                "history": history}
     if command not in handlers:
         sys.exit("usage: agent.py probe|launch|supervise|kill|tail ...")
     handlers[command](args)
@@ -206,7 +207,67 @@ def observe(root, run_id, attempt, boot):
     if state != "missing":
         seen["heartbeat_at"] = heartbeat_at(path)
         seen["metrics"] = latest_metrics(path)
+        seen["summary"] = metrics_summary(path)
     return seen, session
+
+
+HISTORY_POINTS = 64
+
+
+def metrics_summary(path):
+    """Lowest, highest and a thinned history of every numeric metric of the attempt.
+
+    Kept incrementally in metrics.summary.json (the byte offset read so far), so
+    a long run's metrics file is read once, not once a cycle."""
+    source, prefix = os.path.join(path, "metrics.jsonl"), ""
+    if not os.path.exists(source):
+        source, prefix = os.path.join(path, "output.log"), METRIC_PREFIX
+    store = os.path.join(path, "metrics.summary.json")
+    try:
+        with open(store) as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        summary = {}
+    if summary.get("source") != source:
+        summary = {"source": source, "offset": 0, "min": {}, "max": {}, "history": {},
+                   "stride": {}, "seen": {}}
+    try:
+        with open(source, "rb") as f:
+            f.seek(summary["offset"])
+            chunk = f.read()
+    except OSError:
+        chunk = b""
+    end = chunk.rfind(b"\n") + 1  # whole lines only; a half-written one waits
+    if end:
+        for line in chunk[:end].decode("utf-8", "replace").splitlines():
+            found = _metric_line(line, prefix)
+            if found:
+                _add_to_summary(summary, found)
+        summary["offset"] += end
+        try:
+            write_atomic(store, json.dumps(summary))
+        except OSError:
+            pass
+    return {k: summary[k] for k in ("min", "max", "history")}
+
+
+def _add_to_summary(summary, metrics):
+    for name, value in metrics.items():
+        if name in ("time",) or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if value != value:  # NaN: no order, no point
+            continue
+        summary["min"][name] = min(value, summary["min"].get(name, value))
+        summary["max"][name] = max(value, summary["max"].get(name, value))
+        seen = summary["seen"].get(name, 0)
+        stride = summary["stride"].get(name, 1)
+        if seen % stride == 0:
+            points = summary["history"].setdefault(name, [])
+            points.append(value)
+            if len(points) >= 2 * HISTORY_POINTS:  # thin out: every other point, double stride
+                summary["history"][name] = points[::2]
+                summary["stride"][name] = stride * 2
+        summary["seen"][name] = seen + 1
 
 
 def unfinished_attempts(root):
@@ -364,6 +425,24 @@ def tail(args):
             sys.stdout.buffer.write(f.read(1 << 20))
     except OSError:
         pass
+
+
+def history(args):
+    """Every report of an attempt (thinned evenly to at most N), as one JSON list: for plots."""
+    root, run_id, attempt, most = os.path.expanduser(args[0]), args[1], args[2], int(args[3])
+    path = os.path.join(root, "runs", run_id, attempt)
+    records = []
+    for name, prefix in (("metrics.jsonl", ""), ("output.log", METRIC_PREFIX)):
+        try:
+            with open(os.path.join(path, name), encoding="utf-8", errors="replace") as f:
+                records = [r for r in (_metric_line(line, prefix) for line in f) if r]
+        except OSError:
+            continue
+        if records:
+            break
+    if len(records) > most > 0:
+        records = [records[i * len(records) // most] for i in range(most)]
+    print(json.dumps(records))
 
 
 def write_atomic(path, text):

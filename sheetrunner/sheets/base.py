@@ -50,6 +50,40 @@ class UnsavedFormula:
     formula: str
 
 
+SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
+
+
+@dataclass(frozen=True)
+class Sparkline:
+    """A metric's curve for a row's `curve` cell. Each backend draws it as it can: Google
+    Sheets as a =SPARKLINE formula over the run's row in a hidden tab, a workbook as text."""
+
+    values: tuple[float, ...]
+    source_tab: str  # the hidden tab holding the values, from column B on
+    source_row: int
+
+    def formula(self) -> str:
+        last = _column_letter(1 + max(1, len(self.values)))
+        return f"=SPARKLINE('{self.source_tab}'!B{self.source_row}:{last}{self.source_row})"
+
+    def text(self) -> str:
+        if not self.values:
+            return ""
+        low, high = min(self.values), max(self.values)
+        span = (high - low) or 1.0
+        top = len(SPARK_BLOCKS) - 1
+        return "".join(SPARK_BLOCKS[round((v - low) / span * top)] for v in self.values)
+
+
+def _column_letter(index: int) -> str:
+    """1 -> A, 27 -> AA."""
+    letters = ""
+    while index:
+        index, rest = divmod(index - 1, 26)
+        letters = chr(65 + rest) + letters
+    return letters
+
+
 @dataclass
 class RowUpdate:
     """Owned cells to write in one row.

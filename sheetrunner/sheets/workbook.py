@@ -26,7 +26,7 @@ from openpyxl.worksheet.worksheet import Worksheet
 
 from ..errors import SheetError, SheetUnavailable
 from ..rows import cell_text
-from .base import RowInsert, RowUpdate, SheetWrite, Table, UnsavedFormula
+from .base import RowInsert, RowUpdate, SheetWrite, Sparkline, Table, UnsavedFormula
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,11 @@ def _formula_cells(sheet: Worksheet) -> list[tuple[str, str]]:
 
 
 def _clean(value: Any) -> Any:
-    """Text without the control characters an .xlsx cannot hold (ANSI colours in a traceback)."""
+    """Text without the control characters an .xlsx cannot hold (ANSI colours in a traceback).
+
+    A curve becomes text (▁▃▅▇): openpyxl cannot write spreadsheet sparklines."""
+    if isinstance(value, Sparkline):
+        return value.text()
     return ILLEGAL_CHARACTERS_RE.sub("", value) if isinstance(value, str) else value
 
 
@@ -217,7 +221,7 @@ def _write_row(sheet: Worksheet, row: int, update: RowUpdate, columns: dict[str,
     for name, value in update.cells.items():
         cell = sheet.cell(row=row, column=columns[name])
         cell.value = _clean(value)
-        if isinstance(value, str):
+        if isinstance(cell.value, str):
             cell.data_type = "s"  # our text is never a formula, even if it starts with '='
     if update.fill:
         fill = PatternFill(start_color=update.fill, end_color=update.fill, fill_type="solid")
@@ -244,6 +248,8 @@ def _replace_tab(book: openpyxl.Workbook, name: str, values: list[list[Any]]) ->
     if name in book.sheetnames:
         del book[name]
     sheet = book.create_sheet(name)
+    if name.startswith("_"):
+        sheet.sheet_state = "hidden"  # sheetrunner's own data (e.g. _metrics), not for reading
     for row in values:
         sheet.append([_clean(v) for v in row])
     for row in sheet.iter_rows():

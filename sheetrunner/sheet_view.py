@@ -1,0 +1,95 @@
+"""What the sheet should show after a cycle, as one SheetWrite.
+
+Owned cells are compared with this cycle's read (rows.plan_write), so a cell
+a person typed over is put right and a cycle with nothing new writes
+nothing. Two things cannot be compared with the read, because the one read
+returns values, not formulas: the `curve` cells (Google draws them with a
+formula) and the side tabs (`_metrics`, the pool tab), which the read does
+not cover. For those, this view remembers what it last wrote successfully and
+sends only what changed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from . import expansion, rows
+from .config import SheetConfig
+from .model import Experiment, Run, Status
+from .reconcile import Plan
+from .sheets.base import SheetWrite, Sparkline, Table
+
+METRICS_TAB = "_metrics"
+CURVE_COLUMN = "curve"
+
+
+class SheetView:
+    def __init__(self, config: SheetConfig):
+        self.config = config
+        self._tabs_written: dict[str, list[list[Any]]] = {}
+        self._curves_written: dict[str, Sparkline] = {}
+
+    def change(self, table: Table, experiments: list[Experiment], plan: Plan,
+               runs: dict[str, Run], now: datetime, tabs: dict[str, list[list[Any]]]) -> SheetWrite:
+        values = {row: self._run_values(runs[run_id], now) for row, run_id in plan.rows.items()}
+        values.update({row: rows.note_values(s, m) for row, (s, m) in plan.notes.items()})
+        parents = [e for e in experiments if e.is_sweep]
+        sweep_cells, fills, inserts = expansion.sweep_values(
+            table, parents, _child_statuses(experiments, plan, runs))
+        values.update(sweep_cells)
+        all_tabs = dict(tabs)
+        if self.config.curve:
+            all_tabs[METRICS_TAB] = self._add_curves(values, plan, runs)
+        change = rows.plan_write(table, values, self._extra_columns(table, parents), fills)
+        change.inserts = inserts
+        change.tabs = {n: t for n, t in all_tabs.items() if self._tabs_written.get(n) != t}
+        return change
+
+    def written(self, change: SheetWrite) -> None:
+        """The change reached the sheet: remember its tabs and curves."""
+        self._tabs_written.update(change.tabs)
+        for update in change.rows:
+            curve = update.cells.get(CURVE_COLUMN)
+            if isinstance(curve, Sparkline) and update.cells.get("id", update.run_id):
+                self._curves_written[update.cells.get("id", update.run_id)] = curve
+
+    def _run_values(self, run: Run, now: datetime) -> dict[str, Any]:
+        values = rows.owned_values(run, now)
+        values.update(rows.metric_values(run, self.config.metric_columns))
+        return values
+
+    def _extra_columns(self, table: Table, parents: list[Experiment]) -> list[str]:
+        extra = rows.metric_column_names(self.config.metric_columns)
+        if self.config.curve:
+            extra.append(CURVE_COLUMN)
+        if parents or expansion.SWEEP_COLUMN in table.header:
+            extra.append(expansion.SWEEP_COLUMN)
+        return extra
+
+    def _add_curves(self, values: dict[int, dict[str, Any]], plan: Plan,
+                    runs: dict[str, Run]) -> list[list[Any]]:
+        """The hidden tab of histories, one run a row; a curve cell for each changed one."""
+        metric = self.config.curve or ""
+        tab: list[list[Any]] = [["run", metric]]
+        for row, run_id in sorted(plan.rows.items()):
+            history = tuple(runs[run_id].summary.get("history", {}).get(metric, []))
+            tab.append([run_id, *history])
+            spark = Sparkline(history, METRICS_TAB, len(tab))
+            if self._curves_written.get(run_id) != spark:
+                values[row][CURVE_COLUMN] = spark
+        return tab
+
+
+def _child_statuses(experiments: list[Experiment], plan: Plan,
+                    runs: dict[str, Run]) -> dict[str, list[Status]]:
+    """Statuses of the rows expanded from each sweep, by sweep id."""
+    found: dict[str, list[Status]] = {}
+    for e in experiments:
+        if not e.sweep_id:
+            continue
+        if e.row in plan.rows:
+            found.setdefault(e.sweep_id, []).append(runs[plan.rows[e.row]].status)
+        elif e.row in plan.notes:
+            found.setdefault(e.sweep_id, []).append(plan.notes[e.row][0])
+    return found
