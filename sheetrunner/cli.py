@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing as it grows")
     p.add_argument("--attempt", type=int, help="attempt number (default: the newest)")
+    p = command("pool", cmd_pool, "the hosts, their accelerators and which run holds each")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    command("doctor", cmd_doctor, "check the config, the sheet and every host; say what to fix")
     p = command("plot", cmd_plot, "a metric's curve for runs, as a PNG or in the terminal")
     p.add_argument("run_ids", nargs="+", metavar="RUN_ID")
     p.add_argument("--metric", help="metric to draw (default: the first reported besides step)")
@@ -152,6 +155,47 @@ def _follow(agent, run_id: str, attempt: int) -> int:
                 time.sleep(1.0)
     except KeyboardInterrupt:
         return 0
+
+
+def cmd_pool(args: argparse.Namespace, console: Console) -> int:
+    config = config_module.load(args.config)
+    store = open_store(config)
+    runs = list(store.runs().values())
+    store.close()
+    pool = open_pool(config)
+    try:
+        seen = _probe_for_view(pool, runs)
+        entries = views.pool_json(list(config.hosts), seen, runs, pool.down_since)
+    finally:
+        pool.close()
+    if args.json:
+        print(json.dumps(entries, indent=2))
+    else:
+        console.print(views.pool_table(entries))
+    return 0
+
+
+def _probe_for_view(pool, runs):
+    from datetime import UTC, datetime
+
+    wanted: dict[str, set[tuple[str, int]]] = {}
+    for run in runs:
+        if run.status.is_live and run.host:
+            wanted.setdefault(run.host, set()).add((run.run_id, run.attempt))
+    return pool.probe_all(wanted, datetime.now(UTC))
+
+
+def cmd_doctor(args: argparse.Namespace, console: Console) -> int:
+    from .doctor import run_checks
+
+    failed = 0
+    for check in run_checks(config_module.load(args.config)):
+        mark = "[green]ok[/]  " if check.ok else "[red]FAIL[/]"
+        console.print(f"{mark} {check.subject}: {check.what} — {check.detail}", highlight=False)
+        if not check.ok:
+            failed += 1
+            console.print(f"      fix: {check.fix}", highlight=False)
+    return 1 if failed else 0
 
 
 def cmd_plot(args: argparse.Namespace, console: Console) -> int:

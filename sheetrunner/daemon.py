@@ -20,7 +20,7 @@ from pathlib import Path
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from . import reconcile, rows
+from . import reconcile, rows, views
 from .config import Config, HostConfig
 from .errors import SheetError, SheetrunnerError, SheetUnavailable, TransportError
 from .model import Experiment, HostObservation, Run, Status
@@ -164,8 +164,13 @@ class Daemon:
         return sum(len(u.cells) for u in change.rows)
 
     def side_tabs(self) -> dict[str, list[list]]:
-        """Extra tabs written with the cycle's batch (none yet; the pool tab comes here)."""
-        return {}
+        """The pool tab (`[sheet] pool_tab`), for the people who never open a terminal."""
+        name = self.config.sheet.pool_tab
+        if not name:
+            return {}
+        runs = list(self.store.runs().values())
+        entries = views.pool_json(list(self.config.hosts), self.pool.last, runs, self.pool.down_since)
+        return {name: views.pool_rows(entries)}
 
     # -- running for a long time ----------------------------------------------------------------
 

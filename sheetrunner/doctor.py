@@ -1,0 +1,107 @@
+"""`sheetrunner doctor`: check the config, the sheet and every host; say what to fix."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from .config import Config, HostConfig
+from .daemon import open_pool, open_sheet
+from .errors import HostKeyError, HostUnreachable, SheetError, TransportError
+from .pool.accelerators import is_tpu, tpu_chips
+from .pool.hosts import HostAgent, observation_from_probe
+
+MIN_FREE_DISK_GIB = 5.0
+
+
+@dataclass(frozen=True)
+class Check:
+    subject: str  # "config", "sheet" or a host name
+    what: str
+    ok: bool
+    detail: str = ""
+    fix: str = ""
+
+
+def run_checks(config: Config) -> Iterator[Check]:
+    yield Check("config", "loads and validates", True, str(config.path))
+    yield _sheet(config)
+    pool = open_pool(config)
+    try:
+        for agent in pool.agents.values():
+            yield from _host(agent)
+    finally:
+        pool.close()
+
+
+def _sheet(config: Config) -> Check:
+    where = str(config.sheet.path or config.sheet.url)
+    try:
+        table = open_sheet(config).read()
+    except SheetError as exc:
+        return Check("sheet", "can be read", False, str(exc), _sheet_fix(config))
+    if "job" not in table.header:
+        return Check("sheet", "has a header row", False, f"{where}: no `job` column",
+                     f"run `sheetrunner init -c {config.path}` to write the header")
+    return Check("sheet", "can be read", True, f"{where}: {len(table.rows)} rows")
+
+
+def _sheet_fix(config: Config) -> str:
+    if config.sheet.path:
+        return f"create it with `sheetrunner init -c {config.path}` or fix [sheet] path"
+    return ("share the sheet with the service account's e-mail address, enable the Google Sheets "
+            "API, and check [sheet] credentials (README, Google Sheets section)")
+
+
+def _host(agent: HostAgent) -> Iterator[Check]:
+    name = agent.name
+    try:
+        facts = agent.probe(set())
+    except HostKeyError as exc:
+        yield Check(name, "host key is known", False, str(exc),
+                    "add the host's key to known_hosts, or set [ssh] host_key_policy = \"accept-new\"")
+        return
+    except HostUnreachable as exc:
+        yield Check(name, "reachable over SSH", False, str(exc), _ssh_fix(agent.config))
+        return
+    except TransportError as exc:
+        yield Check(name, "python3 runs the agent", False, str(exc),
+                    f"install python3 on {name}, or set python = \"/path/to/python3\" in its [[hosts]]")
+        return
+    yield Check(name, "reachable, agent runs", True, f"boot {facts.get('boot_id', '?')[:8]}")
+    yield _disk(agent.config, facts)
+    yield _accelerators(agent.config, facts)
+
+
+def _ssh_fix(host: HostConfig) -> str:
+    target = f"{host.user + '@' if host.user else ''}{host.address or host.name}"
+    port = f" -p {host.port}" if host.port else ""
+    return f"check that `ssh{port} {target} true` works from this machine (address, port, key, sshd)"
+
+
+def _disk(host: HostConfig, facts: dict) -> Check:
+    free = (facts.get("disk_free_bytes") or 0) / 2**30
+    ok = free >= MIN_FREE_DISK_GIB
+    return Check(host.name, "disk free in the run directory", ok, f"{free:.1f} GiB at {host.root}",
+                 "" if ok else f"free space under {host.root}, or point root elsewhere")
+
+
+def _accelerators(host: HostConfig, facts: dict) -> Check:
+    seen = observation_from_probe(host.name, facts, datetime.now(UTC)).accelerators
+    wanted = host.accelerators
+    if is_tpu(wanted):
+        chips = len(facts.get("tpu_chips", []))
+        ok = chips in (0, tpu_chips(str(wanted)))  # 0: the runtime hides its device files
+        return Check(host.name, "TPU chips", ok, f"{chips} /dev/accel* devices for {wanted}",
+                     "" if ok else "check accelerators = in [[hosts]] against the VM's type")
+    if wanted == "auto":
+        ok = bool(seen)
+        detail = facts.get("gpu_error") or f"nvidia-smi shows {len(seen)} GPUs"
+        return Check(host.name, "GPUs seen", ok, detail,
+                     "" if ok else "install the NVIDIA driver (nvidia-smi), or set accelerators = 0")
+    count = int(wanted)
+    ok = not seen or len(seen) >= count
+    return Check(host.name, "accelerators", ok,
+                 f"config says {count}; nvidia-smi shows {len(seen) if seen else 'none'}",
+                 "" if ok else f"set accelerators = {len(seen)} (or \"auto\") for {host.name}")
