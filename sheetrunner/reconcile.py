@@ -208,7 +208,9 @@ class _Cycle:
         """The row's wishes: its action, its edits, its validity."""
         rerun = exp.action == Action.RERUN and run.last_action != Action.RERUN
         run.last_action = exp.action
-        run.priority = exp.priority
+        run.priority, run.where, run.retries = exp.priority, exp.where, self._retries(exp)
+        if not run.status.is_live:
+            run.gpus = exp.gpus  # takes effect at the next launch
         if exp.error:
             self._invalidate(run, exp.error)
         elif rerun and (run.status.is_final or run.attempt > 0):

@@ -367,3 +367,15 @@ def test_an_id_the_store_lost_is_adopted_with_the_status_the_sheet_shows():
     world.step([exp(run_id="abc-1", shown_status="succeeded")])
     assert world.runs["abc-1"].status == Status.SUCCEEDED
     assert world.last.launches == []
+
+
+def test_where_and_gpus_edited_after_a_crash_apply_to_the_next_attempt():
+    world = World([gpu_host("a", 1), gpu_host("b", 4)])
+    e = exp(where="a")
+    world.step([e])
+    e = claimed(world, e)
+    world.finish(world.only_run().run_id, 1)
+    world.step([e])
+    moved = Experiment(**{**e.__dict__, "where": "b", "gpus": 3})
+    p = world.step([moved], advance_s=20)
+    assert [(launch.host, len(launch.accelerators)) for launch in p.launches] == [("b", 3)]

@@ -44,8 +44,7 @@ from gspread.utils import absolute_range_name
 
 from sheetrunner.errors import ConfigError, SheetError, SheetUnavailable
 from sheetrunner.rows import cell_text
-from sheetrunner.sheets import base
-from sheetrunner.sheets.base import RowInsert, RowUpdate, SheetWrite, Table
+from sheetrunner.sheets.base import RowInsert, RowUpdate, SheetWrite, Sparkline, Table
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +67,6 @@ _FOREIGN_ERRORS = (
     requests.RequestException,
     google.auth.exceptions.GoogleAuthError,
 )
-_FORMULA_TYPE = getattr(base, "Formula", None)  # a deliberate formula, if rows.py defines one
 _KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -334,6 +332,9 @@ class GoogleSheet:
         if self._table is None:
             self.read()  # only when called without this cycle's read: rows need the header
         batch = self._plan(merged, self._open())
+        if not batch.requests:  # e.g. only cells under headers the sheet lacks
+            self._pending = None
+            return
         try:
             self._send(batch)
         except SheetUnavailable as exc:
@@ -441,6 +442,8 @@ class GoogleSheet:
         assert self._table is not None
         batch = _Batch(header=list(self._table.header))
         self._add_columns(batch, tab, change.new_columns)
+        for name, rows in change.tabs.items():  # first: curve formulas refer to these tabs
+            self._side_tab_requests(batch, name, rows)
         columns = _column_index(batch.header)
         for update in change.rows:
             batch.requests += _row_requests(tab.sheet_id, update, columns)
@@ -448,8 +451,6 @@ class GoogleSheet:
             batch.requests += _insert_requests(tab.sheet_id, insert, columns)
             height, width = batch.grown.get(tab.sheet_id, (tab.row_count, tab.col_count))
             batch.grown[tab.sheet_id] = (height + len(insert.rows), width)
-        for name, rows in change.tabs.items():
-            self._side_tab_requests(batch, name, rows)
         return batch
 
     def _add_columns(self, batch: _Batch, tab: _Tab, names: list[str]) -> None:
@@ -463,7 +464,8 @@ class GoogleSheet:
         batch.header += new
 
     def _side_tab_requests(self, batch: _Batch, name: str, rows: list[list[Any]]) -> None:
-        """Replace a side tab's values whole (creating the tab the first time)."""
+        """Replace a side tab's values whole (creating it the first time, hidden when its name
+        starts with "_": sheetrunner's own data, like the workbook's)."""
         if self._tab is not None and name == self._tab.title:
             log.error("refusing to overwrite the experiments tab %r as a side tab", name)
             return
@@ -587,8 +589,9 @@ def _merge(
     if older is None:
         return newer
     rows: dict[Any, RowUpdate] = {}
+    rows_by_id = _rows_by_id(table, id_header) if table is not None else {}
     for update in older.rows:
-        moved = _relocate(update, table, id_header)
+        moved = _relocate(update, table, id_header, rows_by_id)
         if moved is not None:
             rows[_run_key(moved, id_header)] = moved
     for update in newer.rows:
@@ -615,13 +618,22 @@ def _combine(old: RowUpdate, new: RowUpdate) -> RowUpdate:
     )
 
 
-def _relocate(update: RowUpdate, table: Table | None, id_header: str) -> RowUpdate | None:
+def _rows_by_id(table: Table, id_header: str) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for row in range(2, len(table.rows) + 2):
+        found.setdefault(_shown(table, row, id_header), row)
+    found.pop("", None)
+    return found
+
+
+def _relocate(
+    update: RowUpdate, table: Table | None, id_header: str, rows_by_id: dict[str, int]
+) -> RowUpdate | None:
     if table is None:
         return update
     if update.run_id is not None:
-        for row in range(2, len(table.rows) + 2):
-            if _shown(table, row, id_header) == update.run_id:
-                return replace(update, row=row)
+        if update.run_id in rows_by_id:
+            return replace(update, row=rows_by_id[update.run_id])
         log.info("run %s: its row is gone; dropping its pending sheet update", update.run_id)
         return None
     expect = update.expect or {JOB_HEADER: update.job}
@@ -643,11 +655,11 @@ def _shown(table: Table, row: int, name: str) -> str:
 def typed_value(value: Any) -> dict[str, Any]:
     """An ExtendedValue that the sheet stores as is: text is never parsed as a formula.
 
-    The one formula written on purpose is a sparkline: a `base.Formula` value
-    when that type exists, else text starting with "=SPARKLINE(".
+    The one formula written on purpose is a `Sparkline` (a curve drawn from the
+    hidden metrics tab); any text, "=SPARKLINE(...)" included, stays text.
     """
-    if _is_formula(value):
-        return {"formulaValue": str(value)}
+    if isinstance(value, Sparkline):
+        return {"formulaValue": value.formula()}
     if isinstance(value, enum.Enum):
         value = value.value
     if value is None or value == "":
@@ -657,12 +669,6 @@ def typed_value(value: Any) -> dict[str, Any]:
     if isinstance(value, int | float) and math.isfinite(value):
         return {"numberValue": value}
     return {"stringValue": str(value)}
-
-
-def _is_formula(value: Any) -> bool:
-    if _FORMULA_TYPE is not None:
-        return isinstance(value, _FORMULA_TYPE)
-    return isinstance(value, str) and value.startswith("=SPARKLINE(")
 
 
 def rgb(fill: str) -> dict[str, float]:
@@ -776,11 +782,10 @@ def _grow(batch: _Batch, tab: _Tab, rows: int, cols: int) -> tuple[int, int]:
 
 def _add_sheet(tab: _Tab) -> dict[str, Any]:
     grid = {"rowCount": tab.row_count, "columnCount": tab.col_count}
-    return {
-        "addSheet": {
-            "properties": {"sheetId": tab.sheet_id, "title": tab.title, "gridProperties": grid}
-        }
-    }
+    props = {"sheetId": tab.sheet_id, "title": tab.title, "gridProperties": grid}
+    if tab.title.startswith("_"):
+        props["hidden"] = True
+    return {"addSheet": {"properties": props}}
 
 
 def _freeze_header(tab: _Tab) -> dict[str, Any]:
