@@ -60,6 +60,7 @@ class JobConfig:
     keep_checkpoints: int = 2
     best_metric: str | None = None
     best_mode: str = "max"
+    checkpoint_root: str | None = None  # shared storage: a restart on another host resumes
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,7 @@ def _job(name: str, raw: Any) -> JobConfig:
     _name("job name", where, name)
     _expect(where, raw, dict, f'[jobs.{name}] with command = ["python3", "train.py"]')
     _known_keys(where, raw, {"command", "workdir", "env", "keep_checkpoints", "best_metric",
-                             "best_mode"})
+                             "best_mode", "checkpoint_root"})
     command = raw.get("command")
     if not command:
         raise ConfigError(f'{where}.command is missing; e.g. command = ["python3", "train.py"]')
@@ -241,6 +242,7 @@ def _job(name: str, raw: Any) -> JobConfig:
         keep_checkpoints=_keep(f"{where}.keep_checkpoints", raw.get("keep_checkpoints", 2)),
         best_metric=_opt_str(f"{where}.best_metric", raw.get("best_metric")),
         best_mode=mode,
+        checkpoint_root=_opt_str(f"{where}.checkpoint_root", raw.get("checkpoint_root")),
     )
 
 

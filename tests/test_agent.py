@@ -145,3 +145,18 @@ def test_the_agent_is_uploaded_once_and_again_if_it_vanishes(agent):
         agent.probe(set())
     agent.probe(set())
     assert path.exists()
+
+
+def test_a_shared_checkpoint_root_reaches_the_job(agent, tmp_path):
+    from sheetrunner.config import JobConfig
+    from sheetrunner.model import Run, Status
+    from sheetrunner.pool.hosts import launch_spec
+
+    job = JobConfig("fake", (sys.executable, str(FAKE_JOB)), checkpoint_root=str(tmp_path / "nfs"))
+    now = __import__("datetime").datetime.now()
+    run = Run("r10", "k", "fake", (("steps", "1"),), 0, None, Status.LAUNCHING, now, now, attempt=1)
+    spec = launch_spec(run, job, agent.config, None)
+    assert spec["checkpoint_dir"] == f"{tmp_path}/nfs/r10"
+    agent.launch(spec)
+    wait_for(agent, "r10", 1, "exited")
+    assert (tmp_path / "nfs" / "r10").is_dir()

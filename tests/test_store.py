@@ -49,6 +49,7 @@ def full_run(run_id: str = "r-0001", **changes) -> Run:
         message="exit code 1: CUDA out of memory",
         metrics={"acc": 0.93, "loss": 0.21, "step": 400, "tags": ["a", "b"], "best": None,
                  "nested": {"x": 1.5}},
+        summary={"min": {"loss": 0.2}, "max": {"acc": 0.95}, "history": {"acc": [0.5, 0.95]}},
         log_path="~/.sheetrunner/runs/r-0001/2/output.log",
         in_sheet=True,
         priority=2.5,

@@ -196,7 +196,7 @@ def launch_spec(run: Run, job: JobConfig, host: HostConfig, workdir: str | None)
     if job.best_metric:
         env["SHEETRUNNER_BEST_METRIC"] = job.best_metric
         env["SHEETRUNNER_BEST_MODE"] = job.best_mode
-    return {
+    spec = {
         "run_id": run.run_id,
         "attempt": run.attempt,
         "argv": argv,
@@ -205,6 +205,9 @@ def launch_spec(run: Run, job: JobConfig, host: HostConfig, workdir: str | None)
         "accelerators": list(run.accelerators),
         "lib_dir": None if host.local else f"{host.root.rstrip('/')}/lib",
     }
+    if job.checkpoint_root:  # else the agent uses <root>/runs/<run-id>/checkpoints
+        spec["checkpoint_dir"] = f"{job.checkpoint_root.rstrip('/')}/{run.run_id}"
+    return spec
 
 
 def describe_argv(spec: dict) -> str:
