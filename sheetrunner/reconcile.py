@@ -114,6 +114,9 @@ class _Cycle:
         self.policy = policy
         self.now = now
         self.out = Plan()
+        self.by_key: dict[str, list[Run]] = {}  # experiment hash -> its runs: no O(n²) scans
+        for run in runs.values():
+            self.by_key.setdefault(run.key, []).append(run)
 
     # -- 1. rows -> runs ------------------------------------------------------------------
 
@@ -162,14 +165,14 @@ class _Cycle:
         return run
 
     def _unconfirmed(self, key: str, seen: set[str]) -> Run | None:
-        for run in self.runs.values():
-            if run.key == key and not run.in_sheet and run.run_id not in seen:
+        for run in self.by_key.get(key, []):
+            if not run.in_sheet and run.run_id not in seen and run.key == key:
                 return run
         return None
 
     def _succeeded(self, key: str) -> Run | None:
-        for run in self.runs.values():
-            if run.key == key and run.status == Status.SUCCEEDED:
+        for run in self.by_key.get(key, []):
+            if run.status == Status.SUCCEEDED and run.key == key:
                 return run
         return None
 
@@ -193,10 +196,11 @@ class _Cycle:
             retries=self._retries(exp), priority=exp.priority, row=exp.row,
         )
         self.runs[run_id] = run
+        self.by_key.setdefault(run.key, []).append(run)
         return run
 
     def _next_id(self, key: str) -> str:
-        n = 1 + sum(1 for r in self.runs.values() if r.key == key)
+        n = 1 + len(self.by_key.get(key, []))
         while f"{key[:8]}-{n}" in self.runs:
             n += 1
         return f"{key[:8]}-{n}"
@@ -229,6 +233,9 @@ class _Cycle:
 
     def _refresh(self, exp: Experiment, run: Run) -> None:
         """A row fixed or edited before its run ever launched: take the new values."""
+        if run.key != exp.key:
+            self.by_key[run.key].remove(run)
+            self.by_key.setdefault(exp.key, []).append(run)
         run.key, run.job, run.params = exp.key, exp.job, exp.params
         run.gpus, run.where, run.retries = exp.gpus, exp.where, self._retries(exp)
         run.status, run.message, run.duplicate_of = Status.QUEUED, "", None
@@ -372,10 +379,12 @@ class _Cycle:
 
     def place(self, hosts: list[HostCapacity]) -> None:
         free = _free_capacity(hosts, self.runs.values())
+        full: dict[tuple[int, str | None], str] = {}  # free space only shrinks within a cycle
         for run in sorted(self._waiting(), key=lambda r: (-r.priority, r.row, r.created_at)):
-            host = _best_fit(run, hosts, free)
+            shape = (run.gpus, run.where)
+            host = None if shape in full else _best_fit(run, hosts, free)
             if host is None:
-                run.message = _why_waiting(run, hosts)
+                run.message = full.setdefault(shape, _why_waiting(run, hosts))
                 continue
             given = _take(run, host, free)
             self._launch(run, host.name, given)

@@ -51,8 +51,9 @@ class SheetView:
         self._tabs_written.update(change.tabs)
         for update in change.rows:
             curve = update.cells.get(CURVE_COLUMN)
-            if isinstance(curve, Sparkline) and update.cells.get("id", update.run_id):
-                self._curves_written[update.cells.get("id", update.run_id)] = curve
+            run_id = update.cells.get("id") or update.run_id
+            if isinstance(curve, Sparkline) and run_id:
+                self._curves_written[str(run_id)] = curve
 
     def _run_values(self, run: Run, now: datetime) -> dict[str, Any]:
         values = rows.owned_values(run, now)

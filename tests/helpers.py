@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -84,3 +86,17 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
+
+
+def cycle_until(daemon, done: Callable[[list[dict]], bool], timeout_s: float = 30,
+                read: Callable[[], list[dict]] | None = None) -> list[dict]:
+    """Run cycles until the sheet (the workbook, unless `read` says otherwise) shows `done`."""
+    read = read or (lambda: read_workbook(daemon.config.sheet.path))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        daemon.cycle()
+        rows = read()
+        if done(rows):
+            return rows
+        assert time.monotonic() < deadline, f"timed out; sheet shows {rows}"
+        time.sleep(0.2)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import openpyxl
 import pytest
-from helpers import HEADER, fill_of, local_config, read_workbook, write_workbook
+from helpers import HEADER, cycle_until, fill_of, local_config, read_workbook, write_workbook
 
 from sheetrunner.daemon import Daemon, build
 from sheetrunner.model import STATUS_COLOURS, Status
@@ -21,17 +21,6 @@ from sheetrunner.model import STATUS_COLOURS, Status
 def start(tmp_path: Path, rows: list[list], header: list[str] = HEADER, **cfg) -> Daemon:
     write_workbook(tmp_path / "experiments.xlsx", header, rows)
     return build(local_config(tmp_path, **cfg))
-
-
-def cycle_until(daemon: Daemon, done: Callable[[list[dict]], bool], timeout_s: float = 30) -> list[dict]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        daemon.cycle()
-        rows = read_workbook(daemon.config.sheet.path)
-        if done(rows):
-            return rows
-        assert time.monotonic() < deadline, f"timed out; sheet shows {rows}"
-        time.sleep(0.2)
 
 
 def statuses(rows: list[dict]) -> list[str]:

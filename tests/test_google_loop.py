@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import helpers
 import pytest
 from helpers import FAKE_JOB, HEADER
 from sheets_emulator import SheetsEmulator
@@ -81,18 +82,17 @@ def cycle_until(
     emu: SheetsEmulator, daemon: Daemon, done: Callable[[list[dict]], bool], timeout_s: float = 30
 ) -> list[dict]:
     """Cycle until the sheet shows `done`, checking the call budget of every cycle."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        emu.reset_counts()
-        daemon.cycle()
+
+    def read_within_budget() -> list[dict]:
         assert emu.counts["values.batchGet"] == 1, dict(emu.counts)
         assert emu.counts["spreadsheets.batchUpdate"] <= 1, dict(emu.counts)
         assert emu.counts["read"] - emu.counts["spreadsheets.get"] == 1
         rows = shown(emu)
-        if done(rows):
-            return rows
-        assert time.monotonic() < deadline, f"timed out; sheet shows {rows}"
-        time.sleep(0.2)
+        emu.reset_counts()
+        return rows
+
+    emu.reset_counts()
+    return helpers.cycle_until(daemon, done, timeout_s, read=read_within_budget)
 
 
 def statuses(rows: list[dict]) -> list[str]:

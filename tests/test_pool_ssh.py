@@ -13,7 +13,7 @@ from pathlib import Path
 import openpyxl
 import pytest
 import tomli_w
-from helpers import read_workbook, write_workbook
+from helpers import cycle_until, write_workbook
 
 from sheetrunner.config import load
 from sheetrunner.daemon import Daemon, build
@@ -53,17 +53,6 @@ def fake_raw(hosts: list[dict], **defaults) -> dict:
         "jobs": {"fake": {"command": ["{python}", str(FAKE_JOB)]}},
         "hosts": hosts,
     }
-
-
-def cycle_until(daemon: Daemon, done, timeout_s: float = 90) -> list[dict]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        daemon.cycle()
-        rows = read_workbook(daemon.config.sheet.path)
-        if done(rows):
-            return rows
-        assert time.monotonic() < deadline, f"timed out; sheet shows {rows}"
-        time.sleep(0.3)
 
 
 def test_the_ssh_example_runs_its_rows_across_hosts_on_the_right_accelerators(tmp_path, sshd_lab):

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers import HEADER, local_config, read_workbook, write_workbook
-from test_daemon_local import cycle_until
+from helpers import HEADER, cycle_until, local_config, read_workbook, write_workbook
 
 from sheetrunner.daemon import build
 from sheetrunner.expansion import summary

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..atomic import write_atomic
 from ..errors import CommandTimeout, HostUnreachable
 from .transport import CommandResult
 
@@ -37,17 +37,7 @@ class LocalTransport:
     def put_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
         target = Path(os.path.expanduser(path))
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, mode)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(target, data, mode)
 
     def close(self) -> None:
         """Nothing to release."""

@@ -34,7 +34,6 @@ import posixpath
 import select
 import shlex
 import socket
-import tempfile
 import threading
 import time
 import uuid
@@ -44,6 +43,7 @@ from typing import TypeVar
 
 import paramiko
 
+from sheetrunner.atomic import write_atomic
 from sheetrunner.errors import (
     CommandTimeout,
     ConfigError,
@@ -785,7 +785,7 @@ def _pin_host_key(path: str, name: str, key: paramiko.PKey) -> paramiko.PKey | N
         if text and not text.endswith("\n"):
             text += "\n"
         text += f"{name} {key.get_name()} {key.get_base64()}\n"
-        _atomic_write(real, text)
+        write_atomic(real, text.encode("utf-8"))
     return None
 
 
@@ -797,22 +797,6 @@ def _flock(path: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def _atomic_write(path: str, text: str) -> None:
-    mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".known_hosts.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------- helpers
