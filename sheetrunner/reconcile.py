@@ -263,6 +263,7 @@ class _Cycle:
         if run.status.is_live:
             self._kill(run, reason)
         run.status, run.message, run.finished_at = Status.STOPPED, reason, self.now
+        self.out.events.append(Event(run.run_id, "stopped", reason))
 
     def _kill(self, run: Run, reason: str) -> None:
         if run.host and run.attempt:

@@ -219,3 +219,32 @@ def _no_stray_jobs():
     subprocess.run(["pkill", "-f", "fake_job.py --steps 100"], check=False)
     subprocess.run(["pkill", "-f", "fake_job.py --steps 1 --sleep 0.01 --hang"], check=False)
     os.environ.pop("SHEETRUNNER_SHEETS_ENDPOINT", None)
+
+
+def test_init_writes_a_starter_config_and_workbook_and_is_safe_to_repeat(tmp_path):
+    cfg = tmp_path / "sheetrunner.toml"
+    first = subprocess.run([sys.executable, "-m", "sheetrunner.cli", "init", "-c", str(cfg)],
+                           capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "wrote" in first.stdout and cfg.exists()
+    book = openpyxl.load_workbook(tmp_path / "experiments.xlsx")
+    header = [c.value for c in book.worksheets[0][1]]
+    assert header[:3] == ["job", "--lr", "--seed"] and "status" in header and "id" in header
+    assert book.worksheets[0].freeze_panes == "A2"
+    book.worksheets[0].append(["train", 0.1])
+    book.save(tmp_path / "experiments.xlsx")
+    again = subprocess.run([sys.executable, "-m", "sheetrunner.cli", "init", "-c", str(cfg)],
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "wrote" not in again.stdout
+    assert read_workbook(tmp_path / "experiments.xlsx")[0]["--lr"] == 0.1  # rows untouched
+
+
+def test_logs_prints_a_runs_output(tmp_path):
+    daemon = start(tmp_path, [["fake", 2, 0.01, None, 0]])
+    (row,) = cycle_until(daemon, all_in("succeeded"))
+    done = subprocess.run([sys.executable, "-m", "sheetrunner.cli", "logs", row["id"], "-c",
+                           str(daemon.config.path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and 'SHEETRUNNER {"step": 2' in done.stdout
+    missing = subprocess.run([sys.executable, "-m", "sheetrunner.cli", "logs", "nope", "-c",
+                              str(daemon.config.path)], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "sheetrunner ps" in missing.stdout
