@@ -171,6 +171,7 @@ class AttemptObservation:
     metrics: dict[str, Any] = field(default_factory=dict)
     log_path: str = ""
     summary: dict[str, Any] = field(default_factory=dict)  # {"min": {}, "max": {}, "history": {}}
+    log_tail: str = ""  # the last lines of a failed attempt's log
 
 
 @dataclass(frozen=True)

@@ -299,10 +299,11 @@ class _Cycle:
             run.summary = dict(seen.summary) or run.summary
             run.log_path = seen.log_path or run.log_path
         state = seen.state if seen else AttemptState.MISSING
+        tail = f": {seen.log_tail}" if seen and seen.log_tail else ""
         if state == AttemptState.EXITED:
-            self._exited(run, seen.exit_code if seen else None)
+            self._exited(run, seen.exit_code if seen else None, tail)
         elif state == AttemptState.LOST:
-            self._crash(run, "lost: the process ended without an exit code (host rebooted?)")
+            self._crash(run, "lost: the process ended without an exit code (host rebooted?)" + tail)
         elif state in (AttemptState.MISSING, AttemptState.STARTING):
             self._not_started(run, state)
         elif run.status == Status.STALLED:
@@ -310,14 +311,14 @@ class _Cycle:
         else:
             self._alive(run, seen)
 
-    def _exited(self, run: Run, code: int | None) -> None:
+    def _exited(self, run: Run, code: int | None, tail: str = "") -> None:
         if run.status == Status.STALLED:
             self._crash(run, run.message or "stalled")
         elif code == 0:
             run.status, run.message, run.finished_at = Status.SUCCEEDED, "", self.now
             self.out.events.append(Event(run.run_id, "succeeded", f"attempt={run.attempt}"))
         else:
-            self._crash(run, f"exit code {code} on attempt {run.attempt}")
+            self._crash(run, f"exit code {code} on attempt {run.attempt}{tail}")
 
     def _not_started(self, run: Run, state: AttemptState) -> None:
         age = (self.now - (run.attempt_started_at or self.now)).total_seconds()
@@ -348,12 +349,12 @@ class _Cycle:
         self.out.events.append(Event(run.run_id, "crashed", reason))
         if run.crashes > run.retries:
             run.status, run.finished_at = Status.FAILED, self.now
-            run.message = f"{reason}; no retries left ({run.retries} allowed)"
+            run.message = f"no retries left ({run.retries} allowed) after {reason}"
             return
         delay = min(self.policy.backoff_s * 2 ** (run.crashes - 1), self.policy.backoff_max_s)
         run.status = Status.RETRYING
         run.next_attempt_at = self.now + timedelta(seconds=delay)
-        run.message = f"{reason}; retry {run.crashes}/{run.retries} in {int(delay)}s"
+        run.message = f"retry {run.crashes}/{run.retries} in {int(delay)}s after {reason}"
 
     # -- 3. fencing ----------------------------------------------------------------------------
 
@@ -403,7 +404,7 @@ class _Cycle:
         run.attempt_started_at = self.now
         run.started_at = run.started_at or self.now
         run.finished_at, run.next_attempt_at = None, None
-        if not run.message.startswith(("exit code", "lost", "stalled")):
+        if not run.message.startswith("retry"):
             run.message = ""
         self.out.launches.append(Launch(run.run_id, run.attempt, host, accelerators))
 

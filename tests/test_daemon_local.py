@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,10 +51,15 @@ def test_a_crash_is_retried_and_then_succeeds(tmp_path):
 
 
 def test_crashes_past_the_retries_fail_the_row_with_the_reason(tmp_path):
-    daemon = start(tmp_path, [["fake", 1, 0.01, 3, 0]], retries=1)
+    daemon = start(tmp_path, [["fake", 1, 0.01, 1, 0]], retries=1, backoff=1)
+    rows = cycle_until(daemon, lambda rows: rows[0]["status"] == "retrying")
+    assert rows[0]["message"].startswith("retry 1/1 in 1s after exit code 1 on attempt 1")
     rows = cycle_until(daemon, all_in("failed"))
-    assert "exit code 3" in rows[0]["message"] and "no retries left" in rows[0]["message"]
+    assert rows[0]["message"].startswith("no retries left (1 allowed) after exit code 1")
+    assert "RuntimeError: failing on purpose with 1 (attempt 2)" in rows[0]["message"]
     assert rows[0]["attempt"] == 2
+    launches = [e for e in daemon.store.events(rows[0]["id"]) if e[2] == "launch-intent"]
+    assert len(launches) == 2
     assert fill_of(daemon.config.sheet.path, 2) == STATUS_COLOURS[Status.FAILED]
 
 
@@ -248,3 +254,49 @@ def test_logs_prints_a_runs_output(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "sheetrunner.cli", "logs", "nope", "-c",
                               str(daemon.config.path)], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "sheetrunner ps" in missing.stdout
+
+
+def test_a_sigkilled_daemon_restarted_adopts_its_running_jobs(tmp_path):
+    write_workbook(tmp_path / "experiments.xlsx", HEADER, [["fake", 25, 0.2, None, 0],
+                                                           ["fake", 20, 0.2, None, 0]])
+    local_config(tmp_path)
+    cfg = str(tmp_path / "sheetrunner.toml")
+    first = subprocess.Popen([sys.executable, "-m", "sheetrunner.cli", "daemon", "-c", cfg],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while statuses(read_workbook(tmp_path / "experiments.xlsx")) != ["running", "running"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    first.kill()  # SIGKILL: no clean-up at all
+    first.wait()
+    rows = read_workbook(tmp_path / "experiments.xlsx")
+    pids = [(Path(r["log"]).parent / "pid").read_text().split()[0] for r in rows]
+    again = subprocess.run([sys.executable, "-m", "sheetrunner.cli", "daemon", "-c", cfg,
+                            "--exit-when-done"], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    rows = read_workbook(tmp_path / "experiments.xlsx")
+    assert statuses(rows) == ["succeeded", "succeeded"] and [r["attempt"] for r in rows] == [1, 1]
+    for row, pid in zip(rows, pids, strict=True):
+        run_dir = Path(row["log"]).parent.parent
+        assert [p.name for p in run_dir.iterdir() if p.name.isdigit()] == ["1"]
+        assert (run_dir / "1" / "pid").read_text().split()[0] == pid  # the same process
+
+
+@pytest.mark.torch
+def test_the_example_finishes_every_row_green_with_metrics(tmp_path):
+    """What `make demo` runs, on a copy of examples/local, with --exit-when-done."""
+    repo = Path(__file__).resolve().parents[1]
+    example = tmp_path / "examples" / "local"
+    shutil.copytree(repo / "examples" / "local", example,
+                    ignore=shutil.ignore_patterns(".state", ".~lock*"))
+    (tmp_path / "jobs").symlink_to(repo / "jobs")  # workdir = "../.." is the repository root
+    done = subprocess.run([sys.executable, "-m", "sheetrunner.cli", "daemon", "-c",
+                           str(example / "sheetrunner.toml"), "--exit-when-done"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = read_workbook(example / "experiments.xlsx")
+    assert len(rows) == 6
+    assert statuses(rows) == ["succeeded"] * 6
+    assert all("acc=" in r["metrics"] for r in rows)
+    assert {fill_of(example / "experiments.xlsx", n) for n in range(2, 8)} == {
+        STATUS_COLOURS[Status.SUCCEEDED]}

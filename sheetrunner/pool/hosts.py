@@ -168,6 +168,7 @@ def _attempt(seen: dict) -> AttemptObservation:
         heartbeat_at=datetime.fromtimestamp(beat, UTC) if beat else None,
         metrics=seen.get("metrics") or {},
         summary=seen.get("summary") or {},
+        log_tail=seen.get("log_tail", ""),
         log_path=seen.get("log_path", ""),
     )
 

@@ -208,7 +208,16 @@ def observe(root, run_id, attempt, boot):
         seen["heartbeat_at"] = heartbeat_at(path)
         seen["metrics"] = latest_metrics(path)
         seen["summary"] = metrics_summary(path)
+    if state == "lost" or (state == "exited" and code != 0):
+        seen["log_tail"] = last_lines(os.path.join(path, "output.log"))
     return seen, session
+
+
+def last_lines(path, count=3, width=200):
+    """The end of a failed job's log, for the row's message: usually the error itself."""
+    text = tail_bytes(path, 4096).decode("utf-8", "replace")
+    lines = [line.strip()[:width] for line in text.splitlines() if line.strip()]
+    return " | ".join(lines[-count:])
 
 
 HISTORY_POINTS = 64

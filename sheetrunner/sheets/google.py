@@ -8,137 +8,48 @@ sheet never parses our text as a formula, and renaming the tab breaks nothing.
 The Sheets API has no compare-and-set, so only owned cells are ever written,
 with the narrowest field masks (a user's bold text or number format survives).
 
-gspread itself is used unmodified; `SheetsHTTPClient` is its documented
-extension point and adds the endpoint override (tests run against the
-emulator in tests/sheets_emulator), a timeout and bounded, jittered retries.
-gspread, requests and google-auth errors are translated here, once, into
-`SheetUnavailable` (transient: retried next cycle) or `SheetError`.
+This module decides what to read and write; how a request travels (endpoint,
+timeout, retries), the credentials, and what a failure means live in
+google_http.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
-import json
 import logging
 import math
-import os
 import random
 import re
-import stat
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import google.auth.credentials
-import google.auth.exceptions
-import google.oauth2.credentials
 import gspread
-import requests
-from google.oauth2 import service_account
-from gspread.exceptions import APIError, GSpreadException, SpreadsheetNotFound
+from gspread.exceptions import APIError, GSpreadException
 from gspread.http_client import ParamsType
 from gspread.utils import absolute_range_name
 
 from sheetrunner.errors import ConfigError, SheetError, SheetUnavailable
 from sheetrunner.rows import cell_text
 from sheetrunner.sheets.base import RowInsert, RowUpdate, SheetWrite, Sparkline, Table
+from sheetrunner.sheets.google_http import ENDPOINT_ENV as ENDPOINT_ENV
+from sheetrunner.sheets.google_http import (
+    ErrorContext,
+    RetryPolicy,
+    account_name,
+    is_unknown_range,
+    load_credentials,
+    resolve_endpoint,
+    sheets_client,
+    translated_errors,
+)
 
 log = logging.getLogger(__name__)
 
-SCOPES = ["https://www.googleapis.com/auth/spreadsheets"]
-API_ORIGIN = "https://sheets.googleapis.com"
-ENDPOINT_ENV = "SHEETRUNNER_SHEETS_ENDPOINT"
-RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 ACTIONS = ("run", "hold", "stop", "rerun")
 JOB_HEADER = "job"
 ACTION_HEADER = "action"
-_TRANSIENT_ERRORS = (
-    requests.ConnectionError,
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,  # the connection died mid-answer
-    google.auth.exceptions.TransportError,
-)
-_FOREIGN_ERRORS = (
-    GSpreadException,
-    PermissionError,  # gspread's open_by_key turns HTTP 403 into the builtin
-    requests.RequestException,
-    google.auth.exceptions.GoogleAuthError,
-)
 _KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-# ---------------------------------------------------------------- HTTP
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded exponential backoff with jitter: delays base, 2*base, 4*base... capped."""
-
-    max_attempts: int = 6
-    backoff_base_s: float = 1.0
-    backoff_max_s: float = 32.0
-
-    def delay_s(self, attempt: int, retry_after_s: float | None = None) -> float:
-        """The pause after failed attempt `attempt` (1-based); half to full of the step."""
-        step = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
-        delay = step * random.uniform(0.5, 1.0)
-        if retry_after_s is not None:
-            delay = max(delay, min(retry_after_s, self.backoff_max_s))
-        return delay
-
-
-class SheetsHTTPClient(gspread.HTTPClient):
-    """gspread's HTTP client with an endpoint override, a timeout and bounded retries.
-
-    gspread builds this class itself with two positional arguments, so the
-    settings are attributes set afterwards by `GoogleSheet`. gspread's own
-    BackOffHTTPClient is not used: in 6.2 it retries forever, without jitter,
-    and not on connection errors.
-    """
-
-    endpoint: str | None = None
-    policy: RetryPolicy = RetryPolicy()
-
-    def request(self, method: str, endpoint: str, *args: Any, **kwargs: Any) -> requests.Response:
-        url = self._rewrite(endpoint)
-        for attempt in range(1, self.policy.max_attempts + 1):
-            try:
-                return super().request(method, url, *args, **kwargs)
-            except APIError as exc:
-                status = exc.response.status_code
-                if status not in RETRY_STATUSES or attempt == self.policy.max_attempts:
-                    raise
-                reason, retry_after = f"HTTP {status}", _retry_after_s(exc.response)
-            except _TRANSIENT_ERRORS as exc:
-                if attempt == self.policy.max_attempts:
-                    raise
-                reason, retry_after = type(exc).__name__, None
-            delay = self.policy.delay_s(attempt, retry_after)
-            log.warning(
-                "Sheets API %s failed (%s), attempt %d of %d; retrying in %.1f s",
-                method.upper(),
-                reason,
-                attempt,
-                self.policy.max_attempts,
-                delay,
-            )
-            time.sleep(delay)
-        raise AssertionError("unreachable: the last attempt returns or raises")
-
-    def _rewrite(self, url: str) -> str:
-        if self.endpoint and url.startswith(API_ORIGIN):
-            return self.endpoint.rstrip("/") + url[len(API_ORIGIN) :]
-        return url
-
-
-def _retry_after_s(response: requests.Response) -> float | None:
-    try:
-        return float(response.headers["Retry-After"])
-    except (KeyError, ValueError):
-        return None
 
 
 # ---------------------------------------------------------------- configuration
@@ -158,74 +69,6 @@ def spreadsheet_key(url_or_key: str) -> str:
     if not _KEY.match(text):
         raise ConfigError(f"[sheet] url {url_or_key!r} is neither a Google Sheets URL nor a key")
     return text
-
-
-def load_credentials(
-    credentials: str | google.auth.credentials.Credentials | None, endpoint: str | None
-) -> google.auth.credentials.Credentials:
-    """Credentials for the spreadsheets scope only; "none" (no token) only with an endpoint."""
-    if isinstance(credentials, google.auth.credentials.Credentials):
-        return credentials
-    if credentials == "none":
-        if not endpoint:
-            raise ConfigError(
-                '[sheet] credentials = "none" only works with an endpoint override (a local '
-                f"emulator, via {ENDPOINT_ENV}); for Google Sheets give the path of a "
-                "service-account JSON key"
-            )
-        return google.auth.credentials.AnonymousCredentials()
-    path = _credentials_path(credentials)
-    _warn_if_readable_by_others(path)
-    return _credentials_from_file(path)
-
-
-def _credentials_path(configured: str | None) -> Path:
-    if configured:
-        path, source = Path(configured).expanduser(), "[sheet] credentials"
-    elif os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):
-        path, source = (
-            Path(os.environ["GOOGLE_APPLICATION_CREDENTIALS"]),
-            "GOOGLE_APPLICATION_CREDENTIALS",
-        )
-    else:
-        path, source = Path(gspread.auth.DEFAULT_SERVICE_ACCOUNT_FILENAME), "gspread's default"
-    if not path.is_file():
-        raise ConfigError(
-            f"no credentials file at {path} (from {source}); create a service-account key "
-            "(Google Cloud console > IAM > Service accounts > Keys > JSON), share the sheet "
-            "with the account's email as Editor, and set [sheet] credentials to the key's path"
-        )
-    return path
-
-
-def _warn_if_readable_by_others(path: Path) -> None:
-    mode = path.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning(
-            "credentials file %s can be read by group or others (mode %o); run: chmod 600 %s",
-            path,
-            stat.S_IMODE(mode),
-            path,
-        )
-
-
-def _credentials_from_file(path: Path) -> google.auth.credentials.Credentials:
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise ConfigError(f"credentials file {path} is not readable JSON") from None
-    kind = info.get("type") if isinstance(info, dict) else None
-    try:
-        if kind == "service_account":
-            return service_account.Credentials.from_service_account_info(info, scopes=SCOPES)
-        if kind == "authorized_user":
-            return google.oauth2.credentials.Credentials.from_authorized_user_info(info, SCOPES)
-    except ValueError as exc:
-        raise ConfigError(f"credentials file {path} is incomplete: {exc}") from None
-    raise ConfigError(
-        f"credentials file {path} is of type {kind!r}; expected a service-account key "
-        '("type": "service_account")'
-    )
 
 
 # ---------------------------------------------------------------- the backend
@@ -281,19 +124,12 @@ class GoogleSheet:
     ) -> None:
         self.key = spreadsheet_key(url_or_key)
         self.worksheet = worksheet
-        self.endpoint = os.environ.get(ENDPOINT_ENV) or endpoint or None
-        if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
-            raise ConfigError(
-                f"Sheets endpoint {self.endpoint!r} must start with http:// or https://"
-            )
+        self.endpoint = resolve_endpoint(endpoint)
         self.id_header = id_header
         self.policy = RetryPolicy(max_attempts, backoff_base_s, backoff_max_s)
         creds = load_credentials(credentials, self.endpoint)
-        self._account = getattr(creds, "service_account_email", None) or "the service account"
-        self._client = gspread.Client(creds, http_client=SheetsHTTPClient)
-        http = self._client.http_client
-        http.endpoint, http.policy = self.endpoint, self.policy  # type: ignore[attr-defined]
-        http.set_timeout(timeout_s)
+        self._errors = ErrorContext(self.key, account_name(creds), self.endpoint, max_attempts)
+        self._client = sheets_client(creds, self.endpoint, self.policy, timeout_s)
         self._spreadsheet: gspread.Spreadsheet | None = None
         self._tab: _Tab | None = None
         self._tabs: dict[str, _Tab] = {}
@@ -310,11 +146,11 @@ class GoogleSheet:
     def read(self) -> Table:
         """The whole tab in one request, typed (UNFORMATTED_VALUE), rows ragged."""
         tab = self._open()
-        with self._api_errors():
+        with translated_errors(self._errors):
             try:
                 answer = self._get_values(tab)
             except APIError as exc:
-                if not _is_unknown_range(exc):
+                if not is_unknown_range(exc):
                     raise
                 answer = self._get_values(self._follow_rename())
         value_range = answer["valueRanges"][0]
@@ -368,7 +204,7 @@ class GoogleSheet:
 
     def _open(self) -> _Tab:
         if self._tab is None:
-            with self._api_errors():
+            with translated_errors(self._errors):
                 if self._spreadsheet is None:
                     self._spreadsheet = self._client.open_by_key(self.key)
                 self._load_tabs()
@@ -493,7 +329,7 @@ class GoogleSheet:
 
     def _send(self, batch: _Batch) -> None:
         assert self._spreadsheet is not None
-        with self._api_errors():
+        with translated_errors(self._errors):
             self._spreadsheet.batch_update({"requests": batch.requests})
 
     def _remember(self, batch: _Batch) -> None:
@@ -504,72 +340,6 @@ class GoogleSheet:
                 tab.row_count, tab.col_count = batch.grown[tab.sheet_id]
         if self._table is not None:
             self._table.header = list(batch.header)
-
-    @contextlib.contextmanager
-    def _api_errors(self) -> Iterator[None]:
-        """Translate gspread/requests/google-auth errors into SheetError/SheetUnavailable."""
-        try:
-            yield
-        except SheetError:
-            raise
-        except _FOREIGN_ERRORS as exc:
-            raise self._translate(exc) from exc
-
-    def _translate(self, exc: Exception) -> SheetError:
-        where = f"spreadsheet {self.key}"
-        if isinstance(exc, SpreadsheetNotFound):
-            return SheetError(
-                f"{where} not found: check [sheet] url (and that it is a Google Sheet)"
-            )
-        if isinstance(exc, PermissionError) or _status(exc) == 403:
-            return SheetError(f"no access to {where}: share it as Editor with {self._account}")
-        if isinstance(exc, APIError):
-            return _translate_api_error(exc, where, self.policy.max_attempts)
-        refresh = google.auth.exceptions.RefreshError
-        if isinstance(exc, refresh) and not getattr(exc, "retryable", False):
-            return SheetError(
-                f"could not get a Google access token ({_reason(exc)}); check [sheet] credentials"
-            )
-        if isinstance(exc, (*_TRANSIENT_ERRORS, refresh)):
-            origin = self.endpoint or API_ORIGIN
-            return SheetUnavailable(
-                f"cannot reach Google Sheets at {origin} ({type(exc).__name__}) after "
-                f"{self.policy.max_attempts} attempts; will retry next cycle"
-            )
-        return SheetError(f"Google Sheets failed on {where}: {_reason(exc)}")
-
-
-def _translate_api_error(exc: APIError, where: str, attempts: int) -> SheetError:
-    status = exc.response.status_code
-    message = str(exc.error.get("message", "")).strip()
-    if status in RETRY_STATUSES:
-        return SheetUnavailable(
-            f"Google Sheets answered HTTP {status} {exc.error.get('status', '')} ({message}) "
-            f"{attempts} times in a row for {where}; will retry next cycle"
-        )
-    if status == 401:
-        return SheetError(
-            "Google Sheets rejected the credentials (HTTP 401); check [sheet] credentials"
-        )
-    if status == 404:
-        return SheetError(f"{where} not found (HTTP 404); check [sheet] url")
-    return SheetError(f"Google Sheets refused a request on {where} (HTTP {status}): {message}")
-
-
-def _is_unknown_range(exc: APIError) -> bool:
-    """The 400 the API gives for a range on a tab title that no longer exists."""
-    message = str(exc.error.get("message", ""))
-    return exc.response.status_code == 400 and message.startswith("Unable to parse range")
-
-
-def _status(exc: Exception) -> int | None:
-    return exc.response.status_code if isinstance(exc, APIError) else None
-
-
-def _reason(exc: Exception) -> str:
-    """The first line of the error's own message (google-auth puts a response dict second)."""
-    text = str(exc.args[0]) if exc.args else type(exc).__name__
-    return (text.splitlines() or [type(exc).__name__])[0][:200]
 
 
 # ---------------------------------------------------------------- pending writes

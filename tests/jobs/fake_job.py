@@ -29,4 +29,6 @@ for step in range(1, args.steps + 1):
     print("SHEETRUNNER " + json.dumps({"step": step, "loss": 1.0 / step}), flush=True)
 if attempt <= args.fail_attempts:
     sys.exit(3)
+if args.exit:
+    print(f"RuntimeError: failing on purpose with {args.exit} (attempt {attempt})", flush=True)
 sys.exit(args.exit)
