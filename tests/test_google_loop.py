@@ -8,6 +8,7 @@ would count (one read and at most one write per cycle, however many rows).
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import textwrap
 import time
@@ -155,12 +156,13 @@ def test_a_deleted_row_has_its_run_stopped(emu, tmp_path):
     daemon.close()
 
 
-def test_the_call_budget_holds_with_many_rows(emu, tmp_path):
-    rows = [["fake", 1, 0.01, None, 0, "hold"] for _ in range(300)]
+@pytest.mark.parametrize("count", [10, 2000])
+def test_the_call_budget_holds_with_many_rows(emu, tmp_path, count):
+    rows = [["fake", 1, 0.01, None, 0, "hold"] for _ in range(count)]
     rows[0][5] = ""
     daemon = start(emu, tmp_path, rows)
-    done = cycle_until(emu, daemon, lambda rows: rows[0].get("status") == "succeeded")
-    assert statuses(done)[1:] == ["held"] * 299
+    done = cycle_until(emu, daemon, lambda rows: rows[0].get("status") == "succeeded", 60)
+    assert statuses(done)[1:] == ["held"] * (count - 1)
     emu.reset_counts()
     daemon.cycle()
     assert dict(emu.counts) == {"read": 1, "values.batchGet": 1}
@@ -168,8 +170,10 @@ def test_the_call_budget_holds_with_many_rows(emu, tmp_path):
 
 
 def test_a_curve_is_a_sparkline_over_the_hidden_metrics_tab(emu, tmp_path):
-    daemon = start(emu, tmp_path, [["fake", 4, 0.05, None, 0]], sheet='curve = "loss"')
+    daemon = start(emu, tmp_path, [["fake", 4, 0.05, None, 0]],
+                   sheet='curve = "loss"\nmetric_columns = ["loss"]')
     rows = cycle_until(emu, daemon, lambda rows: statuses(rows) == ["succeeded"])
+    assert rows[0]["loss"] == pytest.approx(0.25) and rows[0]["best loss"] == pytest.approx(0.25)
     header = emu.values(tab=TAB)[0]
     curve = emu.cell(f"{chr(ord('A') + header.index('curve'))}2", tab=TAB)
     assert curve.formula is not None and curve.formula.startswith("=SPARKLINE('_metrics'!B2:")
@@ -177,3 +181,15 @@ def test_a_curve_is_a_sparkline_over_the_hidden_metrics_tab(emu, tmp_path):
     history = emu.values(tab="_metrics")[1]
     assert history[0] == rows[0]["id"] and history[-1] == pytest.approx(0.25)
     daemon.close()
+
+
+def test_the_daemon_command_drives_a_google_sheet_to_completion(emu, tmp_path):
+    """`sheetrunner daemon -c CONFIG` with [sheet] endpoint: the CLI, a real process, real HTTP."""
+    daemon = start(emu, tmp_path, [["fake", 2, 0.05, None, 0], ["fake", 3, 0.05, None, 0]])
+    daemon.close()
+    done = subprocess.run([sys.executable, "-m", "sheetrunner.cli", "daemon", "-c",
+                           str(daemon.config.path), "--exit-when-done"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert statuses(shown(emu)) == ["succeeded", "succeeded"]
+    assert emu.cell("A2", tab=TAB).background == STATUS_COLOURS[Status.SUCCEEDED]
