@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh jobs
-exec sheetrunner daemon -c examples/local/sheetrunner.toml "$@"
+# `python3 -m sheetrunner` is the `sheetrunner` command, whether or not PATH knows it yet.
+exec "${PYTHON:-python3}" -m sheetrunner daemon -c examples/local/sheetrunner.toml "$@"
