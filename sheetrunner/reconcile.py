@@ -22,6 +22,7 @@ from .model import (
     Run,
     Status,
 )
+from .placement import HostCapacity, Placement
 
 
 @dataclass(frozen=True)
@@ -35,21 +36,6 @@ class Policy:
     launch_timeout_s: float = 120.0
     on_host_lost: str = "wait"  # or "requeue"
     host_lost_timeout_s: float = 300.0
-
-
-@dataclass(frozen=True)
-class HostCapacity:
-    """What a host offers this cycle: built from its config and its probe."""
-
-    name: str
-    labels: tuple[str, ...] = ()
-    accelerators: tuple[str, ...] = ()  # every accelerator id of the host
-    busy: tuple[str, ...] = ()  # taken by processes sheetrunner did not start
-    slots: int = 1  # CPU-only runs at once
-    reachable: bool = True
-
-    def matches(self, where: str | None) -> bool:
-        return where is None or where == self.name or where in self.labels
 
 
 @dataclass(frozen=True)
@@ -380,16 +366,14 @@ class _Cycle:
     # -- 4. placement ------------------------------------------------------------------------
 
     def place(self, hosts: list[HostCapacity]) -> None:
-        free = _free_capacity(hosts, self.runs.values())
-        full: dict[tuple[int, str | None], str] = {}  # free space only shrinks within a cycle
+        """Waiting runs, highest priority first then row order, onto free accelerators."""
+        placement = Placement(hosts, self.runs.values())
         for run in sorted(self._waiting(), key=lambda r: (-r.priority, r.row, r.created_at)):
-            shape = (run.gpus, run.where)
-            host = None if shape in full else _best_fit(run, hosts, free)
-            if host is None:
-                run.message = full.setdefault(shape, _why_waiting(run, hosts))
-                continue
-            given = _take(run, host, free)
-            self._launch(run, host.name, given)
+            found = placement.take(run)
+            if isinstance(found, str):
+                run.message = found
+            else:
+                self._launch(run, *found)
 
     def _waiting(self) -> Iterable[Run]:
         for run in self.runs.values():
@@ -416,72 +400,6 @@ class _Cycle:
                 run.updated_at = self.now
                 self.out.runs[run_id] = run
         return self.out
-
-
-@dataclass
-class _Free:
-    accelerators: list[str]
-    slots: int
-
-
-def _free_capacity(hosts: list[HostCapacity], runs: Iterable[Run]) -> dict[str, _Free]:
-    """What is free on each reachable host once live runs and foreign processes are counted."""
-    free = {
-        h.name: _Free([a for a in h.accelerators if a not in h.busy], h.slots)
-        for h in hosts
-        if h.reachable
-    }
-    for run in runs:
-        if not run.status.is_live or run.host not in free:
-            continue
-        if run.gpus == 0:
-            free[run.host].slots -= 1
-        for acc in run.accelerators:
-            if acc in free[run.host].accelerators:
-                free[run.host].accelerators.remove(acc)
-    return free
-
-
-def _best_fit(run: Run, hosts: list[HostCapacity], free: dict[str, _Free]) -> HostCapacity | None:
-    """The host with the fewest free accelerators that still fit: big holes stay for big runs."""
-    fits = [
-        h for h in hosts
-        if h.name in free and h.matches(run.where) and _fits(run, free[h.name])
-    ]
-    if not fits:
-        return None
-    if run.gpus == 0:
-        return max(fits, key=lambda h: free[h.name].slots)
-    return min(fits, key=lambda h: len(free[h.name].accelerators))
-
-
-def _fits(run: Run, free: _Free) -> bool:
-    if run.gpus == 0:
-        return free.slots > 0
-    return len(free.accelerators) >= run.gpus
-
-
-def _take(run: Run, host: HostCapacity, free: dict[str, _Free]) -> tuple[str, ...]:
-    space = free[host.name]
-    if run.gpus == 0:
-        space.slots -= 1
-        return ()
-    given = tuple(space.accelerators[: run.gpus])
-    del space.accelerators[: run.gpus]
-    return given
-
-
-def _why_waiting(run: Run, hosts: list[HostCapacity]) -> str:
-    matching = [h for h in hosts if h.matches(run.where)]
-    if not matching:
-        return f"waiting: no host is named or labelled {run.where!r}"
-    if run.gpus > max(len(h.accelerators) for h in matching):
-        most = max(len(h.accelerators) for h in matching)
-        return f"waiting: needs {run.gpus} accelerators on one host; the largest has {most}"
-    if not any(h.reachable for h in matching):
-        return "waiting: no matching host is reachable"
-    need = f"{run.gpus} free accelerators" if run.gpus else "a free CPU slot"
-    return f"waiting for {need}"
 
 
 def _status_or_none(text: str) -> Status | None:
