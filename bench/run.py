@@ -154,8 +154,10 @@ def bench_jobs() -> None:
         line(name, base, took)
 
 
+from bench_pool import bench_pool  # noqa: E402
+
 SECTIONS = {"core": bench_core, "rows": bench_rows, "workbook": bench_workbook,
-            "google": bench_google, "jobs": bench_jobs}
+            "google": bench_google, "jobs": bench_jobs, "pool": bench_pool}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or list(SECTIONS):
