@@ -23,6 +23,15 @@ from sheetrunner import job
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def run_unless_done(work: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> int:
+    """Run the job, unless this run already finished: a restarted finished run exits 0 at once."""
+    if job.is_done():
+        print(f"run {job.run_id()} is already done; nothing to do", flush=True)
+        return 0
+    work(args)
+    return 0
+
+
 def add_training_args(parser: argparse.ArgumentParser, *, epochs: int) -> None:
     """The flags both jobs take, so a sheet column means the same thing in either."""
     parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate")

@@ -43,12 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if job.is_done():
-        print(f"run {job.run_id()} is already done; nothing to do", flush=True)
-        return 0
-    search(args)
-    return 0
+    return common.run_unless_done(search, parse_args(argv))
 
 
 # --- masks ---------------------------------------------------------------------

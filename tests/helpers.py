@@ -42,10 +42,10 @@ def fill_of(path: Path, row: int) -> str:
 
 
 def local_config(tmp: Path, extra: str = "", slots: int = 2, accelerators: int = 0,
-                 hang_timeout: float = 600, retries: int = 2, backoff: float = 0.5) -> config_module.Config:
-    text = textwrap.dedent(f"""
-        [sheet]
-        path = "experiments.xlsx"
+                 hang_timeout: float = 600, retries: int = 2, backoff: float = 0.5,
+                 sheet: str = 'path = "experiments.xlsx"') -> config_module.Config:
+    """A config running the fake job on this machine; `sheet` is the body of [sheet]."""
+    text = "[sheet]\n" + textwrap.dedent(sheet).strip() + "\n" + textwrap.dedent(f"""
 
         [daemon]
         poll_interval = 0.5

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,10 +17,9 @@ from typing import Any
 
 import helpers
 import pytest
-from helpers import FAKE_JOB, HEADER
+from helpers import HEADER
 from sheets_emulator import SheetsEmulator
 
-from sheetrunner import config as config_module
 from sheetrunner.daemon import Daemon, build
 from sheetrunner.model import STATUS_COLOURS, Status
 from sheetrunner.sheets.google import ENDPOINT_ENV
@@ -41,36 +39,11 @@ def start(
 ) -> Daemon:
     """A daemon whose [sheet] url points at a new spreadsheet in the emulator."""
     key = emu.create_spreadsheet({TAB: [HEADER, *rows]})
-    text = textwrap.dedent(f"""
-        [sheet]
-        url = "https://docs.google.com/spreadsheets/d/{key}/edit"
-        worksheet = "{TAB}"
-        credentials = "none"
-        endpoint = "{emu.url}"
-        {sheet}
-
-        [daemon]
-        poll_interval = 0.5
-        state_dir = "state"
-
-        [defaults]
-        retries = 2
-        backoff = 0.5
-        launch_timeout = 10
-
-        [jobs.fake]
-        command = ["{sys.executable}", "{FAKE_JOB}"]
-
-        [[hosts]]
-        name = "local"
-        local = true
-        accelerators = 0
-        slots = {slots}
-        root = "host"
-    """)
-    path = tmp_path / "sheetrunner.toml"
-    path.write_text(text)
-    return build(config_module.load(path))
+    sheet_body = "\n".join([f'url = "https://docs.google.com/spreadsheets/d/{key}/edit"',
+                            f'worksheet = "{TAB}"', 'credentials = "none"',
+                            f'endpoint = "{emu.url}"', sheet])
+    config = helpers.local_config(tmp_path, slots=slots, sheet=sheet_body)
+    return build(config)
 
 
 def shown(emu: SheetsEmulator) -> list[dict[str, Any]]:
