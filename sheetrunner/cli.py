@@ -19,7 +19,7 @@ from rich.logging import RichHandler
 
 from . import config as config_module
 from . import views
-from .daemon import build, open_pool, open_store
+from .daemon import DaemonLock, build, open_pool, open_store
 from .errors import ConfigError, SheetrunnerError, TransportError
 
 DEFAULT_CONFIG = "sheetrunner.toml"
@@ -83,19 +83,25 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def cmd_daemon(args: argparse.Namespace, console: Console) -> int:
-    daemon = build(config_module.load(args.config))
+    config = config_module.load(args.config)
+    lock = DaemonLock(config.daemon.state_dir).acquire()
+    daemon = build(config)
     try:
         return daemon.run_forever(exit_when_done=args.exit_when_done)
     finally:
         daemon.close()
+        lock.release()
 
 
 def cmd_once(args: argparse.Namespace, console: Console) -> int:
-    daemon = build(config_module.load(args.config))
+    config = config_module.load(args.config)
+    lock = DaemonLock(config.daemon.state_dir).acquire()
+    daemon = build(config)
     try:
         report = daemon.cycle()
     finally:
         daemon.close()
+        lock.release()
     console.print(
         f"launched {len(report.launched)}, killed {len(report.killed)}, "
         f"cells written {report.cells_written}, unfinished {report.unfinished}"

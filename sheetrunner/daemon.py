@@ -9,7 +9,9 @@ next cycle; it never stops the daemon.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -288,6 +290,37 @@ def open_store(config: Config) -> Store:
 
 def build(config: Config) -> Daemon:
     return Daemon(config, open_sheet(config), open_pool(config), open_store(config))
+
+
+class DaemonLock:
+    """One daemon per state directory: two would both launch the same rows.
+
+    An flock on <state_dir>/daemon.lock, released by the kernel when the
+    process dies, so a SIGKILLed daemon never leaves a stale lock behind."""
+
+    def __init__(self, state_dir: Path):
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / "daemon.lock"
+        self._file = open(self.path, "a+")  # noqa: SIM115 - held for the daemon's lifetime
+
+    def acquire(self) -> DaemonLock:
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "?"
+            self._file.close()
+            raise SheetrunnerError(
+                f"another sheetrunner daemon (pid {holder}) is using {self.path.parent}; stop it "
+                "first, or give this one its own [daemon] state_dir") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(str(os.getpid()))
+        self._file.flush()
+        return self
+
+    def release(self) -> None:
+        self._file.close()
 
 
 __all__ = ["Daemon", "CycleReport", "build", "HostObservation", "SheetWrite"]

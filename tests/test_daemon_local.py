@@ -300,3 +300,23 @@ def test_the_example_finishes_every_row_green_with_metrics(tmp_path):
     assert all("acc=" in r["metrics"] for r in rows)
     assert {fill_of(example / "experiments.xlsx", n) for n in range(2, 8)} == {
         STATUS_COLOURS[Status.SUCCEEDED]}
+
+
+def test_a_second_daemon_on_the_same_state_is_refused(tmp_path):
+    write_workbook(tmp_path / "experiments.xlsx", HEADER, [["fake", 100, 0.1, None, 0]])
+    local_config(tmp_path)
+    cfg = str(tmp_path / "sheetrunner.toml")
+    first = subprocess.Popen([sys.executable, "-m", "sheetrunner.cli", "daemon", "-c", cfg],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while read_workbook(tmp_path / "experiments.xlsx")[0].get("status") != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        second = subprocess.run([sys.executable, "-m", "sheetrunner.cli", "once", "-c", cfg],
+                                capture_output=True, text=True, timeout=30)
+        assert second.returncode == 1
+        assert f"another sheetrunner daemon (pid {first.pid})" in second.stdout
+    finally:
+        first.terminate()
+        first.wait(timeout=30)
