@@ -14,12 +14,13 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerThreads
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from . import reconcile, rows, views
@@ -29,7 +30,7 @@ from .model import Experiment, HostObservation, Run, Status
 from .pool.hosts import HostAgent, Pool, describe_argv, launch_spec
 from .pool.local import LocalTransport
 from .pool.transport import Transport
-from .reconcile import Launch, Plan
+from .reconcile import Kill, Launch, Plan
 from .sheet_view import SheetView
 from .sheets.base import SheetBackend, SheetWrite, Table
 from .store import Store
@@ -87,11 +88,10 @@ class Daemon:
         plan = reconcile.plan(plain, known, observed, self.pool.capacities(), self.policy, now)
         self.store.save_runs(plan.runs.values(), [(e.run_id, e.kind, e.detail) for e in plan.events], now)
         runs = {**known, **plan.runs}
-        report.killed = self._kill(plan)
-        report.launched = self._launch(plan.launches, runs, now)
+        report.killed, report.launched = self._act(plan, runs, now)
         if table is not None and experiments is not None:
             report.cells_written = self._write_sheet(table, experiments, plan, runs, now)
-        report.unfinished = _unfinished(runs.values(), plan, experiments)
+        report.unfinished = _unfinished(runs.values(), plan)
         return report
 
     def _read_sheet(self) -> tuple[Table | None, list[Experiment] | None]:
@@ -103,12 +103,26 @@ class Daemon:
         except SheetError as exc:
             log.error("sheet cannot be used: %s", exc)
             return None, None
-        experiments = rows.parse_table(table, self.config.jobs, self.config.defaults.retries)
+        experiments = rows.parse_table(table, self.config.jobs)
         return table, experiments
 
-    def _kill(self, plan: Plan) -> list[str]:
+    def _act(self, plan: Plan, runs: dict[str, Run], now: datetime) -> tuple[list[str], list[str]]:
+        """Kills, then launches, on every host at once: a slow host delays only itself."""
+        hosts = sorted({k.host for k in plan.kills} | {launch.host for launch in plan.launches})
+        if not hosts:
+            return [], []
+        with ThreadPoolExecutor(max_workers=min(self.pool.max_parallel, len(hosts))) as ex:
+            done = list(ex.map(lambda host: self._act_on_host(host, plan, runs, now), hosts))
+        return [r for killed, _ in done for r in killed], [r for _, launched in done for r in launched]
+
+    def _act_on_host(self, host: str, plan: Plan, runs: dict[str, Run],
+                     now: datetime) -> tuple[list[str], list[str]]:
+        killed = self._kill([k for k in plan.kills if k.host == host])
+        return killed, self._launch([x for x in plan.launches if x.host == host], runs, now)
+
+    def _kill(self, kills: list[Kill]) -> list[str]:
         done = []
-        for kill in plan.kills:
+        for kill in kills:
             agent = self.pool.agents.get(kill.host)
             if agent is None:
                 continue
@@ -178,7 +192,7 @@ class Daemon:
 
     def run_forever(self, exit_when_done: bool = False) -> int:
         """Cycle every poll_interval until a signal (or, with exit_when_done, until done)."""
-        scheduler = BlockingScheduler(executors={"default": ThreadPoolExecutor(1)}, timezone=UTC)
+        scheduler = BlockingScheduler(executors={"default": SchedulerThreads(1)}, timezone=UTC)
         stop = threading.Event()
 
         def job() -> None:
@@ -225,7 +239,8 @@ def _attempts_to_probe(runs: dict[str, Run]) -> dict[str, set[tuple[str, int]]]:
     return wanted
 
 
-def _unfinished(runs, plan: Plan, experiments: list[Experiment] | None) -> int:
+def _unfinished(runs: Iterable[Run], plan: Plan) -> int:
+    """Runs the sheet shows that are not finished yet (for --exit-when-done)."""
     shown = set(plan.rows.values())
     return sum(1 for r in runs if r.run_id in shown and r.status in UNFINISHED)
 

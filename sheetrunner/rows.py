@@ -58,7 +58,7 @@ def cell_text(value: Any) -> str:
     return str(value)
 
 
-def parse_table(table: Table, job_names: Iterable[str], default_retries: int) -> list[Experiment]:
+def parse_table(table: Table, job_names: Iterable[str]) -> list[Experiment]:
     """Every non-empty row of the table as an Experiment; a bad row carries its `error`."""
     jobs = set(job_names)
     params = param_columns(table.header)

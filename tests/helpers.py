@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import textwrap
 import time
@@ -100,3 +102,18 @@ def cycle_until(daemon, done: Callable[[list[dict]], bool], timeout_s: float = 3
             return rows
         assert time.monotonic() < deadline, f"timed out; sheet shows {rows}"
         time.sleep(0.2)
+
+
+def kill_jobs_under(root: Path) -> None:
+    """SIGKILL every process whose SHEETRUNNER_RUN_DIR lies under `root`."""
+    marker = f"SHEETRUNNER_RUN_DIR={root}".encode()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if any(item.startswith(marker) for item in environ.split(b"\0")):
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -11,6 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import helpers
 import openpyxl
 import pytest
 from helpers import HEADER, cycle_until, fill_of, local_config, read_workbook, write_workbook
@@ -218,13 +218,12 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.fixture(autouse=True)
-def _no_stray_jobs():
-    """Kill any fake job a failing test left behind, so tests stay independent."""
+def _no_stray_jobs(tmp_path):
+    """Kill the jobs this test started and left running (only those: their run directory
+    is under this test's tmp_path), so tests stay independent of each other and of
+    anything else running on the machine."""
     yield
-    subprocess.run(["pkill", "-f", "fake_job.py --steps 300"], check=False)
-    subprocess.run(["pkill", "-f", "fake_job.py --steps 100"], check=False)
-    subprocess.run(["pkill", "-f", "fake_job.py --steps 1 --sleep 0.01 --hang"], check=False)
-    os.environ.pop("SHEETRUNNER_SHEETS_ENDPOINT", None)
+    helpers.kill_jobs_under(tmp_path)
 
 
 def test_init_writes_a_starter_config_and_workbook_and_is_safe_to_repeat(tmp_path):

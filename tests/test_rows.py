@@ -46,7 +46,7 @@ def test_cell_text_is_the_value_without_float_noise(value, text):
 
 def test_a_row_becomes_an_experiment_with_params_in_column_order():
     (e,) = parse_table(table(["digits", 0.1, 3, 2, "gpu-a", 5, 1, "hold", "note", "x-1", "running"]),
-                       ["digits"], 2)
+                       ["digits"])
     assert e.params == (("lr", "0.1"), ("seed", "3"))
     assert e.argv_params == ["--lr", "0.1", "--seed", "3"]
     assert (e.gpus, e.where, e.priority, e.retries, e.action) == (2, "gpu-a", 5.0, 1, Action.HOLD)
@@ -54,12 +54,12 @@ def test_a_row_becomes_an_experiment_with_params_in_column_order():
 
 
 def test_number_typed_as_text_is_the_same_experiment():
-    a, b = parse_table(table(["digits", 0.1], ["digits", "0.1"]), ["digits"], 2)
+    a, b = parse_table(table(["digits", 0.1], ["digits", "0.1"]), ["digits"])
     assert a.key == b.key
 
 
 def test_empty_rows_are_skipped_and_defaults_apply():
-    exps = parse_table(table([], [None, None], ["digits"]), ["digits"], 2)
+    exps = parse_table(table([], [None, None], ["digits"]), ["digits"])
     assert [(e.row, e.gpus, e.retries, e.action) for e in exps] == [(4, 1, None, Action.RUN)]
 
 
@@ -76,13 +76,13 @@ def test_empty_rows_are_skipped_and_defaults_apply():
     ],
 )
 def test_a_bad_row_carries_the_reason(cells, reason):
-    (e,) = parse_table(table(cells), ["digits"], 2)
+    (e,) = parse_table(table(cells), ["digits"])
     assert e.error is not None and reason in e.error
 
 
 def test_a_row_copied_with_its_id_is_a_new_experiment():
     a, b = parse_table(table(["digits", *[None] * 8, "x-1"], ["digits", *[None] * 8, "x-1"]),
-                       ["digits"], 2)
+                       ["digits"])
     assert a.run_id == "x-1" and b.run_id is None
 
 
@@ -111,7 +111,7 @@ def test_metrics_are_compact_with_step_first():
 
 def test_a_formula_the_file_holds_no_value_for_makes_the_row_invalid(tmp_path):
     path = write_workbook(tmp_path / "w.xlsx", ["job", "--lr"], [["digits", "=0.1*2"]])
-    (e,) = parse_table(Workbook(path).read(), ["digits"], 2)
+    (e,) = parse_table(Workbook(path).read(), ["digits"])
     assert e.error is not None and "cell B2 holds the formula =0.1*2" in e.error
 
 
