@@ -85,6 +85,7 @@ class HostConfig:
     slots: int = 1  # CPU-only runs (gpus = 0) at once
     root: str = "~/.sheetrunner"  # where runs live on the host
     python: str = "python3"  # interpreter for the agent and for "{python}" in job commands
+    drain: bool = False  # take no new runs (for maintenance); running ones go on
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,7 @@ def _job(name: str, raw: Any) -> JobConfig:
 
 
 HOST_KEYS = {"name", "local", "address", "user", "port", "identity", "labels", "accelerators",
-             "slots", "root", "python"}
+             "slots", "root", "python", "drain"}
 
 
 def _hosts(raw: Any, base: Path) -> tuple[HostConfig, ...]:
@@ -283,6 +284,8 @@ def _host(index: int, raw: Any, base: Path) -> HostConfig:
                              or not 0 < port < 65536):
         raise ConfigError(f"{where}.port = {port!r}; use a TCP port number, e.g. port = 22")
     python = _opt_str(f"{where}.python", raw.get("python"))
+    drain = raw.get("drain", False)
+    _expect(f"{where}.drain", drain, bool, "true")
     return HostConfig(
         name=name,
         local=local,
@@ -295,6 +298,7 @@ def _host(index: int, raw: Any, base: Path) -> HostConfig:
         slots=_non_negative_int(f"{where}.slots", raw.get("slots", 1), "4"),
         root=root,
         python=python or (sys.executable if local else "python3"),
+        drain=drain,
     )
 
 

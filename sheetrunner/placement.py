@@ -23,6 +23,7 @@ class HostCapacity:
     busy: tuple[str, ...] = ()  # taken by processes sheetrunner did not start
     slots: int = 1  # CPU-only runs at once
     reachable: bool = True
+    draining: bool = False  # takes no new runs
 
     def matches(self, where: str | None) -> bool:
         return where is None or where == self.name or where in self.labels
@@ -56,7 +57,7 @@ def _free_capacity(hosts: list[HostCapacity], runs: Iterable[Run]) -> dict[str, 
     free = {
         h.name: _Free([a for a in h.accelerators if a not in h.busy], h.slots)
         for h in hosts
-        if h.reachable
+        if h.reachable and not h.draining
     }
     for run in runs:
         if not run.status.is_live or run.host not in free:
@@ -107,5 +108,7 @@ def _why_waiting(run: Run, hosts: list[HostCapacity]) -> str:
         return f"waiting: needs {run.gpus} accelerators on one host; the largest has {most}"
     if not any(h.reachable for h in matching):
         return "waiting: no matching host is reachable"
+    if all(h.draining for h in matching):
+        return "waiting: every matching host is draining"
     need = f"{run.gpus} free accelerators" if run.gpus else "a free CPU slot"
     return f"waiting for {need}"

@@ -69,6 +69,7 @@ def pool_json(hosts: list[HostConfig], seen: Mapping[str, HostObservation], runs
             "unreachable_since": since.isoformat() if since and not (obs and obs.reachable) else None,
             "error": obs.error if obs else "not probed",
             "labels": list(host.labels),
+            "draining": host.drain,
             "load": obs.load if obs else None,
             "disk_free_gib": round(obs.disk_free_bytes / 2**30, 1) if obs and obs.disk_free_bytes else None,
             "accelerators": [_accelerator_json(host, a, held) for a in _accelerators_of(host, obs)],
@@ -101,6 +102,7 @@ def pool_rows(entries: list[dict[str, Any]]) -> list[list[Any]]:
                               "disk free"]]
     for e in entries:
         state = "up" if e["reachable"] else f"down since {e['unreachable_since'] or '?'}"
+        state += ", draining" if e["draining"] else ""
         host_cells = [e["host"], state]
         tail = ["" if e["load"] is None else f"{e['load']:.1f}",
                 "" if e["disk_free_gib"] is None else f"{e['disk_free_gib']} GiB"]

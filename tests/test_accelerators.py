@@ -17,8 +17,9 @@ def test_tpu_chips_per_vm(kind, chips):
 
 
 def test_gpus_are_restricted_with_cuda_visible_devices():
-    assert visible_env(8, ("2", "3")) == {"CUDA_VISIBLE_DEVICES": "2,3"}
-    assert visible_env("auto", ()) == {"CUDA_VISIBLE_DEVICES": ""}  # gpus = 0: no GPU at all
+    assert visible_env(8, ("2", "3")) == {"CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+                                          "CUDA_VISIBLE_DEVICES": "2,3"}
+    assert visible_env("auto", ())["CUDA_VISIBLE_DEVICES"] == ""  # gpus = 0: no GPU at all
 
 
 def test_tpu_chips_are_restricted_with_the_tpu_runtime_variables():

@@ -51,7 +51,7 @@ class World:
     def step(self, experiments: list[Experiment] | None, advance_s: float = 5) -> Plan:
         self.now += timedelta(seconds=advance_s)
         hosts = [HostCapacity(h.name, h.labels, h.accelerators, h.busy, h.slots,
-                              h.name not in self.down) for h in self.hosts]
+                              h.name not in self.down, h.draining) for h in self.hosts]
         self.last = plan(experiments, self.runs, self.observe(), hosts, self.policy, self.now)
         self.runs.update(self.last.runs)
         for kill in self.last.kills:
@@ -379,3 +379,15 @@ def test_where_and_gpus_edited_after_a_crash_apply_to_the_next_attempt():
     moved = Experiment(**{**e.__dict__, "where": "b", "gpus": 3})
     p = world.step([moved], advance_s=20)
     assert [(launch.host, len(launch.accelerators)) for launch in p.launches] == [("b", 3)]
+
+
+def test_a_draining_host_takes_no_new_runs_but_keeps_its_running_ones():
+    world = World([gpu_host("a", 2), gpu_host("b", 2)])
+    e = exp(row=2, lr="1", where="a")
+    world.step([e])
+    e = claimed(world, e)
+    world.hosts[0] = HostCapacity("a", accelerators=("0", "1"), draining=True)
+    p = world.step([e, exp(row=3, lr="2"), exp(row=4, lr="3", where="a")])
+    assert world.runs[e.run_id].status == Status.RUNNING and p.kills == []
+    assert [launch.host for launch in p.launches] == ["b"]
+    assert world.runs[p.rows[4]].message == "waiting: every matching host is draining"

@@ -35,4 +35,6 @@ def visible_env(kind: int | str, accelerators: tuple[str, ...]) -> dict[str, str
             "TPU_CHIPS_PER_PROCESS_BOUNDS": CHIP_BOUNDS.get(len(accelerators), f"1,{len(accelerators)},1"),
             "TPU_PROCESS_BOUNDS": "1,1,1",
         }
-    return {"CUDA_VISIBLE_DEVICES": ids}
+    # nvidia-smi numbers GPUs in PCI bus order, CUDA by default fastest first: make CUDA count
+    # like nvidia-smi, or a job given GPU 1 could land on the GPU another run holds.
+    return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": ids}

@@ -184,7 +184,8 @@ def capacity(config: HostConfig, seen: HostObservation | None) -> HostCapacity:
     else:
         ids = tuple(str(i) for i in range(int(config.accelerators)))
     busy = tuple(a.index for a in observed if a.foreign)
-    return HostCapacity(config.name, config.labels, ids, busy, config.slots, reachable)
+    return HostCapacity(config.name, config.labels, ids, busy, config.slots, reachable,
+                        config.drain)
 
 
 def launch_spec(run: Run, job: JobConfig, host: HostConfig, workdir: str | None) -> dict:
