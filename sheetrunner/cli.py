@@ -130,23 +130,39 @@ def cmd_logs(args: argparse.Namespace, console: Console) -> int:
     config = config_module.load(args.config)
     store = open_store(config)
     run = store.run(args.run_id)
+    hosts = {a["attempt"]: a["host"] for a in store.attempts(args.run_id)}
     store.close()
-    if run is None or not run.host:
+    if run is None or not run.attempt:
         raise SheetrunnerError(f"no launched run {args.run_id!r}; `sheetrunner ps` lists the runs")
-    pool = open_pool(config)
-    agent = pool.agents.get(run.host)
-    if agent is None:
-        raise SheetrunnerError(f"run {run.run_id} ran on {run.host}, which is not in the config any more")
     attempt = args.attempt or run.attempt
+    host = hosts.get(attempt, run.host or "")
+    pool = open_pool(config)
     try:
-        if not args.follow:
+        agent = pool.agents.get(host)
+        if agent is not None and args.follow:
+            return _follow(agent, run.run_id, attempt)
+        if agent is not None:
             sys.stdout.buffer.write(agent.tail(run.run_id, attempt))
             return 0
-        return _follow(agent, run.run_id, attempt)
+        reason = f"{host} is not in the config any more"
     except TransportError as exc:
-        raise SheetrunnerError(f"could not read the log from {run.host}: {exc}") from None
+        reason = f"{host} cannot be reached: {exc}"
     finally:
         pool.close()
+    return _archived_log(config, run.run_id, attempt, reason, console)
+
+
+def _archived_log(config, run_id: str, attempt: int, reason: str, console: Console) -> int:
+    from .log_archive import LogArchive
+
+    data = LogArchive(config.daemon.state_dir).read(run_id, attempt)
+    if data is None:
+        raise SheetrunnerError(f"the log of run {run_id} attempt {attempt} is on {reason}, "
+                               "and no copy was kept (only ended attempts are archived)")
+    Console(stderr=True, soft_wrap=True).print(
+        f"[yellow]{reason}; showing the copy kept when the attempt ended[/]", highlight=False)
+    sys.stdout.buffer.write(data)
+    return 0
 
 
 def _follow(agent, run_id: str, attempt: int) -> int:

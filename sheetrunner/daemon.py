@@ -26,6 +26,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from . import reconcile, rows, views
 from .config import Config, HostConfig
 from .errors import SheetError, SheetrunnerError, SheetUnavailable, TransportError
+from .log_archive import ARCHIVED_BYTES, LogArchive
 from .model import Experiment, HostObservation, Run, Status
 from .pool.hosts import HostAgent, Pool, describe_argv, launch_spec
 from .pool.local import LocalTransport
@@ -36,6 +37,8 @@ from .sheets.base import SheetBackend, SheetWrite, Table
 from .store import Store
 
 log = logging.getLogger(__name__)
+
+ENDED = frozenset({Status.SUCCEEDED, Status.FAILED, Status.RETRYING, Status.STOPPED})
 
 UNFINISHED = frozenset({Status.QUEUED, Status.LAUNCHING, Status.RUNNING, Status.RETRYING,
                         Status.STALLED, Status.LOST})
@@ -68,6 +71,7 @@ class Daemon:
         self.clock = clock
         self.policy = policy_from(config)
         self.view = SheetView(config.sheet)
+        self.archive = LogArchive(config.daemon.state_dir)
         self._cycle_lock = threading.Lock()
 
     # -- one cycle ----------------------------------------------------------------------------
@@ -89,6 +93,7 @@ class Daemon:
         self.store.save_runs(plan.runs.values(), [(e.run_id, e.kind, e.detail) for e in plan.events], now)
         runs = {**known, **plan.runs}
         report.killed, report.launched = self._act(plan, runs, now)
+        self._archive_logs(known, plan)
         if table is not None and experiments is not None:
             report.cells_written = self._write_sheet(table, experiments, plan, runs, now)
         report.unfinished = _unfinished(runs.values(), plan)
@@ -105,6 +110,22 @@ class Daemon:
             return None, None
         experiments = rows.parse_table(table, self.config.jobs)
         return table, experiments
+
+    def _archive_logs(self, known: dict[str, Run], plan: Plan) -> None:
+        """Copy the log of every attempt that ended this cycle into the state directory."""
+        for run in plan.runs.values():
+            before = known.get(run.run_id)
+            if before is None or not before.status.is_live or run.status not in ENDED:
+                continue
+            agent = self.pool.agents.get(before.host or "")
+            if agent is None:
+                continue
+            try:
+                data = agent.tail(run.run_id, before.attempt, ARCHIVED_BYTES)
+            except TransportError as exc:
+                log.info("log of run=%s attempt=%s not archived: %s", run.run_id, before.attempt, exc)
+                continue
+            self.archive.save(run.run_id, before.attempt, data)
 
     def _act(self, plan: Plan, runs: dict[str, Run], now: datetime) -> tuple[list[str], list[str]]:
         """Kills, then launches, on every host at once: a slow host delays only itself."""

@@ -253,6 +253,14 @@ def test_logs_prints_a_runs_output(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "sheetrunner.cli", "logs", "nope", "-c",
                               str(daemon.config.path)], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "sheetrunner ps" in missing.stdout
+    archived = tmp_path / "state" / "logs" / row["id"] / "1.log"
+    assert archived.read_bytes() == Path(row["log"]).read_bytes()
+    cfg = daemon.config.path
+    cfg.write_text(cfg.read_text().replace('name = "local"', 'name = "elsewhere"'))
+    gone = subprocess.run([sys.executable, "-m", "sheetrunner.cli", "logs", row["id"], "-c",
+                           str(cfg)], capture_output=True, text=True, timeout=60)
+    assert gone.returncode == 0 and 'SHEETRUNNER {"step": 2' in gone.stdout
+    assert "showing the copy kept when the attempt ended" in gone.stderr
 
 
 def test_a_sigkilled_daemon_restarted_adopts_its_running_jobs(tmp_path):
