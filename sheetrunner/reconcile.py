@@ -108,7 +108,8 @@ class _Cycle:
 
     def match_rows(self, experiments: list[Experiment]) -> None:
         seen: set[str] = set()
-        for exp in experiments:
+        showing_ids = [e for e in experiments if e.run_id]  # first, so runs they show are seen
+        for exp in showing_ids + [e for e in experiments if not e.run_id]:
             run = self._run_for(exp, seen)
             if run is None:
                 continue
@@ -133,9 +134,9 @@ class _Cycle:
             return None
         if exp.run_id:
             return self._adopt(exp)
-        pending = self._unconfirmed(exp.key, seen)
-        if pending is not None:
-            return pending  # claimed in a cycle whose write did not reach the sheet
+        unattached = self._unattached(exp.key, seen)
+        if unattached is not None:
+            return unattached
         done = self._succeeded(exp.key)
         if done is not None and exp.action != Action.RERUN:
             return self._new_run(exp, Status.DUPLICATE, duplicate_of=done)
@@ -150,9 +151,14 @@ class _Cycle:
         self.out.events.append(Event(run.run_id, "adopted", f"row {exp.row} showed {exp.shown_status!r}"))
         return run
 
-    def _unconfirmed(self, key: str, seen: set[str]) -> Run | None:
+    def _unattached(self, key: str, seen: set[str]) -> Run | None:
+        """A run of this experiment that no row shows: claimed in a cycle whose write did not
+        reach the sheet, or whose id a stale copy of the sheet erased. Taking it back (rather
+        than starting a new run and stopping this one) is what keeps a row from running twice."""
         for run in self.by_key.get(key, []):
-            if not run.in_sheet and run.run_id not in seen and run.key == key:
+            if run.run_id in seen or run.replaced_by or run.key != key:
+                continue
+            if not run.in_sheet or not run.status.is_final:
                 return run
         return None
 

@@ -327,3 +327,17 @@ def test_a_second_daemon_on_the_same_state_is_refused(tmp_path):
     finally:
         first.terminate()
         first.wait(timeout=30)
+
+
+def test_a_stale_copy_saved_over_the_workbook_starts_nothing_twice(tmp_path):
+    """A person's spreadsheet program saves the copy it opened before sheetrunner wrote ids."""
+    daemon = start(tmp_path, [["fake", 15, 0.1, None, 0]])
+    stale = daemon.config.sheet.path.read_bytes()
+    rows = cycle_until(daemon, all_in("running"))
+    daemon.config.sheet.path.write_bytes(stale)
+    again = cycle_until(daemon, all_in("running", "succeeded"))
+    assert again[0]["id"] == rows[0]["id"] and again[0]["attempt"] == 1
+    rows = cycle_until(daemon, all_in("succeeded"))
+    run_dir = Path(rows[0]["log"]).parent.parent
+    assert [p.name for p in run_dir.iterdir() if p.name.isdigit()] == ["1"]
+    assert len(daemon.store.runs()) == 1

@@ -391,3 +391,24 @@ def test_a_draining_host_takes_no_new_runs_but_keeps_its_running_ones():
     assert world.runs[e.run_id].status == Status.RUNNING and p.kills == []
     assert [launch.host for launch in p.launches] == ["b"]
     assert world.runs[p.rows[4]].message == "waiting: every matching host is draining"
+
+
+def test_an_id_erased_by_a_stale_save_is_taken_back_not_started_again():
+    world = World([gpu_host()])
+    e = exp()
+    world.step([e])
+    world.step([claimed(world, e)])  # the sheet showed the id: the run is confirmed
+    run_id = world.only_run().run_id
+    p = world.step([exp()])  # someone saved an old copy: the id cell is empty again
+    assert p.rows == {2: run_id} and p.launches == [] and p.kills == []
+    assert world.only_run().status == Status.RUNNING
+
+
+def test_a_new_row_like_a_deleted_stopped_one_runs_again():
+    world = World([gpu_host()])
+    e = exp()
+    world.step([e])
+    world.step([claimed(world, e)])
+    world.step([])  # row deleted: stopped
+    p = world.step([exp(row=2)])
+    assert len(p.launches) == 1 and len(world.runs) == 2
