@@ -219,8 +219,10 @@ class _Cycle:
             self._apply_action(exp.action, run)
 
     def _invalidate(self, run: Run, reason: str) -> None:
-        if run.status.is_live:
-            self._kill(run, "the row became invalid")
+        """A row made invalid by an edit: a typo must not kill a long run or erase a result."""
+        if run.status.is_live or run.status.is_final and run.status != Status.INVALID:
+            run.message = f"the row is invalid now ({reason}); this run is left as it is"
+            return
         run.status, run.message = Status.INVALID, reason
 
     def _refresh(self, exp: Experiment, run: Run) -> None:

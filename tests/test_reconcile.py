@@ -412,3 +412,18 @@ def test_a_new_row_like_a_deleted_stopped_one_runs_again():
     world.step([])  # row deleted: stopped
     p = world.step([exp(row=2)])
     assert len(p.launches) == 1 and len(world.runs) == 2
+
+
+def test_a_typo_in_a_running_row_neither_kills_it_nor_hides_a_result():
+    world = World([gpu_host(n=2)])
+    a, b = exp(row=2, lr="1"), exp(row=3, lr="2")
+    world.step([a, b])
+    a, b = claimed(world, a), claimed(world, b)
+    world.finish(b.run_id, 0)
+    world.step([a, b])
+    typo = {"error": "unknown job 'trian'"}
+    p = world.step([Experiment(**{**a.__dict__, **typo}), Experiment(**{**b.__dict__, **typo})])
+    assert p.kills == []
+    assert world.runs[a.run_id].status == Status.RUNNING
+    assert world.runs[b.run_id].status == Status.SUCCEEDED
+    assert "invalid now (unknown job 'trian')" in world.runs[a.run_id].message
