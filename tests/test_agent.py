@@ -140,11 +140,30 @@ def test_the_agent_is_uploaded_once_and_again_if_it_vanishes(agent):
     agent.probe(set())
     (path,) = (Path(agent.config.root) / "bin").iterdir()
     assert os.access(path, os.X_OK)
+    counting = CountingTransport()
+    restarted = HostAgent(agent.config, counting)  # a daemon started again
+    restarted.probe(set())
+    assert counting.puts == [] and counting.runs == 1  # this version is there: one call, no upload
     path.unlink()
-    with pytest.raises(Exception):  # noqa: B017 - the failing call notices, the next one uploads
-        agent.probe(set())
-    agent.probe(set())
-    assert path.exists()
+    restarted.probe(set())  # finds it missing, uploads, runs again
+    assert path.exists() and counting.puts == [str(path)]
+
+
+class CountingTransport(LocalTransport):
+    """The local transport, counting what goes through it (the same interface, no patching)."""
+
+    def __init__(self):
+        super().__init__("local")
+        self.puts: list[str] = []
+        self.runs = 0
+
+    def run(self, argv, *, stdin=b"", timeout_s=30.0):
+        self.runs += 1
+        return super().run(argv, stdin=stdin, timeout_s=timeout_s)
+
+    def put_file(self, path, data, mode=0o644):
+        self.puts.append(path)
+        super().put_file(path, data, mode)
 
 
 def test_a_shared_checkpoint_root_reaches_the_job(agent, tmp_path):

@@ -20,7 +20,7 @@ from ..config import HostConfig, JobConfig
 from ..errors import TransportError
 from ..model import Accelerator, AttemptObservation, AttemptState, HostObservation, Run
 from ..reconcile import HostCapacity
-from ..remote import agent_name, agent_source, job_library_source
+from ..remote import agent_name, agent_source, job_library_source, version
 from .accelerators import is_tpu, tpu_chips, visible_env
 from .transport import Transport
 
@@ -34,13 +34,16 @@ class LaunchResult:
 
 
 class HostAgent:
-    """The agent on one host: uploaded once (per content hash), then called per command."""
+    """The agent on one host, called once per command.
+
+    Its file name carries the hash of its content, so it is uploaded only when
+    the host lacks this version: the first call that finds it missing uploads
+    it (with the job library, for remote hosts) and runs again."""
 
     def __init__(self, config: HostConfig, transport: Transport, timeout_s: float = 30.0):
         self.config = config
         self.transport = transport
         self.timeout_s = timeout_s
-        self._uploaded = False
 
     @property
     def name(self) -> str:
@@ -50,24 +53,20 @@ class HostAgent:
         return f"{self.config.root.rstrip('/')}/bin/{agent_name()}"
 
     def _upload(self) -> None:
-        """The agent, and for remote hosts the job library, under <root>/bin and <root>/lib."""
-        self.transport.put_file(self._agent_path(), agent_source(), 0o755)
+        """The job library first (remote hosts), then the agent: an agent present means both are."""
         if not self.config.local:
-            self.transport.put_file(f"{self.lib_dir}/sheetrunner/__init__.py", b"")
-            self.transport.put_file(f"{self.lib_dir}/sheetrunner/job.py", job_library_source())
-        self._uploaded = True
-
-    @property
-    def lib_dir(self) -> str:
-        return f"{self.config.root.rstrip('/')}/lib"
+            lib = lib_dir(self.config)
+            self.transport.put_file(f"{lib}/sheetrunner/__init__.py", b"")
+            self.transport.put_file(f"{lib}/sheetrunner/job.py", job_library_source())
+        self.transport.put_file(self._agent_path(), agent_source(), 0o755)
+        log.info("host=%s agent %s uploaded", self.name, agent_name())
 
     def _call(self, args: list[str], stdin: bytes = b"", timeout_s: float | None = None) -> bytes:
-        if not self._uploaded:
-            self._upload()
         argv = [self.config.python, self._agent_path(), *args]
         result = self.transport.run(argv, stdin=stdin, timeout_s=timeout_s or self.timeout_s)
         if result.exit_code == 2 and b"can't open file" in result.stderr:
-            self._uploaded = False  # the agent file vanished (host rebuilt?): upload next call
+            self._upload()  # nothing ran: safe to run the same command again
+            result = self.transport.run(argv, stdin=stdin, timeout_s=timeout_s or self.timeout_s)
         if result.exit_code != 0:
             err = result.stderr.decode(errors="replace").strip().splitlines()[-3:]
             raise TransportError(f"{self.name}: agent {args[0]} failed: {' '.join(err)}")
@@ -205,11 +204,16 @@ def launch_spec(run: Run, job: JobConfig, host: HostConfig, workdir: str | None)
         "env": env,
         "workdir": workdir,
         "accelerators": list(run.accelerators),
-        "lib_dir": None if host.local else f"{host.root.rstrip('/')}/lib",
+        "lib_dir": None if host.local else lib_dir(host),
     }
     if job.checkpoint_root:  # else the agent uses <root>/runs/<run-id>/checkpoints
         spec["checkpoint_dir"] = f"{job.checkpoint_root.rstrip('/')}/{run.run_id}"
     return spec
+
+
+def lib_dir(host: HostConfig) -> str:
+    """Where the job library lies on a remote host, versioned like the agent."""
+    return f"{host.root.rstrip('/')}/lib/{version()}"
 
 
 def describe_argv(spec: dict) -> str:

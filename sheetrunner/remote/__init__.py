@@ -11,9 +11,14 @@ def agent_source() -> bytes:
     return resources.files(__name__).joinpath("agent.py").read_bytes()
 
 
+def version() -> str:
+    """A hash of everything shipped to hosts: changed code lands under new names."""
+    return hashlib.sha256(agent_source() + job_library_source()).hexdigest()[:12]
+
+
 def agent_name() -> str:
     """File name on the host, versioned by content: a changed agent is uploaded again."""
-    return f"agent-{hashlib.sha256(agent_source()).hexdigest()[:12]}.py"
+    return f"agent-{version()}.py"
 
 
 def job_library_source() -> bytes:
