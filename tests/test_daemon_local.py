@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -341,3 +342,16 @@ def test_a_stale_copy_saved_over_the_workbook_starts_nothing_twice(tmp_path):
     run_dir = Path(rows[0]["log"]).parent.parent
     assert [p.name for p in run_dir.iterdir() if p.name.isdigit()] == ["1"]
     assert len(daemon.store.runs()) == 1
+
+
+def test_logs_follow_prints_output_as_it_grows(tmp_path):
+    daemon = start(tmp_path, [["fake", 30, 0.1, None, 0]])
+    (row,) = cycle_until(daemon, all_in("running"))
+    follow = subprocess.Popen([sys.executable, "-m", "sheetrunner.cli", "logs", row["id"], "-f",
+                               "-c", str(daemon.config.path)], stdout=subprocess.PIPE, text=True)
+    try:
+        seen = [follow.stdout.readline() for _ in range(12)]  # lines written after it started too
+    finally:
+        follow.kill()
+    steps = [json.loads(line.split(" ", 1)[1])["step"] for line in seen if line.startswith("SHEETRUNNER")]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 10
