@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -179,3 +180,18 @@ def test_a_shared_checkpoint_root_reaches_the_job(agent, tmp_path):
     agent.launch(spec)
     wait_for(agent, "r10", 1, "exited")
     assert (tmp_path / "nfs" / "r10").is_dir()
+
+
+def test_an_attempt_stopped_before_its_job_started_never_starts(agent, tmp_path):
+    from sheetrunner.remote import agent_source
+
+    path = attempt_dir(agent, "r11", 1)
+    path.mkdir(parents=True)
+    (path / "spec.json").write_text(json.dumps({**spec("r11", 1, "--echo", "started"),
+                                                "checkpoint_dir": str(tmp_path / "ck")}))
+    (path / "stop").write_text("now")
+    script = tmp_path / "agent.py"
+    script.write_bytes(agent_source())
+    subprocess.run([sys.executable, str(script), "supervise", str(path)], check=True, timeout=30)
+    assert (path / "exit_code").read_text() == "143"
+    assert not (path / "output.log").exists()

@@ -371,6 +371,10 @@ def supervise(args):
     path = args[0]
     with open(os.path.join(path, "spec.json")) as f:
         spec = json.load(f)
+    stop = os.path.join(path, "stop")
+    if os.path.exists(stop):  # stopped before it started: never start it
+        write_atomic(os.path.join(path, "exit_code"), str(128 + signal.SIGTERM))
+        return
     os.makedirs(spec["checkpoint_dir"], exist_ok=True)
     workdir = os.path.expanduser(spec.get("workdir") or "~")
     log = open(os.path.join(path, "output.log"), "ab")
@@ -388,6 +392,8 @@ def supervise(args):
     write_atomic(os.path.join(path, "pid"), "%d %s %s %d %s" % (
         job.pid, start_ticks(job.pid), boot_id(), me, start_ticks(me)))
     signal.signal(signal.SIGTERM, lambda *_: _signal_group(job.pid, signal.SIGTERM))
+    if os.path.exists(stop):  # a kill that came while the job was starting found no pid yet
+        _signal_group(job.pid, signal.SIGTERM)
     code = job.wait()
     write_atomic(os.path.join(path, "exit_code"), str(128 - code if code < 0 else code))
 
