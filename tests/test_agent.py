@@ -96,6 +96,7 @@ def test_a_recorded_pid_from_another_boot_is_lost_not_running(agent):
     parts = real.split()
     pid_file.write_text(" ".join([parts[0], parts[1], "another-boot", "1", "0"]))
     assert wait_for(agent, "r5", 1, "lost", timeout_s=1)["state"] == "lost"
+    assert [a["run_id"] for a in agent.probe(set())["attempts"]] == []  # no longer scanned
     pid_file.write_text(real)
     agent.kill("r5", 1, grace_s=2)
 

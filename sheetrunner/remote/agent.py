@@ -145,12 +145,22 @@ def attempt_state(path, boot):
     pid, ticks, job_boot = int(parts[0]), parts[1], parts[2]
     sup_pid, sup_ticks = (int(parts[3]), parts[4]) if len(parts) >= 5 else (None, None)
     if job_boot != boot:
-        return "lost", None, None
+        return _lost(path)
     if alive(pid, ticks) or (sup_pid and alive(sup_pid, sup_ticks)):
         return "running", None, pid
     code = read_text(os.path.join(path, "exit_code"))  # it may have ended just now
     if code is not None:
         return "exited", _int(code.split()[0]), None
+    return _lost(path)
+
+
+def _lost(path):
+    """Gone for good (host rebooted, or killed with its supervisor): mark it, so the scan
+    for unfinished attempts skips it from now on."""
+    try:
+        open(os.path.join(path, "lost"), "a").close()
+    except OSError:
+        pass
     return "lost", None, None
 
 
@@ -293,7 +303,9 @@ def unfinished_attempts(root):
         except OSError:
             continue
         for name in names:
-            if name.isdigit() and not os.path.exists(os.path.join(runs, run_id, name, "exit_code")):
+            attempt = os.path.join(runs, run_id, name)
+            ended = any(os.path.exists(os.path.join(attempt, f)) for f in ("exit_code", "lost"))
+            if name.isdigit() and not ended:
                 found.append((run_id, int(name)))
     return found
 
