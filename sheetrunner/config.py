@@ -8,16 +8,26 @@ from wherever the daemon is started.
 
 from __future__ import annotations
 
-import re
 import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config_checks import (
+    at_least_one,
+    check_name,
+    expect,
+    expect_list_of_str,
+    keep,
+    known_keys,
+    non_negative_int,
+    opt_str,
+    positive,
+    resolve,
+)
 from .errors import ConfigError
-
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+from .pool.accelerators import is_tpu
 
 
 @dataclass(frozen=True)
@@ -123,7 +133,7 @@ def load(path: str | Path) -> Config:
 
 
 def parse(raw: dict[str, Any], path: Path) -> Config:
-    _known_keys("", raw, TOP_KEYS)
+    known_keys("", raw, TOP_KEYS)
     base = path.parent
     daemon = _daemon(raw.get("daemon", {}), base)
     return Config(
@@ -140,42 +150,42 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
 def _table(raw: dict[str, Any], key: str) -> dict[str, Any]:
     if key not in raw:
         raise ConfigError(f"[{key}] is missing; see examples/local/sheetrunner.toml for a full config")
-    return _expect(key, raw[key], dict, "a table like [sheet]")
+    return expect(key, raw[key], dict, "a table like [sheet]")
 
 
 def _sheet(raw: dict[str, Any], base: Path) -> SheetConfig:
-    _known_keys(
+    known_keys(
         "sheet",
         raw,
         {"path", "url", "key", "worksheet", "credentials", "endpoint", "pool_tab", "metric_columns",
          "curve"},
     )
-    path = _opt_str("sheet.path", raw.get("path"))
-    url = _opt_str("sheet.url", raw.get("url")) or _opt_str("sheet.key", raw.get("key"))
+    path = opt_str("sheet.path", raw.get("path"))
+    url = opt_str("sheet.url", raw.get("url")) or opt_str("sheet.key", raw.get("key"))
     if bool(path) == bool(url):
         raise ConfigError(
             "[sheet] needs exactly one of `path` (a local workbook, e.g. path = \"experiments.xlsx\") "
             "or `url` (a Google Sheet, e.g. url = \"https://docs.google.com/spreadsheets/d/KEY/edit\")"
         )
     columns = raw.get("metric_columns", [])
-    _expect_list_of_str("sheet.metric_columns", columns, '["acc", "loss"]')
+    expect_list_of_str("sheet.metric_columns", columns, '["acc", "loss"]')
     return SheetConfig(
-        path=_resolve(base, path) if path else None,
+        path=resolve(base, path) if path else None,
         url=url,
-        worksheet=_opt_str("sheet.worksheet", raw.get("worksheet")),
-        credentials=_opt_str("sheet.credentials", raw.get("credentials")),
-        endpoint=_opt_str("sheet.endpoint", raw.get("endpoint")),
-        pool_tab=_opt_str("sheet.pool_tab", raw.get("pool_tab")),
+        worksheet=opt_str("sheet.worksheet", raw.get("worksheet")),
+        credentials=opt_str("sheet.credentials", raw.get("credentials")),
+        endpoint=opt_str("sheet.endpoint", raw.get("endpoint")),
+        pool_tab=opt_str("sheet.pool_tab", raw.get("pool_tab")),
         metric_columns=tuple(columns),
-        curve=_opt_str("sheet.curve", raw.get("curve")),
+        curve=opt_str("sheet.curve", raw.get("curve")),
     )
 
 
 def _daemon(raw: dict[str, Any], base: Path) -> DaemonConfig:
-    _expect("daemon", raw, dict, "a table [daemon]")
+    expect("daemon", raw, dict, "a table [daemon]")
     keys = {"poll_interval", "state_dir", "on_host_lost", "host_lost_timeout", "probe_timeout",
             "max_parallel_hosts"}
-    _known_keys("daemon", raw, keys)
+    known_keys("daemon", raw, keys)
     policy = raw.get("on_host_lost", "wait")
     if policy not in ("wait", "requeue"):
         raise ConfigError(
@@ -184,28 +194,28 @@ def _daemon(raw: dict[str, Any], base: Path) -> DaemonConfig:
             "host_lost_timeout seconds)"
         )
     return DaemonConfig(
-        poll_interval_s=_positive("daemon.poll_interval", raw.get("poll_interval", 15), "15"),
-        state_dir=_resolve(base, _opt_str("daemon.state_dir", raw.get("state_dir")) or ".sheetrunner-state"),
+        poll_interval_s=positive("daemon.poll_interval", raw.get("poll_interval", 15), "15"),
+        state_dir=resolve(base, opt_str("daemon.state_dir", raw.get("state_dir")) or ".sheetrunner-state"),
         on_host_lost=policy,
-        host_lost_timeout_s=_positive(
+        host_lost_timeout_s=positive(
             "daemon.host_lost_timeout", raw.get("host_lost_timeout", 300), "300"
         ),
-        probe_timeout_s=_positive("daemon.probe_timeout", raw.get("probe_timeout", 30), "30"),
-        max_parallel_hosts=_at_least_one("daemon.max_parallel_hosts", raw.get("max_parallel_hosts", 16)),
+        probe_timeout_s=positive("daemon.probe_timeout", raw.get("probe_timeout", 30), "30"),
+        max_parallel_hosts=at_least_one("daemon.max_parallel_hosts", raw.get("max_parallel_hosts", 16)),
     )
 
 
 def _defaults(raw: dict[str, Any]) -> Defaults:
-    _expect("defaults", raw, dict, "a table [defaults]")
-    _known_keys(
+    expect("defaults", raw, dict, "a table [defaults]")
+    known_keys(
         "defaults", raw, {"retries", "hang_timeout", "backoff", "backoff_max", "launch_timeout"}
     )
     return Defaults(
-        retries=_non_negative_int("defaults.retries", raw.get("retries", 2), "2"),
-        hang_timeout_s=_positive("defaults.hang_timeout", raw.get("hang_timeout", 600), "600"),
-        backoff_s=_positive("defaults.backoff", raw.get("backoff", 30), "30"),
-        backoff_max_s=_positive("defaults.backoff_max", raw.get("backoff_max", 3600), "3600"),
-        launch_timeout_s=_positive("defaults.launch_timeout", raw.get("launch_timeout", 120), "120"),
+        retries=non_negative_int("defaults.retries", raw.get("retries", 2), "2"),
+        hang_timeout_s=positive("defaults.hang_timeout", raw.get("hang_timeout", 600), "600"),
+        backoff_s=positive("defaults.backoff", raw.get("backoff", 30), "30"),
+        backoff_max_s=positive("defaults.backoff_max", raw.get("backoff_max", 3600), "3600"),
+        launch_timeout_s=positive("defaults.launch_timeout", raw.get("launch_timeout", 120), "120"),
     )
 
 
@@ -220,30 +230,30 @@ def _jobs(raw: dict[str, Any]) -> dict[str, JobConfig]:
 
 def _job(name: str, raw: Any) -> JobConfig:
     where = f"jobs.{name}"
-    _name("job name", where, name)
-    _expect(where, raw, dict, f'[jobs.{name}] with command = ["python3", "train.py"]')
-    _known_keys(where, raw, {"command", "workdir", "env", "keep_checkpoints", "best_metric",
+    check_name("job name", where, name)
+    expect(where, raw, dict, f'[jobs.{name}] with command = ["python3", "train.py"]')
+    known_keys(where, raw, {"command", "workdir", "env", "keep_checkpoints", "best_metric",
                              "best_mode", "checkpoint_root"})
     command = raw.get("command")
     if not command:
         raise ConfigError(f'{where}.command is missing; e.g. command = ["python3", "train.py"]')
-    _expect_list_of_str(f"{where}.command", command, '["python3", "train.py"]')
+    expect_list_of_str(f"{where}.command", command, '["python3", "train.py"]')
     env = raw.get("env", {})
-    _expect(f"{where}.env", env, dict, '{ OMP_NUM_THREADS = "1" }')
+    expect(f"{where}.env", env, dict, '{ OMP_NUM_THREADS = "1" }')
     for key, value in env.items():
-        _expect(f"{where}.env.{key}", value, str, '"1" (environment values are strings)')
+        expect(f"{where}.env.{key}", value, str, '"1" (environment values are strings)')
     mode = raw.get("best_mode", "max")
     if mode not in ("max", "min"):
         raise ConfigError(f'{where}.best_mode = {mode!r}; use "max" or "min"')
     return JobConfig(
         name=name,
         command=tuple(command),
-        workdir=_opt_str(f"{where}.workdir", raw.get("workdir")),
+        workdir=opt_str(f"{where}.workdir", raw.get("workdir")),
         env=dict(env),
-        keep_checkpoints=_keep(f"{where}.keep_checkpoints", raw.get("keep_checkpoints", 2)),
-        best_metric=_opt_str(f"{where}.best_metric", raw.get("best_metric")),
+        keep_checkpoints=keep(f"{where}.keep_checkpoints", raw.get("keep_checkpoints", 2)),
+        best_metric=opt_str(f"{where}.best_metric", raw.get("best_metric")),
         best_mode=mode,
-        checkpoint_root=_opt_str(f"{where}.checkpoint_root", raw.get("checkpoint_root")),
+        checkpoint_root=opt_str(f"{where}.checkpoint_root", raw.get("checkpoint_root")),
     )
 
 
@@ -252,7 +262,7 @@ HOST_KEYS = {"name", "local", "address", "user", "port", "identity", "labels", "
 
 
 def _hosts(raw: Any, base: Path) -> tuple[HostConfig, ...]:
-    _expect("hosts", raw, list, '[[hosts]] tables, e.g.\n[[hosts]]\nname = "local"\nlocal = true')
+    expect("hosts", raw, list, '[[hosts]] tables, e.g.\n[[hosts]]\nname = "local"\nlocal = true')
     if not raw:
         raise ConfigError('no [[hosts]] declared; add e.g.\n[[hosts]]\nname = "local"\nlocal = true')
     hosts = tuple(_host(i, spec, base) for i, spec in enumerate(raw))
@@ -265,44 +275,41 @@ def _hosts(raw: Any, base: Path) -> tuple[HostConfig, ...]:
 
 def _host(index: int, raw: Any, base: Path) -> HostConfig:
     where = f"hosts[{index}]"
-    _expect(where, raw, dict, '[[hosts]] with name = "gpu-a"')
-    _known_keys(where, raw, HOST_KEYS)
+    expect(where, raw, dict, '[[hosts]] with name = "gpu-a"')
+    known_keys(where, raw, HOST_KEYS)
     name = raw.get("name")
     if not isinstance(name, str):
         raise ConfigError(f'{where}.name is missing; e.g. name = "gpu-a"')
-    _name("host name", f"{where}.name", name)
+    check_name("host name", f"{where}.name", name)
     where = f"hosts[{name}]"
     local = raw.get("local", False)
-    _expect(f"{where}.local", local, bool, "true")
+    expect(f"{where}.local", local, bool, "true")
     labels = raw.get("labels", [])
-    _expect_list_of_str(f"{where}.labels", labels, '["a100", "big"]')
-    root = _opt_str(f"{where}.root", raw.get("root")) or "~/.sheetrunner"
+    expect_list_of_str(f"{where}.labels", labels, '["a100", "big"]')
+    root = opt_str(f"{where}.root", raw.get("root")) or "~/.sheetrunner"
     if local:
-        root = str(_resolve(base, root))
+        root = str(resolve(base, root))
     port = raw.get("port")
     if port is not None and (isinstance(port, bool) or not isinstance(port, int)
                              or not 0 < port < 65536):
         raise ConfigError(f"{where}.port = {port!r}; use a TCP port number, e.g. port = 22")
-    python = _opt_str(f"{where}.python", raw.get("python"))
+    python = opt_str(f"{where}.python", raw.get("python"))
     drain = raw.get("drain", False)
-    _expect(f"{where}.drain", drain, bool, "true")
+    expect(f"{where}.drain", drain, bool, "true")
     return HostConfig(
         name=name,
         local=local,
-        address=_opt_str(f"{where}.address", raw.get("address")),
-        user=_opt_str(f"{where}.user", raw.get("user")),
+        address=opt_str(f"{where}.address", raw.get("address")),
+        user=opt_str(f"{where}.user", raw.get("user")),
         port=port,
-        identity=_opt_str(f"{where}.identity", raw.get("identity")),
+        identity=opt_str(f"{where}.identity", raw.get("identity")),
         labels=tuple(labels),
         accelerators=_accelerators(f"{where}.accelerators", raw.get("accelerators", 0)),
-        slots=_non_negative_int(f"{where}.slots", raw.get("slots", 1), "4"),
+        slots=non_negative_int(f"{where}.slots", raw.get("slots", 1), "4"),
         root=root,
         python=python or (sys.executable if local else "python3"),
         drain=drain,
     )
-
-
-TPU_RE = re.compile(r"^tpu-v\d+[a-z]*-\d+$")
 
 
 def _accelerators(where: str, value: Any) -> int | str:
@@ -312,14 +319,14 @@ def _accelerators(where: str, value: Any) -> int | str:
         if value < 0:
             raise ConfigError(f"{where} = {value}; a count cannot be negative, e.g. accelerators = 8")
         return value
-    if value == "auto" or TPU_RE.match(value):
+    if value == "auto" or is_tpu(value):
         return value
     raise ConfigError(f'{where} = {value!r}; use a count (8), "auto" or a TPU kind ("tpu-v4-8")')
 
 
 def _ssh(raw: dict[str, Any]) -> SshConfig:
-    _expect("ssh", raw, dict, "a table [ssh]")
-    _known_keys("ssh", raw, {"known_hosts", "host_key_policy", "connect_timeout", "keepalive",
+    expect("ssh", raw, dict, "a table [ssh]")
+    known_keys("ssh", raw, {"known_hosts", "host_key_policy", "connect_timeout", "keepalive",
                              "config_file"})
     policy = raw.get("host_key_policy", "reject")
     if policy not in ("reject", "accept-new"):
@@ -328,78 +335,9 @@ def _ssh(raw: dict[str, Any]) -> SshConfig:
             "\"accept-new\" (trust a host's key the first time, then pin it)"
         )
     return SshConfig(
-        known_hosts=_opt_str("ssh.known_hosts", raw.get("known_hosts")) or "~/.ssh/known_hosts",
+        known_hosts=opt_str("ssh.known_hosts", raw.get("known_hosts")) or "~/.ssh/known_hosts",
         host_key_policy=policy,
-        connect_timeout_s=_positive("ssh.connect_timeout", raw.get("connect_timeout", 10), "10"),
-        keepalive_s=_positive("ssh.keepalive", raw.get("keepalive", 15), "15"),
-        config_file=_opt_str("ssh.config_file", raw.get("config_file", "~/.ssh/config")),
+        connect_timeout_s=positive("ssh.connect_timeout", raw.get("connect_timeout", 10), "10"),
+        keepalive_s=positive("ssh.keepalive", raw.get("keepalive", 15), "15"),
+        config_file=opt_str("ssh.config_file", raw.get("config_file", "~/.ssh/config")),
     )
-
-
-# -- small validators: each names the key and shows a right value ---------------------------
-
-
-def _known_keys(where: str, raw: dict[str, Any], allowed: set[str]) -> None:
-    for key in raw:
-        if key not in allowed:
-            name = f"{where}.{key}" if where else key
-            raise ConfigError(
-                f"unknown key {name!r}; the keys allowed here are: {', '.join(sorted(allowed))}"
-            )
-
-
-def _expect(where: str, value: Any, kind: type, example: str) -> Any:
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        raise ConfigError(f"{where} = {value!r} has the wrong type; expected e.g. {example}")
-    return value
-
-
-def _expect_list_of_str(where: str, value: Any, example: str) -> None:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{where} = {value!r}; expected a list of strings, e.g. {where.split('.')[-1]} = {example}")
-
-
-def _opt_str(where: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f'{where} = {value!r}; expected a non-empty string, e.g. {where.split(".")[-1]} = "..."')
-    return value
-
-
-def _positive(where: str, value: Any, example: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigError(f"{where} = {value!r}; expected a positive number of seconds, e.g. {where.split('.')[-1]} = {example}")
-    return float(value)
-
-
-def _non_negative_int(where: str, value: Any, example: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{where} = {value!r}; expected a whole number ≥ 0, e.g. {where.split('.')[-1]} = {example}")
-    return value
-
-
-def _at_least_one(where: str, value: Any) -> int:
-    count = _non_negative_int(where, value, "16")
-    if count < 1:
-        raise ConfigError(f"{where} = 0; expected a whole number ≥ 1, e.g. 16")
-    return count
-
-
-def _keep(where: str, value: Any) -> int:
-    count = _non_negative_int(where, value, "2")
-    if count < 1:
-        raise ConfigError(f"{where} = 0 would delete the resume point; keep at least 1, e.g. 2")
-    return count
-
-
-def _name(what: str, where: str, name: str) -> None:
-    if not NAME_RE.match(name):
-        raise ConfigError(
-            f"{where}: {what} {name!r} may hold only letters, digits, '.', '_' and '-', e.g. \"gpu-a\""
-        )
-
-
-def _resolve(base: Path, value: str) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else (base / path).resolve()
