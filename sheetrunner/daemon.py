@@ -27,13 +27,13 @@ from . import reconcile, rows, views
 from .config import Config, HostConfig
 from .errors import SheetError, SheetrunnerError, SheetUnavailable, TransportError
 from .log_archive import ARCHIVED_BYTES, LogArchive
-from .model import Experiment, HostObservation, Run, Status
+from .model import Experiment, Run, Status
 from .pool.hosts import HostAgent, Pool, describe_argv, launch_spec
 from .pool.local import LocalTransport
 from .pool.transport import Transport
 from .reconcile import Kill, Launch, Plan
 from .sheet_view import SheetView
-from .sheets.base import SheetBackend, SheetWrite, Table
+from .sheets.base import SheetBackend, Table
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -358,5 +358,3 @@ class DaemonLock:
     def release(self) -> None:
         self._file.close()
 
-
-__all__ = ["Daemon", "CycleReport", "build", "HostObservation", "SheetWrite"]

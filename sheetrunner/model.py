@@ -72,6 +72,11 @@ class Action(enum.StrEnum):
     RERUN = "rerun"
 
 
+def param_argv(params: tuple[tuple[str, str], ...]) -> list[str]:
+    """Parameters as argv items, ["--lr", "0.1", ...]: what a job receives, never a shell string."""
+    return [item for name, value in params for item in (f"--{name}", value)]
+
+
 @dataclass(frozen=True)
 class Experiment:
     """One row of the sheet, parsed. `error` set means the row is invalid."""
@@ -95,14 +100,6 @@ class Experiment:
     def is_sweep(self) -> bool:
         """A row whose parameter cells hold lists or ranges: it expands, it does not run."""
         return bool(self.children)
-
-    @property
-    def argv_params(self) -> list[str]:
-        """The parameters as argv items: ["--lr", "0.1", ...]; never a shell string."""
-        out: list[str] = []
-        for name, value in self.params:
-            out += [f"--{name}", value]
-        return out
 
 
 @dataclass

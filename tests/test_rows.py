@@ -8,7 +8,7 @@ import openpyxl
 import pytest
 from helpers import write_workbook
 
-from sheetrunner.model import Action, Run, Status
+from sheetrunner.model import Action, Run, Status, param_argv
 from sheetrunner.rows import (
     cell_text,
     experiment_key,
@@ -48,7 +48,7 @@ def test_a_row_becomes_an_experiment_with_params_in_column_order():
     (e,) = parse_table(table(["digits", 0.1, 3, 2, "gpu-a", 5, 1, "hold", "note", "x-1", "running"]),
                        ["digits"])
     assert e.params == (("lr", "0.1"), ("seed", "3"))
-    assert e.argv_params == ["--lr", "0.1", "--seed", "3"]
+    assert param_argv(e.params) == ["--lr", "0.1", "--seed", "3"]
     assert (e.gpus, e.where, e.priority, e.retries, e.action) == (2, "gpu-a", 5.0, 1, Action.HOLD)
     assert e.run_id == "x-1" and e.shown_status == "running" and e.error is None
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 from ..config import HostConfig, JobConfig
 from ..errors import TransportError
-from ..model import Accelerator, AttemptObservation, AttemptState, HostObservation, Run
+from ..model import Accelerator, AttemptObservation, AttemptState, HostObservation, Run, param_argv
 from ..reconcile import HostCapacity
 from ..remote import agent_name, agent_source, job_library_source, version
 from .accelerators import is_tpu, tpu_chips, visible_env
@@ -190,7 +190,7 @@ def capacity(config: HostConfig, seen: HostObservation | None) -> HostCapacity:
 def launch_spec(run: Run, job: JobConfig, host: HostConfig, workdir: str | None) -> dict:
     """The JSON document the agent launches from: argv items, never a shell string."""
     command = [host.python if part == "{python}" else part for part in job.command]
-    argv = command + [item for name, value in run.params for item in (f"--{name}", value)]
+    argv = command + param_argv(run.params)
     env = dict(job.env)
     env.update(visible_env(host.accelerators, run.accelerators))
     env["SHEETRUNNER_KEEP_CHECKPOINTS"] = str(job.keep_checkpoints)
