@@ -22,8 +22,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from sheetrunner.model import Experiment  # noqa: E402
 from sheetrunner.reconcile import HostCapacity, Policy, plan  # noqa: E402
-from sheetrunner.rows import OWNED_COLUMNS, experiment_key, parse_table, plan_write  # noqa: E402
-from sheetrunner.sheets.base import Table  # noqa: E402
+from sheetrunner.sheet.schema import OWNED_COLUMNS, experiment_key, parse_table, plan_write  # noqa: E402
+from sheetrunner.sheet.table import Table  # noqa: E402
 
 
 def best_of(fn: Callable[[], object], repeat: int = 5) -> float:
@@ -80,7 +80,7 @@ def bench_workbook() -> None:
     """The local workbook: read + write a cycle, at 10 and 2,000 rows."""
     from helpers import write_workbook
 
-    from sheetrunner.sheets.base import RowUpdate, SheetWrite
+    from sheetrunner.sheet.table import RowUpdate, SheetWrite
     from sheetrunner.sheets.workbook import Workbook
 
     print("workbook: one read and one write of a status cell")
@@ -102,7 +102,7 @@ def bench_google() -> None:
     """Google backend against the emulator: requests per cycle and time at 10 vs 2,000 rows."""
     from sheets_emulator import SheetsEmulator
 
-    from sheetrunner.sheets.base import RowUpdate, SheetWrite
+    from sheetrunner.sheet.table import RowUpdate, SheetWrite
     from sheetrunner.sheets.google import GoogleSheet
 
     print("google (emulator on loopback): one read + one write per cycle")

@@ -23,7 +23,8 @@ from pathlib import Path
 from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerThreads
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from . import reconcile, rows, views
+from . import reconcile, views
+from .sheet import schema as rows
 from .config import Config, HostConfig
 from .errors import SheetError, SheetrunnerError, SheetUnavailable, TransportError
 from .log_archive import ARCHIVED_BYTES, LogArchive
@@ -32,8 +33,8 @@ from .pool.hosts import HostAgent, Pool, describe_argv, launch_spec
 from .pool.local import LocalTransport
 from .pool.transport import Transport
 from .reconcile import Kill, Launch, Plan
-from .sheet_view import SheetView
-from .sheets.base import SheetBackend, Table
+from .sheet.render import SheetView
+from .sheet.table import SheetBackend, Table
 from .store import Store
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from .sheets.base import Sparkline
+from .sheet.table import Sparkline
 
 Series = list[tuple[float, float]]  # (step, value)
 

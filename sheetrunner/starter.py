@@ -7,7 +7,7 @@ from pathlib import Path
 
 from . import config as config_module
 from .daemon import open_sheet
-from .rows import OWNED_COLUMNS, USER_COLUMNS
+from .sheet.schema import OWNED_COLUMNS, USER_COLUMNS
 
 STARTER_CONFIG = """\
 # sheetrunner config: every key is documented in README.md.

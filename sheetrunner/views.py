@@ -11,7 +11,7 @@ from rich.table import Table
 from .config import HostConfig
 from .model import Accelerator, HostObservation, Run, Status
 from .pool.hosts import capacity
-from .rows import format_elapsed, format_metrics
+from .sheet.schema import format_elapsed, format_metrics
 
 STATUS_STYLES = {
     Status.QUEUED: "dim", Status.LAUNCHING: "blue", Status.RUNNING: "blue",

@@ -15,7 +15,7 @@ from typing import Any
 import openpyxl
 
 from sheetrunner import config as config_module
-from sheetrunner.rows import OWNED_COLUMNS
+from sheetrunner.sheet.schema import OWNED_COLUMNS
 
 FAKE_JOB = Path(__file__).parent / "jobs" / "fake_job.py"
 

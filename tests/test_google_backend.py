@@ -17,7 +17,7 @@ from sheets_emulator import DROP, SheetsEmulator
 
 from sheetrunner.errors import ConfigError, SheetError, SheetUnavailable
 from sheetrunner.model import Status
-from sheetrunner.sheets.base import RowInsert, RowUpdate, SheetWrite, Sparkline
+from sheetrunner.sheet.table import RowInsert, RowUpdate, SheetWrite, Sparkline
 from sheetrunner.sheets.google import ENDPOINT_ENV, GoogleSheet, typed_value
 
 HEADER = ["job", "--lr", "action", "id", "status", "host", "message"]

@@ -11,8 +11,8 @@ from test_daemon_local import all_in, cycle_until
 
 from sheetrunner.daemon import build
 from sheetrunner.plot import series, text_lines
-from sheetrunner.rows import best_is_lowest
-from sheetrunner.sheets.base import Sparkline
+from sheetrunner.sheet.schema import best_is_lowest
+from sheetrunner.sheet.table import Sparkline
 
 EXTRA = """
 [sheet]

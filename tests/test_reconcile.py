@@ -16,7 +16,7 @@ from sheetrunner.model import (
     Status,
 )
 from sheetrunner.reconcile import HostCapacity, Plan, Policy, plan
-from sheetrunner.rows import experiment_key
+from sheetrunner.sheet.schema import experiment_key
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 POLICY = Policy(retries=2, hang_timeout_s=60, backoff_s=10, backoff_max_s=100,

@@ -9,7 +9,7 @@ import pytest
 from helpers import write_workbook
 
 from sheetrunner.model import Action, Run, Status, param_argv
-from sheetrunner.rows import (
+from sheetrunner.sheet.schema import (
     cell_text,
     experiment_key,
     format_metrics,
@@ -17,7 +17,7 @@ from sheetrunner.rows import (
     parse_table,
     plan_write,
 )
-from sheetrunner.sheets.base import Table
+from sheetrunner.sheet.table import Table
 from sheetrunner.sheets.workbook import Workbook
 
 HEADER = ["job", "--lr", "--seed", "gpus", "where", "priority", "retries", "action", "notes", "id",

@@ -6,9 +6,9 @@ import pytest
 from helpers import HEADER, cycle_until, local_config, read_workbook, write_workbook
 
 from sheetrunner.daemon import build
-from sheetrunner.expansion import summary
+from sheetrunner.sheet.expansion import summary
 from sheetrunner.model import Status
-from sheetrunner.sweeps import SweepError, combinations, values
+from sheetrunner.sheet.sweeps import SweepError, combinations, values
 
 
 @pytest.mark.parametrize(

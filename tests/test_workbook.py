@@ -15,7 +15,7 @@ from helpers import fill_of, read_workbook, write_workbook
 
 from sheetrunner.errors import SheetError, SheetUnavailable
 from sheetrunner.sheets import workbook as workbook_module
-from sheetrunner.sheets.base import RowUpdate, SheetWrite, Table
+from sheetrunner.sheet.table import RowUpdate, SheetWrite, Table
 from sheetrunner.sheets.workbook import Workbook
 
 HEADER = ["job", "--lr", "gpus", "notes", "id", "status", "message"]

@@ -30,8 +30,8 @@ from gspread.http_client import ParamsType
 from gspread.utils import absolute_range_name
 
 from sheetrunner.errors import ConfigError, SheetError, SheetUnavailable
-from sheetrunner.rows import cell_text
-from sheetrunner.sheets.base import RowInsert, RowUpdate, SheetWrite, Sparkline, Table
+from sheetrunner.sheet.schema import cell_text
+from sheetrunner.sheet.table import RowInsert, RowUpdate, SheetWrite, Sparkline, Table
 from sheetrunner.sheets.google_http import ENDPOINT_ENV as ENDPOINT_ENV
 from sheetrunner.sheets.google_http import (
     ErrorContext,

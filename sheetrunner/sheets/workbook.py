@@ -25,8 +25,8 @@ from openpyxl.worksheet.datavalidation import DataValidation
 from openpyxl.worksheet.worksheet import Worksheet
 
 from ..errors import SheetError, SheetUnavailable
-from ..rows import cell_text
-from .base import RowInsert, RowUpdate, SheetWrite, Sparkline, Table, UnsavedFormula
+from ..sheet.schema import cell_text
+from ..sheet.table import RowInsert, RowUpdate, SheetWrite, Sparkline, Table, UnsavedFormula
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from .model import STATUS_COLOURS, Experiment, Status
-from .rows import PARAM_PREFIX, USER_COLUMNS, cell_text, param_columns, user_cells
-from .sheets.base import RowInsert, Table
+from ..model import STATUS_COLOURS, Experiment, Status
+from .schema import PARAM_PREFIX, USER_COLUMNS, cell_text, param_columns, user_cells
+from .table import RowInsert, Table
 from .sweeps import SWEEP_ID_PREFIX
 
 SWEEP_COLUMN = "sweep"

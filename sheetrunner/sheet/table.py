@@ -23,6 +23,12 @@ class Table:
 
     header: list[str]
     rows: list[list[Any]]
+    # The hidden `_sheetrunner` tab as key -> value text (None: the tab does not exist).
+    # It holds the sheet's namespace and its owner's lease (sheet/lease.py).
+    meta: dict[str, str] | None = None
+    # What this sheet is (a spreadsheet's key, a workbook's absolute path): a copied sheet
+    # shows the original's `_sheetrunner` tab, and this tells the copy apart.
+    source: str = ""
 
     def column(self, name: str) -> int | None:
         """0-based index of the column with this header, or None."""
@@ -122,9 +128,15 @@ class SheetWrite:
     rows: list[RowUpdate] = field(default_factory=list)
     tabs: dict[str, list[list[Any]]] = field(default_factory=dict)  # side tabs, replaced whole
     inserts: list[RowInsert] = field(default_factory=list)  # applied after `rows`, bottom first
+    # The hidden `_sheetrunner` tab (sheet/lease.py), replaced whole, compare-and-set: a
+    # backend writes it only if the tab, read again just before writing, still shows
+    # `meta_expect` (None: the tab did not exist). Its namespace and lease depend on it.
+    meta: list[list[str]] | None = None
+    meta_expect: dict[str, str] | None = None
 
     def is_empty(self) -> bool:
-        return not (self.new_columns or self.rows or self.tabs or self.inserts)
+        return not (self.new_columns or self.rows or self.tabs or self.inserts
+                    or self.meta is not None)
 
 
 class SheetBackend(Protocol):

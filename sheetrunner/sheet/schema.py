@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from .model import STATUS_COLOURS, Action, Experiment, Run, Status
-from .sheets.base import RowUpdate, SheetWrite, Sparkline, Table, UnsavedFormula
+from ..model import STATUS_COLOURS, Action, Experiment, Run, Status
+from .table import RowUpdate, SheetWrite, Sparkline, Table, UnsavedFormula
 from .sweeps import SWEEP_ID_PREFIX, SweepError, combinations, is_sweep
 
 USER_COLUMNS = ("job", "gpus", "where", "priority", "retries", "action")

@@ -14,11 +14,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from . import expansion, rows
-from .config import SheetConfig
-from .model import Experiment, Run, Status
-from .reconcile import Plan
-from .sheets.base import SheetWrite, Sparkline, Table
+from . import expansion
+from . import schema as rows
+from ..config import SheetConfig
+from ..model import Experiment, Run, Status
+from ..reconcile import Plan
+from .table import SheetWrite, Sparkline, Table
 
 METRICS_TAB = "_metrics"
 CURVE_COLUMN = "curve"

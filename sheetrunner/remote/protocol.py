@@ -1,0 +1,92 @@
+"""The host contract: formats and file names shared by the daemon, the agent and jobs.
+
+Standard library only, Python 3.6+ syntax: this module ships to hosts inside
+the agent. It is the one place that knows what a run id and a namespace look
+like, where an attempt's files lie, and which environment names a job sees.
+Everything that reaches a host is checked against these formats there too
+(defence in depth): an id cell typed in the sheet is data, never a path.
+"""
+
+import os
+import re
+
+# A run id: the experiment hash's first 8 hex digits, a dash, a random base-36 tail
+# (new ids have 6 characters). Unique across sheets, daemons and time; never a counter.
+RUN_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-z]{1,12}$")
+# A sheet's namespace: random base-36, created once and kept in the sheet's hidden tab.
+NAMESPACE_RE = re.compile(r"^[0-9a-z]{8,32}$")
+BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+RUN_ID_TAIL = 6
+NAMESPACE_LENGTH = 12
+
+
+def is_run_id(text):
+    return isinstance(text, str) and RUN_ID_RE.match(text) is not None
+
+
+def is_namespace(text):
+    return isinstance(text, str) and NAMESPACE_RE.match(text) is not None
+
+
+def is_attempt(value):
+    """An attempt number: a positive whole number (text of digits, or an int)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value >= 1
+    return isinstance(value, str) and value.isdigit() and int(value) >= 1
+
+
+def random_base36(length):
+    return "".join(BASE36[b % 36] for b in os.urandom(length))
+
+
+def new_run_id(key):
+    """A fresh run id for an experiment hash."""
+    return "%s-%s" % (key[:8], random_base36(RUN_ID_TAIL))
+
+
+def new_namespace():
+    return random_base36(NAMESPACE_LENGTH)
+
+
+class AttemptPaths(object):
+    """Where one attempt's files lie under a namespace root (`<root>/<namespace>`)."""
+
+    def __init__(self, ns_root, run_id, attempt):
+        if not is_run_id(run_id) or not is_attempt(attempt):
+            raise ValueError("not a run id and attempt: %r %r" % (run_id, attempt))
+        self.run_dir = os.path.join(ns_root, "runs", run_id)
+        self.dir = os.path.join(self.run_dir, str(int(attempt)))
+
+    def file(self, name):
+        return os.path.join(self.dir, name)
+
+    @property
+    def spec(self):
+        return self.file("spec.json")
+
+    @property
+    def log(self):
+        return self.file("output.log")
+
+    @property
+    def checkpoints(self):
+        return os.path.join(self.run_dir, "checkpoints")
+
+
+def runs_dir(ns_root):
+    return os.path.join(ns_root, "runs")
+
+
+# The environment a job sees (docs/remote-layout.md).
+ENV_RUN_ID = "SHEETRUNNER_RUN_ID"
+ENV_ATTEMPT = "SHEETRUNNER_ATTEMPT"
+ENV_RUN_DIR = "SHEETRUNNER_RUN_DIR"
+ENV_CHECKPOINT_DIR = "SHEETRUNNER_CHECKPOINT_DIR"
+ENV_METRICS_FILE = "SHEETRUNNER_METRICS_FILE"
+ENV_HEARTBEAT_FILE = "SHEETRUNNER_HEARTBEAT_FILE"
+ENV_ACCELERATORS = "SHEETRUNNER_ACCELERATORS"
+ENV_KEEP_CHECKPOINTS = "SHEETRUNNER_KEEP_CHECKPOINTS"
+ENV_BEST_METRIC = "SHEETRUNNER_BEST_METRIC"
+ENV_BEST_MODE = "SHEETRUNNER_BEST_MODE"
