@@ -169,6 +169,14 @@ class AttemptObservation:
     log_path: str = ""
     summary: dict[str, Any] = field(default_factory=dict)  # {"min": {}, "max": {}, "history": {}}
     log_tail: str = ""  # the last lines of a failed attempt's log
+    # From the attempt's spec.json on the host: enough to rebuild the run when the
+    # store lost it (the store is a cache; attempt directories are the truth).
+    key: str = ""
+    job: str = ""
+    params: tuple[tuple[str, str], ...] = ()
+    gpus: int = 0
+    accelerators: tuple[str, ...] = ()
+    started_at: datetime | None = None  # when the attempt directory was claimed (host's age)
 
 
 @dataclass(frozen=True)

@@ -51,13 +51,21 @@ def new_namespace():
 
 
 class AttemptPaths(object):
-    """Where one attempt's files lie under a namespace root (`<root>/<namespace>`)."""
+    """Where one attempt's files lie. `ns_root` is `<root>/<namespace>`; each host keeps its
+    attempts under its own name there, so hosts sharing a home directory (NFS) never
+    judge each other's processes, while checkpoints are per run, shared by hosts that
+    share the filesystem:
 
-    def __init__(self, ns_root, run_id, attempt):
+        <root>/<namespace>/hosts/<host>/runs/<run-id>/<attempt>/   spec.json, pid, output.log, ...
+        <root>/<namespace>/checkpoints/<run-id>/                    the run's resume point
+    """
+
+    def __init__(self, ns_root, host, run_id, attempt):
         if not is_run_id(run_id) or not is_attempt(attempt):
             raise ValueError("not a run id and attempt: %r %r" % (run_id, attempt))
-        self.run_dir = os.path.join(ns_root, "runs", run_id)
+        self.run_dir = os.path.join(runs_dir(ns_root, host), run_id)
         self.dir = os.path.join(self.run_dir, str(int(attempt)))
+        self.checkpoints = os.path.join(ns_root, "checkpoints", run_id)
 
     def file(self, name):
         return os.path.join(self.dir, name)
@@ -70,13 +78,10 @@ class AttemptPaths(object):
     def log(self):
         return self.file("output.log")
 
-    @property
-    def checkpoints(self):
-        return os.path.join(self.run_dir, "checkpoints")
 
-
-def runs_dir(ns_root):
-    return os.path.join(ns_root, "runs")
+def runs_dir(ns_root, host):
+    """Every attempt of this host under a namespace."""
+    return os.path.join(ns_root, "hosts", host, "runs")
 
 
 # The environment a job sees (docs/remote-layout.md).
