@@ -93,6 +93,8 @@ class Experiment:
     action: Action = Action.RUN
     error: str | None = None
     shown_status: str = ""  # the `status` cell as read: used to adopt an id the store lacks
+    shown: tuple[tuple[str, str], ...] = ()  # every owned cell as read (rebuilding a lost run)
+    foreign_id: str = ""  # an `id` cell sheetrunner did not write (not in the run id format)
     sweep_id: str = ""  # the `sweep` cell: the id of the sweep row this row was expanded from
     children: tuple[tuple[tuple[str, str], ...], ...] = ()  # a sweep row: its combinations
 
@@ -134,6 +136,10 @@ class Run:
     last_action: Action = Action.RUN
     duplicate_of: str | None = None
     replaced_by: str | None = None  # a rerun's new run: the row now shows that one
+    # Owned cells the sheet showed for a run rebuilt without its history (lost state):
+    # shown as they were until the run has values of its own, never blanked.
+    kept_cells: dict[str, str] = field(default_factory=dict)
+    released: bool = False  # stopped because its row was deleted: no new row takes it back
 
 
 @dataclass(frozen=True)

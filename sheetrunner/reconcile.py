@@ -9,7 +9,7 @@ attempts. The daemon journals the plan, carries it out and writes the sheet.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -22,7 +22,9 @@ from .model import (
     Run,
     Status,
 )
+from .match import RowMatcher, keepers, newest_attempts, run_from_attempt
 from .placement import HostCapacity, Placement
+from .remote.protocol import new_run_id
 
 
 @dataclass(frozen=True)
@@ -80,12 +82,17 @@ def plan(
     hosts: list[HostCapacity],
     policy: Policy,
     now: datetime,
+    new_id: Callable[[str], str] = new_run_id,
 ) -> Plan:
     """Decide one cycle. `experiments` is None when the sheet could not be read:
-    runs then go on (observed, retried, fenced) but no row is claimed or stopped."""
-    cycle = _Cycle({rid: dataclasses.replace(r) for rid, r in known.items()}, policy, now)
+    runs then go on (observed, retried, fenced) but no row is claimed or stopped.
+    `new_id` makes a fresh run id from an experiment hash (random; tests pin it)."""
+    cycle = _Cycle({rid: dataclasses.replace(r) for rid, r in known.items()}, policy, now, new_id)
+    newest = newest_attempts(observed)
+    cycle.recover(newest)
     if experiments is not None:
-        cycle.match_rows(experiments)
+        cycle.match_rows(experiments, newest, {h.name for h in hosts})
+    cycle.adopt_newer(newest)
     cycle.observe(observed, {h.name for h in hosts})
     cycle.fence(observed)
     cycle.place(hosts)
@@ -95,7 +102,8 @@ def plan(
 class _Cycle:
     """The working state of one plan() call; each method is one step of the cycle."""
 
-    def __init__(self, runs: dict[str, Run], policy: Policy, now: datetime):
+    def __init__(self, runs: dict[str, Run], policy: Policy, now: datetime,
+                 new_id: Callable[[str], str] = new_run_id):
         self.runs = runs
         self.policy = policy
         self.now = now
@@ -103,14 +111,45 @@ class _Cycle:
         self.by_key: dict[str, list[Run]] = {}  # experiment hash -> its runs: no O(n²) scans
         for run in runs.values():
             self.by_key.setdefault(run.key, []).append(run)
+        self.matcher = RowMatcher(self.runs, self.by_key, now, self._retries, new_id)
+
+    # -- 0. the store is a cache: what the hosts show of runs it lost ----------------------------
+
+    def recover(self, newest: Mapping[str, tuple[str, AttemptObservation]]) -> None:
+        """A live attempt in this sheet's namespace that the store does not know (the state
+        was lost or restored from an old copy) becomes a run again, so that its row takes it
+        back instead of starting it twice; a run no row shows is then stopped like any other."""
+        for run_id, (host, seen) in newest.items():
+            if run_id in self.runs or seen.state not in (AttemptState.RUNNING, AttemptState.STARTING):
+                continue
+            run = run_from_attempt(run_id, host, seen, self.now, self.policy.retries)
+            self.runs[run_id] = run
+            self.by_key.setdefault(run.key, []).append(run)
+            self.out.events.append(Event(run_id, "rebuilt", f"from attempt {seen.attempt} on {host}"))
+
+    def adopt_newer(self, newest: Mapping[str, tuple[str, AttemptObservation]]) -> None:
+        """A host reports a newer attempt than the store knows (a store restored from an
+        older copy): that attempt is the run's current one. Attempts are fenced only when
+        a newer one is known, never the other way round."""
+        for run_id, (host, seen) in newest.items():
+            run = self.runs.get(run_id)
+            if run is None or seen.attempt <= run.attempt or run.replaced_by:
+                continue
+            self.out.events.append(Event(run_id, "adopted", f"attempt {seen.attempt} on {host}"))
+            run.attempt, run.host, run.accelerators = seen.attempt, host, seen.accelerators or run.accelerators
+            run.attempt_started_at = seen.started_at or self.now
+            run.crashes = max(run.crashes, seen.attempt - 1)
+            run.status, run.finished_at, run.kept_cells = Status.LAUNCHING, None, {}
 
     # -- 1. rows -> runs ------------------------------------------------------------------
 
-    def match_rows(self, experiments: list[Experiment]) -> None:
+    def match_rows(self, experiments: list[Experiment],
+                   newest: Mapping[str, tuple[str, AttemptObservation]], hosts: set[str]) -> None:
         seen: set[str] = set()
-        showing_ids = [e for e in experiments if e.run_id]  # first, so runs they show are seen
-        for exp in showing_ids + [e for e in experiments if not e.run_id]:
-            run = self._run_for(exp, seen)
+        rows = keepers(experiments, self.runs)
+        showing_ids = [e for e in rows if e.run_id]  # first, so runs they show are seen
+        for exp in showing_ids + [e for e in rows if not e.run_id]:
+            run = self.matcher.run_for(exp, seen, newest, hosts)
             if run is None:
                 continue
             seen.add(run.run_id)
@@ -119,83 +158,14 @@ class _Cycle:
             run.row = exp.row
             self._apply_row(exp, run)
             seen.add(self.out.rows[exp.row])  # a rerun's new run
+        self.out.notes.update(self.matcher.notes)
+        self.out.events.extend(Event(*e) for e in self.matcher.events)
+        self.matcher.notes.clear()
+        self.matcher.events.clear()
         for run in self.runs.values():
             if run.run_id not in seen and not run.status.is_final:
                 self._stop(run, "its row was deleted from the sheet")
-
-    def _run_for(self, exp: Experiment, seen: set[str]) -> Run | None:
-        if exp.run_id and exp.run_id in self.runs:
-            run = self.runs[exp.run_id]
-            while run.replaced_by and run.replaced_by in self.runs:
-                run = self.runs[run.replaced_by]  # a rerun whose new id is not shown yet
-            return run
-        if exp.error and not exp.run_id:
-            self.out.notes[exp.row] = (Status.INVALID, exp.error)
-            return None
-        if exp.run_id:
-            return self._adopt(exp)
-        unattached = self._unattached(exp.key, seen)
-        if unattached is not None:
-            return unattached
-        done = self._succeeded(exp.key)
-        if done is not None and exp.action != Action.RERUN:
-            return self._new_run(exp, Status.DUPLICATE, duplicate_of=done)
-        return self._new_run(exp, Status.QUEUED)
-
-    def _adopt(self, exp: Experiment) -> Run:
-        """A row shows an id the store does not know (state lost): keep the id, trust
-        a final status the sheet shows, otherwise queue it again."""
-        shown = _status_or_none(exp.shown_status)
-        status = shown if shown is not None and shown.is_final else Status.QUEUED
-        run = self._make_run(exp, exp.run_id or "", status)
-        self.out.events.append(Event(run.run_id, "adopted", f"row {exp.row} showed {exp.shown_status!r}"))
-        return run
-
-    def _unattached(self, key: str, seen: set[str]) -> Run | None:
-        """A run of this experiment that no row shows: claimed in a cycle whose write did not
-        reach the sheet, or whose id a stale copy of the sheet erased. Taking it back (rather
-        than starting a new run and stopping this one) is what keeps a row from running twice."""
-        for run in self.by_key.get(key, []):
-            if run.run_id in seen or run.replaced_by or run.key != key:
-                continue
-            if not run.in_sheet or not run.status.is_final:
-                return run
-        return None
-
-    def _succeeded(self, key: str) -> Run | None:
-        for run in self.by_key.get(key, []):
-            if run.status == Status.SUCCEEDED and run.key == key:
-                return run
-        return None
-
-    def _new_run(self, exp: Experiment, status: Status, duplicate_of: Run | None = None) -> Run:
-        run = self._make_run(exp, self._next_id(exp.key), status)
-        run.last_action = exp.action
-        if duplicate_of is not None:
-            run.duplicate_of = duplicate_of.run_id
-            run.finished_at = self.now
-            run.message = (
-                f"same job and parameters as run {duplicate_of.run_id}, which succeeded; "
-                "set action to rerun to run it again"
-            )
-        self.out.events.append(Event(run.run_id, "claimed", f"row {exp.row} status={status}"))
-        return run
-
-    def _make_run(self, exp: Experiment, run_id: str, status: Status) -> Run:
-        run = Run(
-            run_id=run_id, key=exp.key, job=exp.job, params=exp.params, gpus=exp.gpus,
-            where=exp.where, status=status, created_at=self.now, updated_at=self.now,
-            retries=self._retries(exp), priority=exp.priority, row=exp.row,
-        )
-        self.runs[run_id] = run
-        self.by_key.setdefault(run.key, []).append(run)
-        return run
-
-    def _next_id(self, key: str) -> str:
-        n = 1 + len(self.by_key.get(key, []))
-        while f"{key[:8]}-{n}" in self.runs:
-            n += 1
-        return f"{key[:8]}-{n}"
+                run.released = True
 
     def _retries(self, exp: Experiment) -> int:
         return self.policy.retries if exp.retries is None else exp.retries
@@ -238,7 +208,9 @@ class _Cycle:
     def _rerun(self, exp: Experiment, old: Run) -> None:
         if old.status.is_live or old.status in (Status.QUEUED, Status.RETRYING, Status.HELD):
             self._stop(old, "replaced by a rerun")
-        new = self._new_run(exp, Status.QUEUED)
+        new = self.matcher.new_run(exp, Status.QUEUED)
+        self.out.events.extend(Event(*e) for e in self.matcher.events)
+        self.matcher.events.clear()
         new.in_sheet = True
         new.last_action = Action.RERUN
         old.replaced_by = new.run_id
@@ -395,7 +367,7 @@ class _Cycle:
         run.status, run.host, run.accelerators = Status.LAUNCHING, host, accelerators
         run.attempt_started_at = self.now
         run.started_at = run.started_at or self.now
-        run.finished_at, run.next_attempt_at = None, None
+        run.finished_at, run.next_attempt_at, run.kept_cells = None, None, {}
         if not run.message.startswith("retry"):
             run.message = ""
         self.out.launches.append(Launch(run.run_id, run.attempt, host, accelerators))
@@ -409,9 +381,3 @@ class _Cycle:
                 self.out.runs[run_id] = run
         return self.out
 
-
-def _status_or_none(text: str) -> Status | None:
-    try:
-        return Status(text)
-    except ValueError:
-        return None

@@ -17,6 +17,7 @@ from sheets_emulator import DROP, SheetsEmulator
 
 from sheetrunner.errors import ConfigError, SheetError, SheetUnavailable
 from sheetrunner.model import Status
+from sheetrunner.sheet.lease import META_TAB
 from sheetrunner.sheet.table import RowInsert, RowUpdate, SheetWrite, Sparkline
 from sheetrunner.sheets.google import ENDPOINT_ENV, GoogleSheet, typed_value
 
@@ -45,9 +46,15 @@ def sheet(emu: SheetsEmulator, key: str, **options) -> GoogleSheet:
     return GoogleSheet(key, "Runs", credentials="none", endpoint=emu.url, timeout_s=5, **options)
 
 
+META_ROWS = [["sheetrunner", "note"], ["namespace", "ns1"]]
+
+
 def opened(emu: SheetsEmulator, rows: list[list[object]], **options) -> GoogleSheet:
-    """A backend that has done its start-up reads; the emulator's counters reset after."""
-    backend = sheet(emu, emu.create_spreadsheet({"Runs": rows, "hosts": []}), **options)
+    """A backend that has done its start-up reads; the emulator's counters reset after.
+
+    The spreadsheet has its `_sheetrunner` tab, as it does once a daemon wrote its lease."""
+    tabs = {"Runs": rows, "hosts": [], META_TAB: META_ROWS}
+    backend = sheet(emu, emu.create_spreadsheet(tabs), **options)
     backend.read()
     emu.reset_counts()
     return backend

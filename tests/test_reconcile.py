@@ -364,8 +364,10 @@ def test_an_edited_row_before_launch_takes_the_new_values():
 
 def test_an_id_the_store_lost_is_adopted_with_the_status_the_sheet_shows():
     world = World([gpu_host()])
-    world.step([exp(run_id="abc-1", shown_status="succeeded")])
-    assert world.runs["abc-1"].status == Status.SUCCEEDED
+    world.step([exp(run_id="abcdef01-x1", shown_status="succeeded",
+                    shown=(("status", "succeeded"), ("metrics", "acc=0.9")))])
+    assert world.runs["abcdef01-x1"].status == Status.SUCCEEDED
+    assert world.runs["abcdef01-x1"].kept_cells["metrics"] == "acc=0.9"
     assert world.last.launches == []
 
 
@@ -427,3 +429,113 @@ def test_a_typo_in_a_running_row_neither_kills_it_nor_hides_a_result():
     assert world.runs[a.run_id].status == Status.RUNNING
     assert world.runs[b.run_id].status == Status.SUCCEEDED
     assert "invalid now (unknown job 'trian')" in world.runs[a.run_id].message
+
+
+# -- identity: rows keep their runs through any edit; the store is a cache ---------------------
+
+
+def _finish(world: World, code: int) -> None:
+    for key in list(world.alive):
+        del world.alive[key]
+        world.outcome[key] = AttemptObservation(*key, AttemptState.EXITED, exit_code=code)
+
+
+@pytest.mark.parametrize("code, final", [(0, Status.SUCCEEDED), (1, Status.FAILED)])
+def test_a_final_run_whose_id_a_stale_save_erased_is_taken_back(code, final):
+    world = World([gpu_host()], Policy(retries=0))
+    e = exp()
+    world.step([e])
+    world.step([claimed(world, e)])
+    _finish(world, code)
+    world.step([claimed(world, e)])
+    run_id = world.only_run().run_id
+    assert world.runs[run_id].status == final
+    p = world.step([exp()])  # an old copy saved over ours: the id cell is empty again
+    assert p.rows == {2: run_id} and not p.launches and len(world.runs) == 1
+    assert world.runs[run_id].status == final
+
+
+def test_a_row_copied_with_its_id_and_edited_becomes_a_new_experiment_and_the_original_keeps_its_run():
+    world = World([gpu_host(n=4)])
+    original = exp(row=2, lr="0.1")
+    world.step([original])
+    shown = claimed(world, original)
+    world.step([shown])
+    run_id = world.only_run().run_id
+    copy = exp(row=2, lr="0.5", run_id=run_id)  # pasted above the original, then edited
+    moved = Experiment(**{**shown.__dict__, "row": 3})
+    p = world.step([copy, moved])
+    assert p.rows[3] == run_id and p.rows[2] != run_id
+    assert world.runs[p.rows[2]].params == (("lr", "0.5"),)
+    assert not any(k.run_id == run_id for k in p.kills)
+    assert world.runs[run_id].status == Status.RUNNING
+
+
+def test_a_typed_over_id_of_a_running_row_is_put_right_not_stopped():
+    world = World([gpu_host()])
+    e = exp()
+    world.step([e])
+    world.step([claimed(world, e)])
+    run_id = world.only_run().run_id
+    p = world.step([exp(foreign_id="typed-over")])
+    assert p.rows == {2: run_id} and not p.kills and not p.launches
+
+
+def test_a_foreign_id_on_a_new_row_makes_it_invalid_with_the_fix():
+    world = World([gpu_host()])
+    p = world.step([exp(foreign_id="../../escaped")])
+    assert not p.launches and not world.runs
+    status, message = p.notes[2]
+    assert status == Status.INVALID and "clear the id cell" in message
+
+
+def _attempt_seen(run_id: str, attempt: int, state: AttemptState, key: str, **kw) -> AttemptObservation:
+    return AttemptObservation(run_id, attempt, state, key=key, job="train", params=(("lr", "0.1"),),
+                              gpus=1, accelerators=("0",), started_at=T0, heartbeat_at=T0, **kw)
+
+
+def test_a_lost_store_rebuilds_the_run_from_its_live_attempt_and_kills_nothing():
+    e = exp(run_id="abcdef01-x1")
+    seen = _attempt_seen("abcdef01-x1", 3, AttemptState.RUNNING, e.key)
+    host = HostObservation("a", True, T0, attempts=(seen,))
+    p = plan([e], {}, {"a": host}, [gpu_host()], POLICY, T0)
+    run = p.runs["abcdef01-x1"]
+    assert (run.status, run.attempt, run.host, run.crashes) == (Status.RUNNING, 3, "a", 2)
+    assert not p.kills and not p.launches
+
+
+def test_a_store_restored_from_an_older_copy_adopts_the_newer_attempt():
+    world = World([gpu_host()])
+    e = exp()
+    world.step([e])
+    world.step([claimed(world, e)])
+    old = dict(world.runs)  # the backup
+    run_id = world.only_run().run_id
+    world.step([claimed(world, e)], advance_s=1)
+    world.alive.pop((run_id, 1))
+    world.outcome[(run_id, 1)] = AttemptObservation(run_id, 1, AttemptState.EXITED, exit_code=1)
+    world.step([claimed(world, e)], advance_s=20)  # crashed: retried as attempt 2
+    world.step([claimed(world, e)], advance_s=20)
+    assert (run_id, 2) in world.alive
+    world.runs = old  # the state directory restored from the backup
+    p = world.step([claimed(world, e)])
+    assert not p.kills and not p.launches
+    assert world.runs[run_id].attempt == 2 and world.runs[run_id].status == Status.RUNNING
+
+
+def test_an_orphan_live_attempt_is_taken_back_by_the_row_of_its_experiment():
+    e = exp()  # the claim never reached the sheet, and then the state was lost
+    seen = _attempt_seen("abcdef01-x1", 1, AttemptState.RUNNING, e.key)
+    host = HostObservation("a", True, T0, attempts=(seen,))
+    p = plan([e], {}, {"a": host}, [gpu_host()], POLICY, T0)
+    assert p.rows == {2: "abcdef01-x1"} and not p.launches and not p.kills
+
+
+def test_a_lost_store_and_a_row_showing_a_live_status_waits_for_its_host():
+    e = exp(run_id="abcdef01-x1", shown_status="running",
+            shown=(("status", "running"), ("host", "a"), ("attempt", "2"), ("metrics", "acc=0.5")))
+    down = HostObservation("a", False, T0, error="down", down_since=T0)
+    p = plan([e], {}, {"a": down}, [gpu_host()], POLICY, T0)
+    run = p.runs["abcdef01-x1"]
+    assert run.status == Status.LOST and run.attempt == 2 and not p.launches
+    assert run.kept_cells["metrics"] == "acc=0.5"

@@ -45,12 +45,12 @@ def test_cell_text_is_the_value_without_float_noise(value, text):
 
 
 def test_a_row_becomes_an_experiment_with_params_in_column_order():
-    (e,) = parse_table(table(["digits", 0.1, 3, 2, "gpu-a", 5, 1, "hold", "note", "x-1", "running"]),
-                       ["digits"])
+    (e,) = parse_table(table(["digits", 0.1, 3, 2, "gpu-a", 5, 1, "hold", "note", "abcdef01-x1",
+                              "running"]), ["digits"])
     assert e.params == (("lr", "0.1"), ("seed", "3"))
     assert param_argv(e.params) == ["--lr", "0.1", "--seed", "3"]
     assert (e.gpus, e.where, e.priority, e.retries, e.action) == (2, "gpu-a", 5.0, 1, Action.HOLD)
-    assert e.run_id == "x-1" and e.shown_status == "running" and e.error is None
+    assert e.run_id == "abcdef01-x1" and e.shown_status == "running" and e.error is None
 
 
 def test_number_typed_as_text_is_the_same_experiment():
@@ -80,10 +80,17 @@ def test_a_bad_row_carries_the_reason(cells, reason):
     assert e.error is not None and reason in e.error
 
 
-def test_a_row_copied_with_its_id_is_a_new_experiment():
-    a, b = parse_table(table(["digits", *[None] * 8, "x-1"], ["digits", *[None] * 8, "x-1"]),
-                       ["digits"])
-    assert a.run_id == "x-1" and b.run_id is None
+def test_an_id_cell_is_data_never_a_path():
+    rows = [["digits", *[None] * 8, text] for text in ("../../escaped", "typed-over", "x-1",
+                                                        "ABCDEF01-x1", "abcdef01-x1/..")]
+    for e in parse_table(table(*rows), ["digits"]):
+        assert e.run_id is None and e.foreign_id
+
+
+def test_a_copied_id_is_shown_on_both_rows_and_the_core_decides_which_keeps_it():
+    a, b = parse_table(table(["digits", *[None] * 8, "abcdef01-x1"],
+                             ["digits", *[None] * 8, "abcdef01-x1"]), ["digits"])
+    assert a.run_id == b.run_id == "abcdef01-x1"
 
 
 def test_only_cells_that_differ_are_written_and_the_fill_follows_the_status():

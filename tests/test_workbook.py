@@ -14,8 +14,9 @@ import pytest
 from helpers import fill_of, read_workbook, write_workbook
 
 from sheetrunner.errors import SheetError, SheetUnavailable
+from sheetrunner.sheet.lease import META_TAB
+from sheetrunner.sheet.table import RowInsert, RowUpdate, SheetWrite, Table
 from sheetrunner.sheets import workbook as workbook_module
-from sheetrunner.sheet.table import RowUpdate, SheetWrite, Table
 from sheetrunner.sheets.workbook import Workbook
 
 HEADER = ["job", "--lr", "gpus", "notes", "id", "status", "message"]
@@ -91,7 +92,8 @@ def test_read_returns_header_and_typed_rows(tmp_path: Path) -> None:
 def test_read_of_an_empty_tab(tmp_path: Path) -> None:
     path = tmp_path / "empty.xlsx"
     openpyxl.Workbook().save(path)
-    assert Workbook(path).read() == Table(header=[], rows=[])
+    assert Workbook(path).read() == Table(header=[], rows=[], meta=None,
+                                          source=str(path.resolve()))
 
 
 def test_read_gives_a_formulas_computed_value(tmp_path: Path) -> None:
@@ -423,6 +425,244 @@ def test_tabs_are_created_then_replaced_whole(tmp_path: Path) -> None:
         ["host", "state"], ["gpu-c", "up"]]
 
 
+# -- write: rows found with the shared identity rule (sheet.relocate) --------------------------
+
+
+def test_a_copied_row_showing_the_same_id_twice(tmp_path: Path) -> None:
+    """The row still at the read row number gets the update; a copy elsewhere does not."""
+    path = book(tmp_path)
+    backend = Workbook(path)
+    backend.read()
+    user_edit(path, lambda s: s.append(["fake", 0.7, 1, "copy", "r1", "running", None]))
+    backend.write(SheetWrite(rows=[status_update(2, "r1", "succeeded")]))
+    rows = read_workbook(path)
+    assert [(r["id"], r["status"]) for r in rows] == [
+        ("r1", "succeeded"), (None, None), ("r3", "queued"), ("r1", "running")]
+
+
+def test_a_copied_row_after_a_move_gets_nothing(tmp_path: Path) -> None:
+    """Neither copy is at the read row number: no safe place, written next cycle."""
+    path = book(tmp_path)
+    backend = Workbook(path)
+    backend.read()
+
+    def move_and_copy(sheet) -> None:
+        sheet.insert_rows(2)
+        sheet.append(["fake", 0.7, 1, "copy", "r1", "running", None])
+
+    user_edit(path, move_and_copy)
+    before = cells(path)
+    backend.write(SheetWrite(rows=[status_update(2, "r1", "succeeded")]))
+    assert cells(path) == before
+
+
+def test_claim_compares_a_formulas_value_not_its_text(tmp_path: Path) -> None:
+    """A claim lands on a row whose parameter is a formula: the write compares the value the
+    read returned, as the read returned it."""
+    path = book(tmp_path, rows=[["fake", "=0.1*2", 1, None, None, None, None]])
+    with_cached_value(path, "0.1*2", "0.2")
+    backend = Workbook(path)
+    table = backend.read()
+    assert table.value(2, "--lr") == 0.2
+    backend.write(SheetWrite(rows=[RowUpdate(row=2, run_id=None, cells={"id": "r9"}, job="fake",
+                                             expect={"job": "fake", "--lr": "0.2", "gpus": "1"})]))
+    assert read_workbook(path)[0]["id"] == "r9"
+    assert cell(path, "B2").data_type == "f"  # still the user's formula
+
+
+def sweep_write(claim_row: int = 3) -> SheetWrite:
+    """A sweep row's claim and its children, in one batch, as `sheet.expansion` plans them."""
+    expect = {"job": "fake", "--lr": "0.2", "gpus": "0"}
+    return SheetWrite(
+        new_columns=["sweep"],
+        rows=[RowUpdate(row=claim_row, run_id=None, cells={"id": "sweep-1"}, job="fake",
+                        expect=expect)],
+        inserts=[RowInsert(3, [{"job": "fake", "--lr": 0.2, "sweep": "sweep-1"},
+                               {"job": "fake", "--lr": 0.3, "sweep": "sweep-1"}], expect=expect)],
+    )
+
+
+def test_a_sweep_expands_under_its_claimed_row(tmp_path: Path) -> None:
+    path = book(tmp_path)
+    Workbook(path).write(sweep_write())
+    rows = read_workbook(path)
+    assert [(r["id"], r["sweep"]) for r in rows] == [
+        ("r1", None), ("sweep-1", None), (None, "sweep-1"), (None, "sweep-1"), ("r3", None)]
+
+
+def test_a_sweep_whose_claim_is_dropped_does_not_expand(tmp_path: Path) -> None:
+    """Claim and children land together or not at all, or the sweep would expand twice."""
+    path = book(tmp_path)
+    backend = Workbook(path)
+    backend.read()
+    user_edit(path, lambda s: s.cell(row=3, column=5, value="typed-id"))  # same user cells
+    before = cells(path)
+    backend.write(sweep_write())
+    after = cells(path)
+    assert {k: v for k, v in after.items() if k[0] > 1} == {k: v for k, v in before.items()
+                                                           if k[0] > 1}
+
+
+# -- write: someone saves the file while we write it -------------------------------------------
+
+
+def save_by_rename(path: Path, edit) -> None:
+    """How LibreOffice and Excel save: a temp file renamed over the workbook (a new inode)."""
+    wb = openpyxl.load_workbook(path)
+    edit(wb.worksheets[0])
+    tmp = path.with_name(".~saving.xlsx")
+    wb.save(tmp)
+    os.replace(tmp, path)
+
+
+SAVES = {"by rename": save_by_rename, "in place": user_edit}
+
+
+def save_during_our_write(monkeypatch, saves: int, how: str = "by rename") -> list[str]:
+    """Make a person save (a row typed each time) after our write loaded the file and before
+    it replaces it, on the first `saves` writes of the temp file. Returns what they typed."""
+    typed: list[str] = []
+    original = workbook_module.Workbook._save_temp
+
+    def save_temp_then_person_saves(self, book):
+        tmp = original(self, book)
+        if len(typed) < saves:
+            typed.append(f"typed-{len(typed)}")
+            SAVES[how](self.path, lambda s: s.append(["fake", typed[-1], 1]))
+        return tmp
+
+    monkeypatch.setattr(workbook_module.Workbook, "_save_temp", save_temp_then_person_saves)
+    return typed
+
+
+@pytest.mark.parametrize("how", sorted(SAVES))
+def test_a_save_during_our_write_is_kept(tmp_path: Path, monkeypatch, caplog, how: str) -> None:
+    path = book(tmp_path)
+    backend = Workbook(path)
+    backend.read()
+    typed = save_during_our_write(monkeypatch, saves=2, how=how)
+    with caplog.at_level("INFO", logger=workbook_module.__name__):
+        backend.write(SheetWrite(rows=[status_update(2, "r1", "succeeded", fill=GREEN),
+                                       status_update(3, None, "queued", id="r2")]))
+    rows = read_workbook(path)
+    assert [r["--lr"] for r in rows[3:]] == typed == ["typed-0", "typed-1"]
+    assert (rows[0]["status"], rows[1]["id"]) == ("succeeded", "r2")  # applied to their save
+    assert fill_of(path, 2) == GREEN
+    assert sum("saved by someone else" in r.message for r in caplog.records) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["book.xlsx"]
+
+
+def test_a_file_that_keeps_changing_is_unavailable_this_cycle(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    path = book(tmp_path)
+    backend = Workbook(path)
+    backend.read()
+    typed = save_during_our_write(monkeypatch, saves=workbook_module.WRITE_ATTEMPTS)
+    with pytest.raises(SheetUnavailable) as info:
+        backend.write(SheetWrite(rows=[status_update(2, "r1", "succeeded")]))
+    assert str(path) in str(info.value) and "next cycle" in str(info.value)
+    rows = read_workbook(path)
+    assert [r["--lr"] for r in rows[3:]] == typed  # every save of theirs kept
+    assert rows[0]["status"] == "running"  # ours not written; the next cycle writes it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["book.xlsx"]
+
+
+def test_a_workbook_deleted_during_our_write_is_not_recreated(tmp_path: Path,
+                                                             monkeypatch) -> None:
+    path = book(tmp_path)
+    original = workbook_module.Workbook._save_temp
+
+    def save_temp_then_delete(self, book):
+        tmp = original(self, book)
+        self.path.unlink()
+        return tmp
+
+    monkeypatch.setattr(workbook_module.Workbook, "_save_temp", save_temp_then_delete)
+    with pytest.raises(SheetError) as info:
+        Workbook(path).write(SheetWrite(rows=[status_update(2, "r1", "succeeded")]))
+    assert "does not exist" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- the hidden _sheetrunner tab (namespace and lease) ----------------------------------------
+
+META = [["sheetrunner", "own data"], ["namespace", "ns-1"], ["owner_pid", "41"]]
+
+
+def test_read_without_a_meta_tab(tmp_path: Path) -> None:
+    path = book(tmp_path)
+    table = Workbook(path).read()
+    assert table.meta is None
+    assert table.source == str(path.resolve())
+    assert Workbook(tmp_path / "." / "book.xlsx").read().source == table.source  # one name
+
+
+def test_meta_tab_round_trips_hidden_and_is_not_the_experiments_tab(tmp_path: Path) -> None:
+    path = book(tmp_path)
+    backend = Workbook(path)
+    backend.write(SheetWrite(meta=META, meta_expect=None))
+    wb = openpyxl.load_workbook(path)
+    assert wb.sheetnames == ["experiments", META_TAB]
+    assert wb[META_TAB].sheet_state == "hidden"
+    assert wb[META_TAB]["B3"].data_type == "s"  # "41" stays text
+    table = backend.read()
+    assert table.meta == {"sheetrunner": "own data", "namespace": "ns-1", "owner_pid": "41"}
+    assert table.header == HEADER
+
+    # a person drags the hidden tab first: the default tab is still the experiments tab
+    user_edit(path, lambda s: s.parent.move_sheet(META_TAB, offset=-1))
+    assert openpyxl.load_workbook(path).sheetnames[0] == META_TAB
+    assert backend.read().header == HEADER
+
+
+def test_meta_write_is_compare_and_set(tmp_path: Path, caplog) -> None:
+    path = book(tmp_path)
+    backend = Workbook(path)
+    backend.write(SheetWrite(meta=META, meta_expect=None))
+    mine = backend.read().meta
+    renewed = [*META[:2], ["owner_pid", "42"]]
+    backend.write(SheetWrite(meta=renewed, meta_expect=mine))
+    assert backend.read().meta["owner_pid"] == "42"
+
+    # another daemon took the tab meanwhile: our stale write of it is dropped, the rest lands
+    with caplog.at_level("INFO", logger=workbook_module.__name__):
+        backend.write(SheetWrite(rows=[status_update(2, "r1", "succeeded")],
+                                 meta=[*META[:2], ["owner_pid", "99"]], meta_expect=mine))
+    assert backend.read().meta["owner_pid"] == "42"
+    assert read_workbook(path)[0]["status"] == "succeeded"
+    assert any(META_TAB in r.message and "changed" in r.message for r in caplog.records)
+
+    # expecting no tab while one exists is stale too
+    backend.write(SheetWrite(meta=[["namespace", "ns-2"]], meta_expect=None))
+    assert backend.read().meta["namespace"] == "ns-1"
+
+
+def test_meta_is_written_only_through_meta(tmp_path: Path) -> None:
+    """A side tab named like the meta tab would bypass compare-and-set: it is ignored."""
+    path = book(tmp_path)
+    Workbook(path).write(SheetWrite(tabs={META_TAB: [["namespace", "sneaky"]]}))
+    assert META_TAB not in openpyxl.load_workbook(path).sheetnames
+
+
+def test_meta_compare_and_set_sees_a_save_during_our_write(tmp_path: Path, monkeypatch) -> None:
+    """Another daemon's lease saved while we write: after the reload our meta is stale."""
+    path = book(tmp_path)
+    backend = Workbook(path)
+    original = workbook_module.Workbook._save_temp
+    calls: list[int] = []
+
+    def their_lease_lands(self, book):
+        tmp = original(self, book)
+        if not calls:
+            calls.append(1)
+            Workbook(self.path).write(SheetWrite(meta=[["namespace", "theirs"]], meta_expect=None))
+        return tmp
+
+    monkeypatch.setattr(workbook_module.Workbook, "_save_temp", their_lease_lands)
+    backend.write(SheetWrite(meta=META, meta_expect=None))
+    assert backend.read().meta == {"namespace": "theirs"}
+
+
 # -- initialize ---------------------------------------------------------------------------------
 
 INIT_HEADER = ["job", "--lr", "gpus", "action", "id", "status"]
@@ -445,7 +685,9 @@ def test_initialize_creates_a_workbook(tmp_path: Path) -> None:
     rules = validations(path)
     assert rules == {"D2:D10000": '"run,hold,stop,rerun"', "A2:A10000": '"fake,digits"'}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new.xlsx"]
-    assert Workbook(path).read() == Table(header=INIT_HEADER, rows=[])
+    assert Workbook(path).read() == Table(header=INIT_HEADER, rows=[], meta=None,
+                                          source=str(path.resolve()))
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644  # a document, not a private temp file
 
 
 def test_initialize_names_the_tab_from_the_config(tmp_path: Path) -> None:

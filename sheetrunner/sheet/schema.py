@@ -18,6 +18,7 @@ from typing import Any
 
 from ..model import STATUS_COLOURS, Action, Experiment, Run, Status
 from .table import RowUpdate, SheetWrite, Sparkline, Table, UnsavedFormula
+from ..remote.protocol import is_run_id
 from .sweeps import SWEEP_ID_PREFIX, SweepError, combinations, is_sweep
 
 USER_COLUMNS = ("job", "gpus", "where", "priority", "retries", "action")
@@ -62,17 +63,16 @@ def parse_table(table: Table, job_names: Iterable[str]) -> list[Experiment]:
     """Every non-empty row of the table as an Experiment; a bad row carries its `error`."""
     jobs = set(job_names)
     params = param_columns(table.header)
-    seen_ids: set[str] = set()
     experiments = []
     for row in range(2, len(table.rows) + 2):
-        exp = _parse_row(table, row, params, jobs, seen_ids)
+        exp = _parse_row(table, row, params, jobs)
         if exp is not None:
             experiments.append(exp)
     return experiments
 
 
 def _parse_row(
-    table: Table, row: int, params: list[str], jobs: set[str], seen_ids: set[str]
+    table: Table, row: int, params: list[str], jobs: set[str]
 ) -> Experiment | None:
     text = {name: cell_text(table.value(row, name)).strip() for name in (*USER_COLUMNS, "id")}
     values = tuple(
@@ -82,11 +82,7 @@ def _parse_row(
     )
     if not text["job"] and not values and not text["id"]:
         return None  # an empty row, or a note a person left: not an experiment
-    run_id = text["id"] or None
-    if run_id in seen_ids:
-        run_id = None  # the row was copied with its id: it is a new experiment
-    if run_id:
-        seen_ids.add(run_id)
+    run_id, foreign_id = _id_cell(text["id"], values)
     errors: list[str] = _unsaved_formulas(table, row)
     job = text["job"]
     if not job:
@@ -111,9 +107,22 @@ def _parse_row(
         action=action,
         error="; ".join(errors) or None,
         shown_status=cell_text(table.value(row, "status")).strip(),
+        shown=tuple((name, cell_text(table.value(row, name)).strip()) for name in OWNED_COLUMNS),
+        foreign_id=foreign_id,
         sweep_id=cell_text(table.value(row, "sweep")).strip(),
         children=children,
     )
+
+
+def _id_cell(text: str, values: tuple[tuple[str, str], ...]) -> tuple[str | None, str]:
+    """(run id, foreign text) of the `id` cell. Only ids in sheetrunner's format are
+    honoured: an id cell is data, never a path. A row copied with its id shows the same
+    id twice; which row keeps it is the core's rule (the one whose cells match the run)."""
+    if not text:
+        return None, ""
+    if is_run_id(text) or (text.startswith(SWEEP_ID_PREFIX) and any(is_sweep(v) for _, v in values)):
+        return text, ""
+    return None, text
 
 
 def _sweep(
@@ -178,7 +187,16 @@ def _action_cell(text: str, errors: list[str]) -> Action:
 
 
 def owned_values(run: Run, now: datetime) -> dict[str, Any]:
-    """The owned cells a row shows for its run."""
+    """The owned cells a row shows for its run; for a run rebuilt from the sheet, what
+    the sheet showed stands wherever the run has no value of its own."""
+    values = _own_values(run, now)
+    for name, shown in run.kept_cells.items():
+        if values.get(name) in ("", None):
+            values[name] = shown
+    return values
+
+
+def _own_values(run: Run, now: datetime) -> dict[str, Any]:
     return {
         "id": run.run_id,
         "status": run.status.value,
@@ -215,8 +233,9 @@ def metric_column_names(metric_columns: Iterable[str]) -> list[str]:
 
 
 def note_values(status: Status, message: str) -> dict[str, Any]:
-    """The owned cells of a row that has no run (an invalid row never claimed)."""
-    blank = dict.fromkeys(OWNED_COLUMNS, "")
+    """The owned cells of a row that has no run (an invalid row never claimed). Its `id`
+    cell is left as it is: a text typed there is the person's to clear."""
+    blank = dict.fromkeys((c for c in OWNED_COLUMNS if c != "id"), "")
     return {**blank, "status": status.value, "message": message}
 
 

@@ -1,12 +1,19 @@
-"""The Google Sheets backend: one read and at most one batched write per cycle, via gspread.
+"""The Google Sheets backend: one read per cycle, and a re-read plus one batch when it writes.
 
 Quota is the binding constraint (60 reads and 60 writes a minute per service
-account), so every cycle costs exactly one `values:batchGet` of the whole tab,
-and at most one `spreadsheets:batchUpdate` carrying every owned cell, colour,
-header and side tab. Writes are typed `updateCells` addressed by sheetId: the
-sheet never parses our text as a formula, and renaming the tab breaks nothing.
-The Sheets API has no compare-and-set, so only owned cells are ever written,
-with the narrowest field masks (a user's bold text or number format survives).
+account). A cycle's read is one `values:batchGet` of the experiments tab and
+the hidden `_sheetrunner` tab together. A cycle that writes reads both again
+just before its one `spreadsheets:batchUpdate`: the cycle between read and
+write lasts seconds (probes, kills, launches) and people sort and delete rows
+meanwhile, so every row update is placed again by `sheet.relocate.locate`
+against that fresh read, and the `_sheetrunner` tab is written only if it
+still shows what the cycle read (compare-and-set, as close as an API without
+one allows: the window is one request's latency).
+
+Writes are typed `updateCells` addressed by sheetId: the sheet never parses
+our text as a formula, and renaming the tab breaks nothing. Only owned cells
+are written, with the narrowest field masks (a user's bold text or number
+format survives).
 
 This module decides what to read and write; how a request travels (endpoint,
 timeout, retries), the credentials, and what a failure means live in
@@ -30,13 +37,15 @@ from gspread.http_client import ParamsType
 from gspread.utils import absolute_range_name
 
 from sheetrunner.errors import ConfigError, SheetError, SheetUnavailable
-from sheetrunner.sheet.schema import cell_text
+from sheetrunner.sheet.lease import META_TAB, meta_from_rows
+from sheetrunner.sheet.relocate import locate, rows_showing, shown
 from sheetrunner.sheet.table import RowInsert, RowUpdate, SheetWrite, Sparkline, Table
 from sheetrunner.sheets.google_http import ENDPOINT_ENV as ENDPOINT_ENV
 from sheetrunner.sheets.google_http import (
     ErrorContext,
     RetryPolicy,
     account_name,
+    is_title_taken,
     is_unknown_range,
     load_credentials,
     resolve_endpoint,
@@ -104,9 +113,12 @@ class _Batch:
 class GoogleSheet:
     """A `SheetBackend` on one tab of a Google Sheet (or of the emulator, via an endpoint).
 
-    Metadata (the tab's sheetId and size, the other tabs) is fetched on first
-    use, two reads, and cached; it is fetched again only after a permanent
-    error or when the tab was renamed.
+    Metadata (the tabs' sheetIds and sizes) is fetched on first use, two reads,
+    and cached. It is fetched again after a permanent error, when a range no
+    longer parses (a tab renamed or deleted), and while the cache says the
+    `_sheetrunner` tab does not exist: a read then costs one more request, so
+    a tab another daemon created is seen by the next read. With the lease
+    (sheet/lease.py) that state lasts until the first write creates the tab.
     """
 
     def __init__(
@@ -144,46 +156,21 @@ class GoogleSheet:
     # ------------------------------------------------------------ SheetBackend
 
     def read(self) -> Table:
-        """The whole tab in one request, typed (UNFORMATTED_VALUE), rows ragged."""
-        tab = self._open()
-        with translated_errors(self._errors):
-            try:
-                answer = self._get_values(tab)
-            except APIError as exc:
-                if not is_unknown_range(exc):
-                    raise
-                answer = self._get_values(self._follow_rename())
-        value_range = answer["valueRanges"][0]
-        self._note_grid_size(value_range.get("range", ""))
-        rows = value_range.get("values", [])
-        header = [str(h) for h in rows[0]] if rows else []
-        self._table = Table(header=header, rows=rows[1:])
+        """The experiments tab and the `_sheetrunner` tab in one request, typed
+        (UNFORMATTED_VALUE), rows ragged; `meta` is None when that tab does not exist."""
+        self._table = self._read_tabs()
         return self._table
 
     def write(self, change: SheetWrite) -> None:
-        """Send `change`, plus whatever a failed write left pending, as one batchUpdate."""
-        merged = _merge(self._pending, change, self._table, self.id_header)
-        if merged.is_empty():
-            return
-        if self._table is None:
-            self.read()  # only when called without this cycle's read: rows need the header
-        batch = self._plan(merged, self._open())
-        if not batch.requests:  # e.g. only cells under headers the sheet lacks
-            self._pending = None
-            return
-        try:
-            self._send(batch)
-        except SheetUnavailable as exc:
-            self._pending = merged
-            raise SheetUnavailable(
-                f"{exc}; {len(merged.rows)} row update(s) kept for the next write"
-            ) from exc
-        except SheetError:
-            self._pending = None
-            self._forget_metadata()
-            raise
+        """Send `change`, plus whatever a failed write left pending, as one batchUpdate,
+        each row placed again against a read made just before it."""
+        merged = _merge(self._pending, change, self.id_header)
         self._pending = None
-        self._remember(batch)
+        if not _worth_sending(merged, self._table):
+            return
+        fresh = self._reread_for(merged)
+        placed = _place(merged, fresh)
+        self._deliver(placed, fresh)
 
     def initialize(self, header: list[str], job_names: list[str]) -> None:
         """Write the header (frozen, with dropdowns) into an empty tab, else add missing columns."""
@@ -199,6 +186,68 @@ class GoogleSheet:
         if batch.requests:
             self._send(batch)
             self._remember(batch)
+
+    # ------------------------------------------------------------ reading
+
+    def _read_tabs(self) -> Table:
+        """One values:batchGet of the experiments tab and, when it exists, `_sheetrunner`.
+
+        A range that no longer parses (the tab renamed, or `_sheetrunner` deleted)
+        costs one metadata read and one more try."""
+        just_loaded = self._tab is None
+        self._open()
+        with translated_errors(self._errors):
+            if not just_loaded and META_TAB not in self._tabs:
+                self._reload_tabs()  # another daemon may have created it since
+            try:
+                answer = self._get_values()
+            except APIError as exc:
+                if not is_unknown_range(exc):
+                    raise
+                self._reload_tabs()
+                answer = self._get_values()
+        return self._table_from(answer["valueRanges"])
+
+    def _reread_for(self, change: SheetWrite) -> Table:
+        """The read a write is placed against, made just before it. Like every read it
+        fetches the metadata first while `_sheetrunner` is not known to exist, so a write
+        creating that tab knows it is really missing (an addSheet of a taken title would
+        fail the whole batch)."""
+        try:
+            return self._read_tabs()
+        except SheetUnavailable as exc:
+            self._pending = _keepable(change)
+            raise SheetUnavailable(f"{exc}; {_kept(change)}") from exc
+        except SheetError:
+            self._forget_metadata()
+            raise
+
+    def _meta_ranges(self) -> list[str]:
+        assert self._tab is not None
+        wanted = [self._tab.title]
+        if META_TAB in self._tabs and META_TAB != self._tab.title:
+            wanted.append(META_TAB)
+        return wanted
+
+    def _get_values(self) -> dict[str, Any]:
+        assert self._spreadsheet is not None
+        params: ParamsType = {
+            "valueRenderOption": "UNFORMATTED_VALUE",
+            "dateTimeRenderOption": "FORMATTED_STRING",
+            "majorDimension": "ROWS",
+        }
+        ranges = [absolute_range_name(title) for title in self._meta_ranges()]
+        return self._spreadsheet.values_batch_get(ranges, params=params)
+
+    def _table_from(self, value_ranges: list[dict[str, Any]]) -> Table:
+        """The answer's ranges in the order asked: the experiments tab, then `_sheetrunner`."""
+        titles = self._meta_ranges()
+        for title, value_range in zip(titles, value_ranges, strict=False):
+            self._note_grid_size(self._tabs.get(title, self._tab), value_range.get("range", ""))
+        rows = value_ranges[0].get("values", [])
+        header = [str(h) for h in rows[0]] if rows else []
+        meta = meta_from_rows(value_ranges[1].get("values", [])) if len(titles) > 1 else None
+        return Table(header=header, rows=rows[1:], meta=meta, source=self.key)
 
     # ------------------------------------------------------------ metadata
 
@@ -234,8 +283,9 @@ class GoogleSheet:
             )
         return tab
 
-    def _follow_rename(self) -> _Tab:
-        """The tab's title changed under us: find it again by its sheetId (one extra read)."""
+    def _reload_tabs(self) -> _Tab:
+        """Fetch the tabs again (one read) and find ours by its sheetId: its title may have
+        changed under us, and `_sheetrunner` may have appeared or gone."""
         assert self._tab is not None
         old = self._tab
         self._load_tabs()
@@ -246,38 +296,34 @@ class GoogleSheet:
                 f"tab {old.title!r} (sheetId {old.sheet_id}) is gone from spreadsheet "
                 f"{self.key}; restore it (File > Version history) or fix [sheet] worksheet"
             )
-        log.info("tab %r was renamed to %r; following it by sheetId", old.title, found.title)
+        if found.title != old.title:
+            log.info("tab %r was renamed to %r; following it by sheetId", old.title, found.title)
         self._tab = found
         return found
 
     def _forget_metadata(self) -> None:
         self._tab = None
 
-    def _note_grid_size(self, echoed: str) -> None:
-        """The read echoes the whole grid's range ("Runs!A1:Z1000"): keep the cached size
+    @staticmethod
+    def _note_grid_size(tab: _Tab | None, echoed: str) -> None:
+        """A read echoes the whole grid's range ("Runs!A1:Z1000"): keep the cached size
         current for free, so a column a user inserted or deleted cannot skew a later write."""
         try:
             grid = gspread.utils.a1_range_to_grid_range(echoed.rpartition("!")[2])
         except GSpreadException:
             return
-        if self._tab is not None and "endRowIndex" in grid and "endColumnIndex" in grid:
-            self._tab.row_count, self._tab.col_count = grid["endRowIndex"], grid["endColumnIndex"]
-
-    def _get_values(self, tab: _Tab) -> dict[str, Any]:
-        assert self._spreadsheet is not None
-        params: ParamsType = {
-            "valueRenderOption": "UNFORMATTED_VALUE",
-            "dateTimeRenderOption": "FORMATTED_STRING",
-            "majorDimension": "ROWS",
-        }
-        return self._spreadsheet.values_batch_get([absolute_range_name(tab.title)], params=params)
+        if tab is not None and "endRowIndex" in grid and "endColumnIndex" in grid:
+            tab.row_count, tab.col_count = grid["endRowIndex"], grid["endColumnIndex"]
 
     # ------------------------------------------------------------ building the batch
 
-    def _plan(self, change: SheetWrite, tab: _Tab) -> _Batch:
-        assert self._table is not None
-        batch = _Batch(header=list(self._table.header))
+    def _plan(self, change: SheetWrite, fresh: Table) -> _Batch:
+        """The requests for a change already placed against `fresh` (rows, header, sizes)."""
+        tab = self._open()
+        batch = _Batch(header=list(fresh.header))
         self._add_columns(batch, tab, change.new_columns)
+        if change.meta is not None:  # first, like side tabs
+            self._meta_tab_requests(batch, change.meta)
         for name, rows in change.tabs.items():  # first: curve formulas refer to these tabs
             self._side_tab_requests(batch, name, rows)
         columns = _column_index(batch.header)
@@ -299,11 +345,25 @@ class GoogleSheet:
         batch.requests.append(_update_cells(tab.sheet_id, 0, start, [new]))
         batch.header += new
 
-    def _side_tab_requests(self, batch: _Batch, name: str, rows: list[list[Any]]) -> None:
+    def _meta_tab_requests(self, batch: _Batch, rows: list[list[str]]) -> None:
+        """`_sheetrunner` replaced whole, and hidden again should a person have shown it."""
+        existing = self._tabs.get(META_TAB)
+        self._side_tab_requests(batch, META_TAB, rows, allow_meta=True)
+        if existing is not None:
+            props = {"sheetId": existing.sheet_id, "hidden": True}
+            batch.requests.append({"updateSheetProperties": {"properties": props,
+                                                             "fields": "hidden"}})
+
+    def _side_tab_requests(
+        self, batch: _Batch, name: str, rows: list[list[Any]], allow_meta: bool = False
+    ) -> None:
         """Replace a side tab's values whole (creating it the first time, hidden when its name
         starts with "_": sheetrunner's own data, like the workbook's)."""
         if self._tab is not None and name == self._tab.title:
             log.error("refusing to overwrite the experiments tab %r as a side tab", name)
+            return
+        if name == META_TAB and not allow_meta:
+            log.error("refusing to write %r as a side tab: only SheetWrite.meta writes it", name)
             return
         height, width = max(len(rows), 1), max((len(r) for r in rows), default=1) or 1
         tab = self._tabs.get(name)
@@ -327,6 +387,37 @@ class GoogleSheet:
 
     # ------------------------------------------------------------ sending
 
+    def _deliver(self, placed: SheetWrite, fresh: Table) -> None:
+        """Send the placed change. A failure keeps it for the next write (transient) or drops
+        it with the cached metadata (permanent). Should another daemon create `_sheetrunner`
+        in the instant between our re-read and our batch, the addSheet fails the whole batch:
+        the compare-and-set is then lost, and the rest is sent again without it."""
+        batch = self._plan(placed, fresh)
+        if not batch.requests:  # e.g. every update dropped, or only unknown columns
+            return
+        try:
+            self._send(batch)
+        except SheetUnavailable as exc:
+            self._pending = _keepable(placed)
+            raise SheetUnavailable(f"{exc}; {_kept(placed)}") from exc
+        except SheetError as exc:
+            if _meta_tab_taken(exc, batch):
+                log.info("%s was created by someone else just now; not writing it", META_TAB)
+                self._reload_metadata_quietly()
+                self._deliver(replace(placed, meta=None), fresh)
+                return
+            self._forget_metadata()
+            raise
+        self._remember(batch)
+
+    def _reload_metadata_quietly(self) -> None:
+        """Learn of the `_sheetrunner` tab now, or (should that fail) on the next open."""
+        try:
+            with translated_errors(self._errors):
+                self._reload_tabs()
+        except SheetError:
+            self._forget_metadata()
+
     def _send(self, batch: _Batch) -> None:
         assert self._spreadsheet is not None
         with translated_errors(self._errors):
@@ -342,36 +433,34 @@ class GoogleSheet:
             self._table.header = list(batch.header)
 
 
-# ---------------------------------------------------------------- pending writes
+def _meta_tab_taken(exc: SheetError, batch: _Batch) -> bool:
+    created_meta = any(t.title == META_TAB for t in batch.created)
+    cause = exc.__cause__
+    return created_meta and isinstance(cause, APIError) and is_title_taken(cause)
 
 
-def _merge(
-    older: SheetWrite | None, newer: SheetWrite, table: Table | None, id_header: str
-) -> SheetWrite:
+# ---------------------------------------------------------------- placing a write
+
+
+def _merge(older: SheetWrite | None, newer: SheetWrite, id_header: str) -> SheetWrite:
     """A failed write's updates under this cycle's, newest value winning per cell.
 
-    Older row updates are found again in this cycle's read (by run id, or for
-    a claim by its row still being unclaimed and showing the same user cells);
-    rows that are gone are dropped, since writing by stale position could hit
-    another run. Older inserts are dropped too: the daemon derives a sweep's
-    missing rows from the sheet every cycle, so keeping them could insert twice.
+    Nothing is placed here: every update, old or new, is placed against the
+    read made just before the batch (`_place`). Older inserts and meta are
+    dropped: the daemon derives a sweep's missing rows and the lease from the
+    sheet every cycle, so keeping them could insert twice or write a stale lease.
     """
     if older is None:
         return newer
     rows: dict[Any, RowUpdate] = {}
-    rows_by_id = _rows_by_id(table, id_header) if table is not None else {}
-    for update in older.rows:
-        moved = _relocate(update, table, id_header, rows_by_id)
-        if moved is not None:
-            rows[_run_key(moved, id_header)] = moved
-    for update in newer.rows:
+    for update in [*older.rows, *newer.rows]:
         key = _run_key(update, id_header)
         rows[key] = _combine(rows[key], update) if key in rows else update
-    return SheetWrite(
+    return replace(
+        newer,
         new_columns=list(dict.fromkeys(older.new_columns + newer.new_columns)),
         rows=list(rows.values()),
         tabs={**older.tabs, **newer.tabs},
-        inserts=newer.inserts,
     )
 
 
@@ -388,35 +477,72 @@ def _combine(old: RowUpdate, new: RowUpdate) -> RowUpdate:
     )
 
 
-def _rows_by_id(table: Table, id_header: str) -> dict[str, int]:
-    found: dict[str, int] = {}
-    for row in range(2, len(table.rows) + 2):
-        found.setdefault(_shown(table, row, id_header), row)
-    found.pop("", None)
-    return found
+def _keepable(change: SheetWrite) -> SheetWrite:
+    """What a failed write keeps for the next one: cells, columns and side tabs."""
+    return SheetWrite(new_columns=change.new_columns, rows=change.rows, tabs=change.tabs)
 
 
-def _relocate(
-    update: RowUpdate, table: Table | None, id_header: str, rows_by_id: dict[str, int]
-) -> RowUpdate | None:
-    if table is None:
-        return update
-    if update.run_id is not None:
-        if update.run_id in rows_by_id:
-            return replace(update, row=rows_by_id[update.run_id])
-        log.info("run %s: its row is gone; dropping its pending sheet update", update.run_id)
+def _kept(change: SheetWrite) -> str:
+    return f"{len(change.rows)} row update(s) kept for the next write"
+
+
+def _worth_sending(change: SheetWrite, read: Table | None) -> bool:
+    """Whether `change` could send anything, judged on the cycle's read so that a write
+    of nothing (only cells under headers the sheet lacks) costs no re-read."""
+    if change.is_empty():
+        return False
+    if read is None or change.tabs or change.inserts or change.meta is not None:
+        return True
+    header = set(read.header)
+    if any(name not in header for name in change.new_columns):
+        return True
+    known = header | set(change.new_columns)
+    return any(u.fill is not None or any(h in known for h in u.cells) for u in change.rows)
+
+
+def _place(change: SheetWrite, fresh: Table) -> SheetWrite:
+    """`change` as it may land on the sheet as it is now: each row update moved to the row
+    `locate` finds (or dropped), each insert kept only under a row still showing what
+    was read, and the `_sheetrunner` tab only if it still shows `meta_expect`."""
+    by_id = rows_showing(fresh)
+    rows = [placed for u in change.rows if (placed := _place_row(u, fresh, by_id)) is not None]
+    inserts = [i for i in change.inserts if _parent_unchanged(i, fresh)]
+    meta = change.meta if _meta_unchanged(change, fresh) else None
+    return replace(change, rows=rows, inserts=inserts, meta=meta)
+
+
+def _place_row(update: RowUpdate, fresh: Table, by_id: dict[str, list[int]]) -> RowUpdate | None:
+    row = locate(update, fresh, by_id)
+    if row is None:
+        if update.run_id:
+            log.info("run %s: no row (or more than one moved row) shows it now; its sheet "
+                     "update waits for the next cycle", update.run_id)
+        else:
+            log.info("row %d changed before its claim was written; claim not written",
+                     update.row)
         return None
-    expect = update.expect or {JOB_HEADER: update.job}
-    same = all(_shown(table, update.row, name) == value for name, value in expect.items())
-    if same and _shown(table, update.row, id_header) == "":
-        return update
-    log.info("row %d changed before its claim was written; dropping the pending claim", update.row)
-    return None
+    if row != update.row:
+        log.info("run %s moved from row %d to row %d; writing it there",
+                 update.run_id, update.row, row)
+    return replace(update, row=row)
 
 
-def _shown(table: Table, row: int, name: str) -> str:
-    """A cell as text, compared the way rows.py compares it."""
-    return cell_text(table.value(row, name)).strip()
+def _parent_unchanged(insert: RowInsert, fresh: Table) -> bool:
+    same = all(shown(fresh, insert.after_row, n) == v for n, v in insert.expect.items())
+    if not same:
+        log.info("row %d changed before its sweep rows were inserted; not inserted",
+                 insert.after_row)
+    return same
+
+
+def _meta_unchanged(change: SheetWrite, fresh: Table) -> bool:
+    if change.meta is None:
+        return False
+    if fresh.meta != change.meta_expect:
+        log.info("the %s tab changed since this cycle's read (another daemon?); "
+                 "not writing it", META_TAB)
+        return False
+    return True
 
 
 # ---------------------------------------------------------------- request JSON

@@ -299,6 +299,13 @@ def is_unknown_range(exc: APIError) -> bool:
     return exc.response.status_code == 400 and message.startswith("Unable to parse range")
 
 
+def is_title_taken(exc: APIError) -> bool:
+    """The 400 an addSheet gets when a tab of that title already exists (another client
+    created it since we last fetched the metadata); the whole batch was refused."""
+    message = str(exc.error.get("message", ""))
+    return exc.response.status_code == 400 and "already exists" in message
+
+
 def _status(exc: Exception) -> int | None:
     return exc.response.status_code if isinstance(exc, APIError) else None
 
