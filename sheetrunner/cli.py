@@ -53,7 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     p = command("daemon", cmd_daemon, "poll the sheet and run its rows until stopped")
     p.add_argument("--exit-when-done", action="store_true",
                    help="exit 0 once no row is queued, running or retrying")
-    command("once", cmd_once, "run one cycle and exit")
+    p.add_argument("--take-over", action="store_true",
+                   help="take the sheet from the daemon holding its lease (make sure it is gone)")
+    p = command("once", cmd_once, "run one cycle and exit")
+    p.add_argument("--take-over", action="store_true",
+                   help="take the sheet from the daemon holding its lease (make sure it is gone)")
     p = command("ps", cmd_ps, "list runs from the state store")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--all", action="store_true", help="also runs no row shows any more")
@@ -85,7 +89,7 @@ def _setup_logging(verbose: bool) -> None:
 def cmd_daemon(args: argparse.Namespace, console: Console) -> int:
     config = config_module.load(args.config)
     lock = DaemonLock(config.daemon.state_dir).acquire()
-    daemon = build(config)
+    daemon = build(config, take_over=args.take_over)
     try:
         return daemon.run_forever(exit_when_done=args.exit_when_done)
     finally:
@@ -96,9 +100,11 @@ def cmd_daemon(args: argparse.Namespace, console: Console) -> int:
 def cmd_once(args: argparse.Namespace, console: Console) -> int:
     config = config_module.load(args.config)
     lock = DaemonLock(config.daemon.state_dir).acquire()
-    daemon = build(config)
+    daemon = build(config, take_over=args.take_over)
     try:
         report = daemon.cycle()
+        if not report.acting and report.sheet_ok:  # the first cycle only claimed the sheet
+            report = daemon.cycle()
     finally:
         daemon.close()
         lock.release()

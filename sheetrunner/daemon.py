@@ -26,7 +26,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from . import reconcile, views
 from .sheet import schema as rows
 from .config import Config, HostConfig
-from .errors import SheetError, SheetrunnerError, SheetUnavailable, TransportError
+from .errors import SheetError, SheetOwned, SheetrunnerError, SheetUnavailable, TransportError
 from .log_archive import ARCHIVED_BYTES, LogArchive
 from .model import Experiment, Run, Status
 from .pool.hosts import HostAgent, Pool, describe_argv, launch_spec
@@ -34,7 +34,8 @@ from .pool.local import LocalTransport
 from .pool.transport import Transport
 from .reconcile import Kill, Launch, Plan
 from .sheet.render import SheetView
-from .sheet.table import SheetBackend, Table
+from .ownership import Ownership, lease_seconds, this_daemon
+from .sheet.table import SheetBackend, SheetWrite, Table
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class CycleReport:
     launched: list[str] = field(default_factory=list)
     killed: list[str] = field(default_factory=list)
     cells_written: int = 0
+    acting: bool = False  # this daemon owned the sheet this cycle
     unfinished: int = 0  # runs or rows still to finish (queued, running, retrying, ...)
 
 
@@ -64,7 +66,7 @@ class Daemon:
     """One sheet, one pool, one store; `cycle()` is the whole job."""
 
     def __init__(self, config: Config, sheet: SheetBackend, pool: Pool, store: Store,
-                 clock: Callable[[], datetime] = utc_now):
+                 clock: Callable[[], datetime] = utc_now, take_over: bool = False):
         self.config = config
         self.sheet = sheet
         self.pool = pool
@@ -74,6 +76,10 @@ class Daemon:
         self.view = SheetView(config.sheet)
         self.archive = LogArchive(config.daemon.state_dir)
         self._cycle_lock = threading.Lock()
+        self.ownership = Ownership(
+            this_daemon(Path(config.daemon.state_dir)),
+            lease_seconds(config.daemon.poll_interval_s), take_over, store.namespace)
+        self.fatal: SheetOwned | None = None  # why the daemon stopped on its own
 
     # -- one cycle ----------------------------------------------------------------------------
 
@@ -86,19 +92,41 @@ class Daemon:
         report = CycleReport()
         table, experiments = self._read_sheet()
         report.sheet_ok = table is not None
+        turn = self.ownership.turn(table, now)
+        if not turn.acting:
+            report.unfinished = 1  # not started yet: nothing can be done
+            if table is not None and turn.tab is not None:
+                self._write_meta(table, turn.tab)
+            return report
+        report.acting = True
+        self._use_namespace(table)
         known = self.store.runs()
-        observed = self.pool.probe_all(_attempts_to_probe(known), now)
-        self.store.save_hosts(observed.values())
         plain = [e for e in experiments if not e.is_sweep] if experiments is not None else None
+        observed = self.pool.probe_all(_attempts_to_probe(known), now,
+                                       runs=_runs_to_ask(known, plain or []))
+        self.store.save_hosts(observed.values())
         plan = reconcile.plan(plain, known, observed, self.pool.capacities(), self.policy, now)
         self.store.save_runs(plan.runs.values(), [(e.run_id, e.kind, e.detail) for e in plan.events], now)
         runs = {**known, **plan.runs}
         report.killed, report.launched = self._act(plan, runs, now)
         self._archive_logs(known, plan)
         if table is not None and experiments is not None:
-            report.cells_written = self._write_sheet(table, experiments, plan, runs, now)
-        report.unfinished = _unfinished(runs.values(), plan)
+            report.cells_written = self._write_sheet(table, experiments, plan, runs, now, turn.tab)
+        report.unfinished = _unfinished(runs.values(), plan) + _unexpanded(experiments or [])
         return report
+
+    def _use_namespace(self, table: Table | None) -> None:
+        namespace = self.ownership.namespace or ""
+        if self.pool.namespace != namespace:
+            self.pool.set_namespace(namespace)
+            if table is not None:
+                self.store.remember_namespace(table.source, namespace)
+
+    def _write_meta(self, table: Table, tab: list[list[str]]) -> None:
+        try:
+            self.sheet.write(SheetWrite(meta=tab, meta_expect=table.meta))
+        except SheetError as exc:
+            log.warning("could not write the sheet's lease, retried next cycle: %s", exc)
 
     def _read_sheet(self) -> tuple[Table | None, list[Experiment] | None]:
         try:
@@ -189,8 +217,9 @@ class Daemon:
         self.store.save_runs([run], now=now)
 
     def _write_sheet(self, table: Table, experiments: list[Experiment], plan: Plan,
-                     runs: dict[str, Run], now: datetime) -> int:
+                     runs: dict[str, Run], now: datetime, lease_tab: list[list[str]] | None) -> int:
         change = self.view.change(table, experiments, plan, runs, now, self.side_tabs())
+        change.meta, change.meta_expect = lease_tab, table.meta
         if change.is_empty():
             return 0
         try:
@@ -199,6 +228,7 @@ class Daemon:
             log.warning("sheet write failed, retried next cycle: %s", exc)
             return 0
         self.view.written(change)
+        self.ownership.written(lease_tab)
         return sum(len(u.cells) for u in change.rows)
 
     def side_tabs(self) -> dict[str, list[list]]:
@@ -222,6 +252,12 @@ class Daemon:
                 return
             try:
                 report = self.cycle()
+            except SheetOwned as exc:
+                log.error("%s", exc)
+                self.fatal = exc
+                stop.set()
+                scheduler.shutdown(wait=False)
+                return
             except SheetrunnerError as exc:
                 log.error("cycle failed, retried next cycle: %s", exc)
                 return
@@ -246,9 +282,20 @@ class Daemon:
         scheduler.start()
         with self._cycle_lock:  # let a cycle in progress finish
             pass
+        if self.fatal is not None:
+            raise self.fatal
         return 0
 
     def close(self) -> None:
+        """Hand the sheet back (a daemon started next need not wait for the lease to end),
+        then close the connections."""
+        with self._cycle_lock:
+            tab = self.ownership.release(self.clock())
+            if tab is not None:
+                try:
+                    self.sheet.write(SheetWrite(meta=tab, meta_expect=self.ownership.last_meta))
+                except SheetError as exc:
+                    log.info("lease not handed back (it ends by itself): %s", exc)
         self.pool.close()
         self.store.close()
 
@@ -261,10 +308,23 @@ def _attempts_to_probe(runs: dict[str, Run]) -> dict[str, set[tuple[str, int]]]:
     return wanted
 
 
+def _runs_to_ask(known: dict[str, Run], experiments: list[Experiment]) -> list[str]:
+    """Runs every host is asked about (their newest attempt there): the unfinished ones the
+    store knows, and the ids the sheet shows that it does not (state lost or restored)."""
+    wanted = {r.run_id for r in known.values() if not r.status.is_final}
+    wanted |= {e.run_id for e in experiments if e.run_id and e.run_id not in known}
+    return sorted(wanted)
+
+
 def _unfinished(runs: Iterable[Run], plan: Plan) -> int:
     """Runs the sheet shows that are not finished yet (for --exit-when-done)."""
     shown = set(plan.rows.values())
     return sum(1 for r in runs if r.run_id in shown and r.status in UNFINISHED)
+
+
+def _unexpanded(experiments: list[Experiment]) -> int:
+    """Sweep rows whose child rows are not in the sheet yet: their work has not begun."""
+    return sum(1 for e in experiments if e.is_sweep and not e.run_id)
 
 
 def policy_from(config: Config) -> reconcile.Policy:
@@ -325,8 +385,9 @@ def open_store(config: Config) -> Store:
     return Store(Path(config.daemon.state_dir) / "state.sqlite")
 
 
-def build(config: Config) -> Daemon:
-    return Daemon(config, open_sheet(config), open_pool(config), open_store(config))
+def build(config: Config, take_over: bool = False) -> Daemon:
+    store = open_store(config)
+    return Daemon(config, open_sheet(config), open_pool(config), store, take_over=take_over)
 
 
 class DaemonLock:

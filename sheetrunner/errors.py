@@ -3,7 +3,8 @@
     SheetrunnerError                 base; its message says what to do
     ├── ConfigError                  bad config file: names the key and a right value
     ├── SheetError                   the sheet cannot be read or written
-    │   └── SheetUnavailable         transient (network, quota, 5xx): retry later
+    │   ├── SheetUnavailable         transient (network, quota, 5xx): retry later
+    │   └── SheetOwned               another daemon holds the sheet's lease
     └── TransportError               a host cannot be reached or a command failed
         ├── HostUnreachable          connect/auth failed or the connection died
         ├── HostKeyError             the host's key is unknown or changed
@@ -30,6 +31,10 @@ class SheetError(SheetrunnerError):
 
 class SheetUnavailable(SheetError):
     """The sheet is temporarily unreachable; the daemon retries next cycle."""
+
+
+class SheetOwned(SheetError):
+    """Another daemon holds the sheet's lease: two would start every row twice."""
 
 
 class TransportError(SheetrunnerError):

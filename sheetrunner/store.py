@@ -9,6 +9,7 @@ synchronous=FULL, so a committed intent survives a crash of the daemon.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterable
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from .model import Action, HostObservation, Run, Status
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -46,23 +49,58 @@ CREATE TABLE IF NOT EXISTS hosts (
     name TEXT PRIMARY KEY,
     data TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 
 class Store:
-    """One SQLite file in the state directory; safe to share between threads."""
+    """One SQLite file in the state directory; safe to share between threads.
+
+    The store is a cache: the ids the sheet shows and the attempt directories on
+    the hosts are the truth, and the core rebuilds whatever the store lacks. So a
+    corrupt or unreadable file is moved aside (kept, for a person to look at) and
+    a fresh one started, rather than stopping the daemon."""
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.moved_aside: Path | None = None
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        try:
+            self._db = _open(path)
+        except sqlite3.DatabaseError as exc:
+            self.moved_aside = _move_aside(path)
+            log.warning("state store %s is unreadable (%s); kept as %s and rebuilt from the "
+                        "sheet and the hosts", path, exc, self.moved_aside)
+            self._db = _open(path)
 
     def close(self) -> None:
         self._db.close()
+
+    # -- what the daemon remembers of its sheet -------------------------------------------------
+
+    def namespace(self, source: str) -> str | None:
+        """The namespace this state last used for the sheet `source`."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?",
+                                   (f"namespace:{source}",)).fetchone()
+        return row[0] if row else None
+
+    def remember_namespace(self, source: str, namespace: str) -> None:
+        with self._lock, self._db:
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                             (f"namespace:{source}", namespace))
+            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('namespace', ?)",
+                             (namespace,))
+
+    def last_namespace(self) -> str | None:
+        """The namespace of the sheet this state last served (for `logs`, `pool`)."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'namespace'").fetchone()
+        return row[0] if row else None
 
     # -- runs ---------------------------------------------------------------------------------
 
@@ -160,6 +198,31 @@ class Store:
         with self._lock:
             rows = self._db.execute("SELECT name, data FROM hosts").fetchall()
         return {name: json.loads(data) for name, data in rows}
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    try:
+        if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+            raise sqlite3.DatabaseError("integrity check failed")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(SCHEMA)
+        db.execute("SELECT data FROM runs LIMIT 1").fetchall()
+    except sqlite3.DatabaseError:
+        db.close()
+        raise
+    return db
+
+
+def _move_aside(path: Path) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        source = Path(f"{path}{suffix}")
+        if source.exists():
+            source.replace(Path(f"{aside}{suffix}"))
+    return aside
 
 
 # -- (de)serialising runs ----------------------------------------------------------------------

@@ -75,11 +75,48 @@ def test_a_read_is_one_request_whatever_the_rows(emu, n):
 
 
 def test_start_up_costs_two_metadata_reads_once(emu):
-    backend = sheet(emu, emu.create_spreadsheet({"Runs": runs_tab(3)}))
+    backend = sheet(emu, emu.create_spreadsheet({"Runs": runs_tab(3), META_TAB: META_ROWS}))
     for _ in range(3):
-        backend.read()
+        table = backend.read()
     assert emu.counts["spreadsheets.get"] == 2
     assert emu.counts["values.batchGet"] == 3
+    assert table.meta == {"sheetrunner": "note", "namespace": "ns1"}
+    assert table.source == backend.key
+
+
+def test_the_meta_tab_comes_in_the_same_request(emu):
+    backend = opened(emu, runs_tab(3))
+    table = backend.read()
+    assert dict(emu.counts) == {"read": 1, "values.batchGet": 1}
+    assert emu.log[-1].ranges == ("'Runs'", f"'{META_TAB}'")
+    assert table.meta == {"sheetrunner": "note", "namespace": "ns1"}
+    assert table.header == HEADER and len(table.rows) == 3
+
+
+def test_without_a_meta_tab_each_read_also_looks_for_one(emu):
+    """While the cached metadata knows no `_sheetrunner` tab, a read fetches the metadata
+    first (one more read): a tab another daemon created is seen by the very next read."""
+    backend = sheet(emu, emu.create_spreadsheet({"Runs": runs_tab(2)}))
+    assert backend.read().meta is None
+    emu.reset_counts()
+    assert backend.read().meta is None
+    assert dict(emu.counts) == {"read": 2, "spreadsheets.get": 1, "values.batchGet": 1}
+    other = sheet(emu, backend.key)
+    other.read()
+    other.write(SheetWrite(meta=[["namespace", "ns9"]], meta_expect=None))
+    emu.reset_counts()
+    assert backend.read().meta == {"namespace": "ns9"}
+    emu.reset_counts()
+    backend.read()
+    assert dict(emu.counts) == {"read": 1, "values.batchGet": 1}
+
+
+def test_a_deleted_meta_tab_costs_one_metadata_read_then_reads_as_none(emu):
+    backend = opened(emu, runs_tab(2))
+    emu.delete_tab(META_TAB)
+    table = backend.read()
+    assert table.meta is None and len(table.rows) == 2
+    assert emu.counts["spreadsheets.get"] == 1
 
 
 def test_a_write_is_one_request(emu):
@@ -96,7 +133,11 @@ def test_a_write_is_one_request(emu):
         tabs={"hosts": [["host", "gpus"], ["gpu1", 8]]},
     )
     backend.write(change)
-    assert dict(emu.counts) == {"write": 1, "spreadsheets.batchUpdate": 1}
+    # the write re-reads both tabs just before its one batch, to place every row again
+    assert dict(emu.counts) == {
+        "read": 1, "values.batchGet": 1, "write": 1, "spreadsheets.batchUpdate": 1
+    }
+    assert [r.endpoint for r in emu.log] == ["values.batchGet", "spreadsheets.batchUpdate"]
     assert emu.values(tab="Runs")[0] == [*HEADER, "elapsed"]
     assert [emu.cell(a1).value for a1 in ("E2", "H2", "D3", "E3", "G5")] == [
         "succeeded",
@@ -196,10 +237,11 @@ def test_a_renamed_tab_is_still_written_by_sheet_id_and_then_read(emu):
     emu.rename_tab("Runs", "Experiments")
     backend.write(SheetWrite(rows=[RowUpdate(2, "r0", {"status": "stopped"})]))
     assert emu.counts["write"] == 1
+    assert emu.counts["spreadsheets.get"] == 1  # once, in the re-read, to find it by sheetId
     assert emu.cell("E2", tab="Experiments").value == "stopped"
     emu.reset_counts()
     assert backend.read().value(2, "status") == "stopped"
-    assert emu.counts["spreadsheets.get"] == 1  # once, to find the tab by sheetId
+    assert dict(emu.counts) == {"read": 1, "values.batchGet": 1}
     emu.reset_counts()
     backend.read()
     assert dict(emu.counts) == {"read": 1, "values.batchGet": 1}
@@ -223,7 +265,7 @@ def test_a_side_tab_is_created_once_then_replaced_whole(emu):
     backend = opened(emu, runs_tab(1))
     backend.write(SheetWrite(tabs={"pool": [["host", "state"], ["a", "up"], ["b", "down"]]}))
     backend.write(SheetWrite(tabs={"pool": [["host", "state"], ["a", "up"]]}))
-    assert emu.counts["write"] == 2 and emu.counts["read"] == 0
+    assert emu.counts["write"] == 2 and emu.counts["read"] == 2  # a re-read before each
     assert emu.values(tab="pool") == [["host", "state"], ["a", "up"]]
 
 
@@ -345,6 +387,143 @@ def test_a_pending_claim_is_dropped_when_the_user_changed_its_row(emu):
     assert emu.cell("D3").value == ""
 
 
+# ---------------------------------------------------------------- rows that moved before the write
+
+
+def test_updates_follow_their_runs_when_rows_are_sorted_before_the_write(emu):
+    backend = opened(emu, runs_tab(7))
+    table = backend.read()
+    assert [table.value(r, "id") for r in (2, 5, 8)] == ["r0", "r3", "r6"]
+    emu.sort_rows("--lr", descending=True)  # r6 is now on row 2, r0 on row 8
+    backend.write(SheetWrite(rows=[RowUpdate(2, "r0", {"status": "stopped"}),
+                                   RowUpdate(8, "r6", {"status": "succeeded"}, fill="D9EAD3")]))
+    by_id = {r[3]: r for r in emu.values()[1:] if len(r) > 3 and r[3]}
+    assert by_id["r0"][4] == "stopped" and by_id["r6"][4] == "succeeded"
+    assert by_id["r3"][4] == "running"
+    assert emu.cell("A2").background == "D9EAD3" and emu.cell("A8").background is None
+
+
+def test_an_update_whose_row_was_deleted_before_the_write_is_dropped(emu, caplog):
+    backend = opened(emu, runs_tab(4))
+    backend.read()
+    emu.delete_row(5)  # r3
+    before = emu.values()
+    with caplog.at_level(logging.INFO, logger="sheetrunner.sheets.google"):
+        backend.write(SheetWrite(rows=[RowUpdate(5, "r3", {"status": "stopped"})]))
+    assert emu.values() == before
+    assert emu.counts["write"] == 0
+    assert "run r3" in caplog.text
+
+
+def test_a_claim_is_dropped_when_its_row_changed_before_the_write(emu):
+    backend = opened(emu, runs_tab(3))
+    backend.read()
+    emu.set_cell("B3", "0.5")
+    claim = RowUpdate(3, None, {"id": "c1", "status": "queued"}, job="mnist",
+                      expect={"job": "mnist", "--lr": "0.002"})
+    backend.write(SheetWrite(rows=[claim, RowUpdate(2, "r0", {"status": "succeeded"})]))
+    assert emu.cell("D3").value == "" and emu.cell("E2").value == "succeeded"
+
+
+def test_sweep_rows_are_inserted_only_under_an_unchanged_parent(emu):
+    backend = opened(emu, runs_tab(3))
+    backend.read()
+    expect = {"job": "mnist", "--lr": "0.002"}
+    emu.set_cell("B3", "0.7")
+    backend.write(SheetWrite(inserts=[RowInsert(3, [{"job": "mnist"}], expect=expect)]))
+    assert len(emu.values()) == 4
+    emu.set_cell("B3", "0.002")
+    backend.read()
+    backend.write(SheetWrite(inserts=[RowInsert(3, [{"job": "cifar"}], expect=expect)]))
+    assert [r[0] for r in emu.values()[1:]] == ["mnist", "mnist", "cifar", "mnist"]
+
+
+def test_a_failed_re_read_keeps_the_write_for_the_next_one(emu):
+    backend = opened(emu, runs_tab(2), max_attempts=2)
+    backend.read()
+    emu.fail_next(2, 503, kind="read")
+    with pytest.raises(SheetUnavailable, match="kept for the next write"):
+        backend.write(SheetWrite(rows=[RowUpdate(2, "r0", {"status": "failed"})]))
+    assert emu.counts["write"] == 0
+    backend.read()
+    backend.write(SheetWrite())
+    assert emu.cell("E2").value == "failed"
+
+
+# ---------------------------------------------------------------- the _sheetrunner tab
+
+
+def lease_rows(namespace: str) -> list[list[str]]:
+    return [["sheetrunner", "note"], ["namespace", namespace]]
+
+
+def test_the_meta_tab_is_created_hidden_and_read_back(emu):
+    backend = sheet(emu, emu.create_spreadsheet({"Runs": runs_tab(1)}))
+    assert backend.read().meta is None
+    backend.write(SheetWrite(meta=lease_rows("ns1"), meta_expect=None))
+    assert emu.sheet_properties(META_TAB)["hidden"] is True
+    assert backend.read().meta == {"sheetrunner": "note", "namespace": "ns1"}
+
+
+def test_the_meta_tab_is_replaced_whole_and_kept_hidden(emu):
+    backend = opened(emu, runs_tab(1))
+    emu.set_hidden(META_TAB, False)  # a person showed it
+    table = backend.read()
+    backend.write(SheetWrite(meta=[["namespace", "ns2"]], meta_expect=table.meta))
+    assert emu.values(tab=META_TAB) == [["namespace", "ns2"]]
+    assert emu.sheet_properties(META_TAB)["hidden"] is True
+
+
+def test_the_meta_write_is_compare_and_set_and_the_rest_still_lands(emu, caplog):
+    backend = opened(emu, runs_tab(1))
+    table = backend.read()
+    emu.set_cell("B2", "ns-other", tab=META_TAB)
+    change = SheetWrite(rows=[RowUpdate(2, "r0", {"status": "succeeded"})],
+                        meta=[["namespace", "mine"]], meta_expect=table.meta)
+    with caplog.at_level(logging.INFO, logger="sheetrunner.sheets.google"):
+        backend.write(change)
+    assert emu.values(tab=META_TAB) == [["sheetrunner", "note"], ["namespace", "ns-other"]]
+    assert emu.cell("E2").value == "succeeded"
+    assert "changed since this cycle's read" in caplog.text
+
+
+def test_two_daemons_creating_the_meta_tab_at_once_exactly_one_lands(emu):
+    key = emu.create_spreadsheet({"Runs": runs_tab(2)})
+    first, second = sheet(emu, key), sheet(emu, key)
+    assert first.read().meta is None and second.read().meta is None
+    first.write(SheetWrite(meta=lease_rows("first"), meta_expect=None))
+    second.write(SheetWrite(meta=lease_rows("second"), meta_expect=None,
+                            rows=[RowUpdate(2, "r0", {"status": "succeeded"})]))
+    assert emu.values(tab=META_TAB)[1] == ["namespace", "first"]
+    assert emu.tabs().count(META_TAB) == 1
+    assert emu.cell("E2", tab="Runs").value == "succeeded"
+    assert second.read().meta == first.read().meta
+
+
+def test_a_meta_tab_created_between_re_read_and_batch_loses_only_the_meta(emu, monkeypatch):
+    """The API has no compare-and-set: the addSheet of a title taken an instant ago fails the
+    whole batch. The backend then sends the rest again, without the meta tab."""
+    backend = sheet(emu, emu.create_spreadsheet({"Runs": runs_tab(2)}))
+    backend.read()
+    reread = backend._reread_for
+
+    def reread_then_race(change):
+        fresh = reread(change)
+        emu.add_tab(META_TAB, lease_rows("racer"))
+        return fresh
+
+    monkeypatch.setattr(backend, "_reread_for", reread_then_race)
+    backend.write(SheetWrite(meta=lease_rows("late"), meta_expect=None,
+                             rows=[RowUpdate(2, "r0", {"status": "succeeded"})]))
+    assert emu.values(tab=META_TAB)[1] == ["namespace", "racer"]
+    assert emu.cell("E2", tab="Runs").value == "succeeded"
+    assert emu.counts["spreadsheets.batchUpdate"] == 2
+    monkeypatch.undo()
+    emu.reset_counts()
+    assert backend.read().meta == {"sheetrunner": "note", "namespace": "racer"}
+    assert dict(emu.counts) == {"read": 1, "values.batchGet": 1}
+
+
 # ---------------------------------------------------------------- initialize
 
 
@@ -410,8 +589,9 @@ def test_error_messages_never_carry_the_token(emu):
 
 def test_a_permanent_error_drops_the_write_and_is_not_transient(emu):
     backend = opened(emu, runs_tab(2))
+    emu.fail_next(1, 400, kind="write")
     with pytest.raises(SheetError) as raised:
-        backend.write(SheetWrite(rows=[RowUpdate(5000, "r0", {"status": "x"})]))
+        backend.write(SheetWrite(rows=[RowUpdate(2, "r0", {"status": "x"})]))
     assert not isinstance(raised.value, SheetUnavailable)
     assert backend.pending is None
 

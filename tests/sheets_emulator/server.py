@@ -16,7 +16,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -85,6 +85,7 @@ class RequestRecord:
     kind: str
     path: str
     status: int | str
+    ranges: tuple[str, ...] = ()  # a values:batchGet's `ranges`, to check what one read asked
 
 
 class SheetsEmulator:
@@ -298,6 +299,38 @@ class SheetsEmulator:
         with self._lock:
             self._sheet(old, spreadsheet_id).props["title"] = new
 
+    def add_tab(
+        self, title: str, rows: Sequence[Sequence[Any]] = (), *, spreadsheet_id: str | None = None
+    ) -> None:
+        """Add a tab at the end as another client would, typed as a user would type it."""
+        with self._lock:
+            ss = self._spreadsheet(spreadsheet_id)
+            width = max((len(r) for r in rows), default=0)
+            sheet_id = self._rng.randrange(1, 2**31 - 1)
+            sheet = Sheet.new(sheet_id, title, len(ss.sheets), max(1000, len(rows)), max(26, width))
+            for r, row in enumerate(rows):
+                for c, value in enumerate(row):
+                    sheet.put(r, c, from_user_entered(value))
+            ss.sheets.append(sheet)
+
+    def delete_tab(self, title: str, *, spreadsheet_id: str | None = None) -> None:
+        """Delete a tab as a user would (right-click > Delete)."""
+        with self._lock:
+            ss = self._spreadsheet(spreadsheet_id)
+            ss.sheets.remove(self._sheet(title, spreadsheet_id))
+            ss.reindex()
+
+    def set_hidden(
+        self, title: str, hidden: bool, *, spreadsheet_id: str | None = None
+    ) -> None:
+        """Show or hide a tab as a user would (View > Hidden sheets)."""
+        with self._lock:
+            props = self._sheet(title, spreadsheet_id).props
+            if hidden:
+                props["hidden"] = True
+            else:
+                props.pop("hidden", None)
+
     # ------------------------------------------------------------ internals
 
     def _new_id(self) -> str:
@@ -340,7 +373,7 @@ class SheetsEmulator:
         body = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
         parts = urlsplit(handler.path)
         route = _route(method, parts.path)
-        fault = self._count_and_take_fault(method, route, parts.path)
+        fault = self._count_and_take_fault(method, route, parts.path, parse_qs(parts.query))
         if self.latency_s:
             time.sleep(self.latency_s)
         if fault is not None and fault.status == DROP:
@@ -354,11 +387,14 @@ class SheetsEmulator:
         self._record_status(status)
         _send(handler, status, answer)
 
-    def _count_and_take_fault(self, method: str, route: Route, path: str) -> Fault | None:
+    def _count_and_take_fault(
+        self, method: str, route: Route, path: str, query: Params
+    ) -> Fault | None:
+        ranges = tuple(query.get("ranges", ()))
         with self._lock:
             self.counts[route.kind] += 1
             self.counts[route.endpoint] += 1
-            self.log.append(RequestRecord(method, route.endpoint, route.kind, path, 0))
+            self.log.append(RequestRecord(method, route.endpoint, route.kind, path, 0, ranges))
             head = self._faults[0] if self._faults else None
             if (
                 head is not None
@@ -371,7 +407,7 @@ class SheetsEmulator:
     def _record_status(self, status: int | str) -> None:
         with self._lock:
             last = self.log[-1]
-            self.log[-1] = RequestRecord(last.method, last.endpoint, last.kind, last.path, status)
+            self.log[-1] = replace(last, status=status)
 
     def _answer(self, method: str, route: Route, params: Params, raw: bytes) -> tuple[int, Any]:
         if route.endpoint == "token":  # a form-encoded OAuth grant, not JSON
