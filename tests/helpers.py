@@ -45,13 +45,14 @@ def fill_of(path: Path, row: int) -> str:
 
 def local_config(tmp: Path, extra: str = "", slots: int = 2, accelerators: int = 0,
                  hang_timeout: float = 600, retries: int = 2, backoff: float = 0.5,
-                 sheet: str = 'path = "experiments.xlsx"') -> config_module.Config:
+                 sheet: str = 'path = "experiments.xlsx"', root: str = "host",
+                 state_dir: str = "state") -> config_module.Config:
     """A config running the fake job on this machine; `sheet` is the body of [sheet]."""
     text = "[sheet]\n" + textwrap.dedent(sheet).strip() + "\n" + textwrap.dedent(f"""
 
         [daemon]
         poll_interval = 0.5
-        state_dir = "state"
+        state_dir = "{state_dir}"
 
         [defaults]
         retries = {retries}
@@ -67,7 +68,7 @@ def local_config(tmp: Path, extra: str = "", slots: int = 2, accelerators: int =
         local = true
         accelerators = {accelerators}
         slots = {slots}
-        root = "host"
+        root = "{root}"
     """) + textwrap.dedent(extra)
     path = tmp / "sheetrunner.toml"
     path.write_text(text)
@@ -117,3 +118,26 @@ def kill_jobs_under(root: Path) -> None:
                 os.kill(int(pid), signal.SIGKILL)
             except OSError:
                 pass
+
+
+def guard_report(directory: Path) -> tuple[dict[str, int], list[str]]:
+    """What the fake job's guard saw: starts per row tag, and starts that found a copy of
+    their row still running (must be none)."""
+    starts: dict[str, int] = {}
+    log = directory / "starts.log"
+    for line in log.read_text().splitlines() if log.exists() else []:
+        tag = line.split()[0]
+        starts[tag] = starts.get(tag, 0) + 1
+    concurrent = directory / "concurrent.log"
+    return starts, concurrent.read_text().splitlines() if concurrent.exists() else []
+
+
+def files_outside(top: Path, allowed: list[Path]) -> list[Path]:
+    """Files and directories under `top` that are not under any of `allowed`."""
+    allowed = [a.resolve() for a in allowed]
+    found = []
+    for path in top.rglob("*"):
+        resolved = path.resolve()
+        if not any(resolved == a or a in resolved.parents for a in allowed):
+            found.append(path)
+    return found

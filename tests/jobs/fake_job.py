@@ -5,6 +5,7 @@ proves that a job ignoring the library is watched correctly.
 """
 
 import argparse
+import fcntl
 import json
 import os
 import sys
@@ -17,7 +18,28 @@ parser.add_argument("--exit", type=int, default=0, help="exit code at the end")
 parser.add_argument("--fail-attempts", type=int, default=0, help="attempts (1..N) that exit 3")
 parser.add_argument("--hang", type=int, default=0, help="sleep forever silently (1 = yes)")
 parser.add_argument("--echo", default=None, help="print this argv item back as JSON")
+parser.add_argument("--tag", default=None, help="the row's name for the guard (FAKE_GUARD_DIR)")
 args, unknown = parser.parse_known_args()
+
+
+def guard(directory, tag):
+    """The job-side check of the chaos tests: every start is recorded, and a start that
+    finds another copy of its row still running (a held flock) is recorded as concurrent."""
+    os.makedirs(directory, exist_ok=True)
+    held = open(os.path.join(directory, tag + ".lock"), "a")
+    line = "%s %s %s\n" % (tag, os.environ.get("SHEETRUNNER_RUN_ID"), os.environ.get("SHEETRUNNER_ATTEMPT"))
+    with open(os.path.join(directory, "starts.log"), "a") as f:
+        f.write(line)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        with open(os.path.join(directory, "concurrent.log"), "a") as f:
+            f.write(line)
+    return held
+
+
+if args.tag and os.environ.get("FAKE_GUARD_DIR"):
+    _held = guard(os.environ["FAKE_GUARD_DIR"], args.tag)
 
 if args.echo is not None:
     print("ECHO " + json.dumps({"echo": args.echo, "argv": sys.argv[1:]}), flush=True)
