@@ -137,12 +137,13 @@ def cmd_logs(args: argparse.Namespace, console: Console) -> int:
     store = open_store(config)
     run = store.run(args.run_id)
     hosts = {a["attempt"]: a["host"] for a in store.attempts(args.run_id)}
+    namespace = store.last_namespace()
     store.close()
     if run is None or not run.attempt:
         raise SheetrunnerError(f"no launched run {args.run_id!r}; `sheetrunner ps` lists the runs")
     attempt = args.attempt or run.attempt
     host = hosts.get(attempt, run.host or "")
-    pool = open_pool(config)
+    pool = open_pool(config, namespace)
     try:
         agent = pool.agents.get(host)
         if agent is not None and args.follow:
@@ -189,8 +190,9 @@ def cmd_pool(args: argparse.Namespace, console: Console) -> int:
     config = config_module.load(args.config)
     store = open_store(config)
     runs = list(store.runs().values())
+    namespace = store.last_namespace()
     store.close()
-    pool = open_pool(config)
+    pool = open_pool(config, namespace)
     try:
         seen = _probe_for_view(pool, runs)
         entries = views.pool_json(list(config.hosts), seen, runs, pool.down_since)
@@ -249,8 +251,9 @@ def _histories(config, run_ids: list[str]) -> dict[str, list[dict]]:
     """Each run's reports, fetched from its host (the newest attempt)."""
     store = open_store(config)
     runs = {run_id: store.run(run_id) for run_id in run_ids}
+    namespace = store.last_namespace()
     store.close()
-    pool = open_pool(config)
+    pool = open_pool(config, namespace)
     try:
         found = {}
         for run_id, run in runs.items():

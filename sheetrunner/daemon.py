@@ -24,17 +24,17 @@ from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerThreads
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from . import reconcile, views
-from .sheet import schema as rows
 from .config import Config, HostConfig
 from .errors import SheetError, SheetOwned, SheetrunnerError, SheetUnavailable, TransportError
 from .log_archive import ARCHIVED_BYTES, LogArchive
 from .model import Experiment, Run, Status
+from .ownership import Ownership, lease_seconds, this_daemon
 from .pool.hosts import HostAgent, Pool, describe_argv, launch_spec
 from .pool.local import LocalTransport
 from .pool.transport import Transport
 from .reconcile import Kill, Launch, Plan
+from .sheet import schema as rows
 from .sheet.render import SheetView
-from .ownership import Ownership, lease_seconds, this_daemon
 from .sheet.table import SheetBackend, SheetWrite, Table
 from .store import Store
 
@@ -375,10 +375,15 @@ def transport_for(config: Config, host: HostConfig) -> Transport:
     )
 
 
-def open_pool(config: Config) -> Pool:
+def open_pool(config: Config, namespace: str | None = None) -> Pool:
+    """The pool; runs are reachable only once the sheet's namespace is set (the daemon sets
+    it when it owns the sheet; the commands take the one the state last used)."""
     agents = [HostAgent(h, transport_for(config, h), config.daemon.probe_timeout_s)
               for h in config.hosts]
-    return Pool(agents, config.daemon.max_parallel_hosts)
+    pool = Pool(agents, config.daemon.max_parallel_hosts)
+    if namespace:
+        pool.set_namespace(namespace)
+    return pool
 
 
 def open_store(config: Config) -> Store:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from .match import RowMatcher, keepers, newest_attempts, run_from_attempt
 from .model import (
     Action,
     AttemptObservation,
@@ -22,7 +23,6 @@ from .model import (
     Run,
     Status,
 )
-from .match import RowMatcher, keepers, newest_attempts, run_from_attempt
 from .placement import HostCapacity, Placement
 from .remote.protocol import new_run_id
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from ..model import STATUS_COLOURS, Experiment, Status
 from .schema import PARAM_PREFIX, USER_COLUMNS, cell_text, param_columns, user_cells
-from .table import RowInsert, Table
 from .sweeps import SWEEP_ID_PREFIX
+from .table import RowInsert, Table
 
 SWEEP_COLUMN = "sweep"
 # The summary's colour: the most pressing status among the children.

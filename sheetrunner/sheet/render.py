@@ -14,11 +14,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from . import expansion
-from . import schema as rows
 from ..config import SheetConfig
 from ..model import Experiment, Run, Status
 from ..reconcile import Plan
+from . import expansion
+from . import schema as rows
 from .table import SheetWrite, Sparkline, Table
 
 METRICS_TAB = "_metrics"

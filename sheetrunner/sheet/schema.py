@@ -17,9 +17,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ..model import STATUS_COLOURS, Action, Experiment, Run, Status
-from .table import RowUpdate, SheetWrite, Sparkline, Table, UnsavedFormula
 from ..remote.protocol import is_run_id
 from .sweeps import SWEEP_ID_PREFIX, SweepError, combinations, is_sweep
+from .table import RowUpdate, SheetWrite, Sparkline, Table, UnsavedFormula
 
 USER_COLUMNS = ("job", "gpus", "where", "priority", "retries", "action")
 OWNED_COLUMNS = ("id", "status", "host", "attempt", "started", "elapsed", "metrics", "message", "log")

@@ -351,8 +351,9 @@ class GoogleSheet:
         self._side_tab_requests(batch, META_TAB, rows, allow_meta=True)
         if existing is not None:
             props = {"sheetId": existing.sheet_id, "hidden": True}
-            batch.requests.append({"updateSheetProperties": {"properties": props,
-                                                             "fields": "hidden"}})
+            batch.requests.append(
+                {"updateSheetProperties": {"properties": props, "fields": "hidden"}}
+            )
 
     def _side_tab_requests(
         self, batch: _Batch, name: str, rows: list[list[Any]], allow_meta: bool = False
@@ -515,23 +516,27 @@ def _place_row(update: RowUpdate, fresh: Table, by_id: dict[str, list[int]]) -> 
     row = locate(update, fresh, by_id)
     if row is None:
         if update.run_id:
-            log.info("run %s: no row (or more than one moved row) shows it now; its sheet "
-                     "update waits for the next cycle", update.run_id)
+            log.info(
+                "run %s: no row (or more than one moved row) shows it now; its sheet "
+                "update waits for the next cycle",
+                update.run_id,
+            )
         else:
-            log.info("row %d changed before its claim was written; claim not written",
-                     update.row)
+            log.info("row %d changed before its claim was written; claim not written", update.row)
         return None
     if row != update.row:
-        log.info("run %s moved from row %d to row %d; writing it there",
-                 update.run_id, update.row, row)
+        log.info(
+            "run %s moved from row %d to row %d; writing it there", update.run_id, update.row, row
+        )
     return replace(update, row=row)
 
 
 def _parent_unchanged(insert: RowInsert, fresh: Table) -> bool:
     same = all(shown(fresh, insert.after_row, n) == v for n, v in insert.expect.items())
     if not same:
-        log.info("row %d changed before its sweep rows were inserted; not inserted",
-                 insert.after_row)
+        log.info(
+            "row %d changed before its sweep rows were inserted; not inserted", insert.after_row
+        )
     return same
 
 
@@ -539,8 +544,9 @@ def _meta_unchanged(change: SheetWrite, fresh: Table) -> bool:
     if change.meta is None:
         return False
     if fresh.meta != change.meta_expect:
-        log.info("the %s tab changed since this cycle's read (another daemon?); "
-                 "not writing it", META_TAB)
+        log.info(
+            "the %s tab changed since this cycle's read (another daemon?); not writing it", META_TAB
+        )
         return False
     return True
 

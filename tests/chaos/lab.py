@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sheetrunner.daemon import Daemon, build
-from tests.helpers import guard_report, local_config, read_workbook, write_workbook
 from sheetrunner.sheet.schema import OWNED_COLUMNS
+from tests.helpers import guard_report, local_config, read_workbook, write_workbook
 
 HEADER = ["job", "--tag", "--steps", "--sleep", "--exit", "--fail-attempts", "gpus", "retries",
           "action", *OWNED_COLUMNS]

@@ -1,0 +1,1 @@
+"""The sheet contract every backend keeps, run against each backend (see backends.py)."""
