@@ -17,10 +17,12 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import openpyxl
 from sheets_emulator import SheetsEmulator
 
 from sheetrunner.sheet.schema import cell_text
 from sheetrunner.sheets.google import GoogleSheet
+from sheetrunner.sheets.workbook import Workbook
 
 from .memory_sheet import MemoryBook, MemorySheet
 
@@ -125,9 +127,86 @@ def google(rows: list[list[Any]], tmp_path: Path) -> Iterator[GoogleHarness]:
         yield GoogleHarness(emu, rows)
 
 
+# ---------------------------------------------------------------- workbook
+
+
+class WorkbookHarness:
+    """The local .xlsx backend; the person's side edits the file with openpyxl, as their
+    spreadsheet program would save it."""
+
+    def __init__(self, rows: list[list[Any]], tmp_path: Path):
+        self.path = tmp_path / "book.xlsx"
+        book = openpyxl.Workbook()
+        sheet = book.active
+        sheet.title = TAB
+        for row in rows:
+            sheet.append(list(row))
+        book.save(self.path)
+        self.sheet = self.open_again()
+
+    def open_again(self) -> Workbook:
+        return Workbook(self.path, TAB)
+
+    def _edit(self, change: Callable[[Any], None]) -> None:
+        book = openpyxl.load_workbook(self.path)
+        change(book[TAB])
+        book.save(self.path)
+
+    @staticmethod
+    def _column(sheet: Any, header: str) -> int:
+        return [c.value for c in sheet[1]].index(header) + 1
+
+    def sort_rows(self, key_column: str) -> None:
+        def sort(sheet: Any) -> None:
+            col = self._column(sheet, key_column) - 1
+            rows = [[c.value for c in r] for r in sheet.iter_rows(min_row=2)]
+            rows.sort(key=lambda r: _sort_key(r[col] if col < len(r) else None))
+            for i, values in enumerate(rows, start=2):
+                for j, value in enumerate(values, start=1):
+                    sheet.cell(row=i, column=j).value = value
+
+        self._edit(sort)
+
+    def delete_row(self, row: int) -> None:
+        self._edit(lambda sheet: sheet.delete_rows(row))
+
+    def set_cell(self, row: int, header: str, value: Any) -> None:
+        def put(sheet: Any) -> None:
+            sheet.cell(row=row, column=self._column(sheet, header)).value = value
+
+        self._edit(put)
+
+    def cell(self, row: int, header: str) -> Any:
+        sheet = openpyxl.load_workbook(self.path)[TAB]
+        value = sheet.cell(row=row, column=self._column(sheet, header)).value
+        return "" if value is None else value
+
+    def tab_hidden(self, name: str) -> bool:
+        book = openpyxl.load_workbook(self.path)
+        return name in book.sheetnames and book[name].sheet_state == "hidden"
+
+    def tab_rows(self, name: str) -> list[list[str]]:
+        book = openpyxl.load_workbook(self.path)
+        if name not in book.sheetnames:
+            return []
+        return [[cell_text(v) for v in r] for r in book[name].iter_rows(values_only=True)]
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (0, value)
+    return (1, str(value).lower()) if value not in ("", None) else (2, "")
+
+
+@contextmanager
+def workbook(rows: list[list[Any]], tmp_path: Path) -> Iterator[WorkbookHarness]:
+    yield WorkbookHarness(rows, tmp_path)
+
+
 Factory = Callable[[list[list[Any]], Path], AbstractContextManager[Any]]
 
 BACKENDS: dict[str, Factory] = {
     "memory": memory,
     "google": google,
+    "workbook": workbook,
 }
