@@ -116,8 +116,8 @@ class Daemon:
         return report
 
     def _use_namespace(self, table: Table | None) -> None:
-        namespace = self.ownership.namespace or ""
-        if self.pool.namespace != namespace:
+        namespace = self.ownership.namespace
+        if namespace and self.pool.namespace != namespace:
             self.pool.set_namespace(namespace)
             if table is not None:
                 self.store.remember_namespace(table.source, namespace)

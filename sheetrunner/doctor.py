@@ -57,7 +57,7 @@ def _sheet_fix(config: Config) -> str:
 def _host(agent: HostAgent) -> Iterator[Check]:
     name = agent.name
     try:
-        facts = agent.probe(set())
+        facts = agent.facts()
     except HostKeyError as exc:
         yield Check(name, "host key is known", False, str(exc),
                     "add the host's key to known_hosts, or set [ssh] host_key_policy = \"accept-new\"")

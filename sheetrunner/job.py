@@ -34,6 +34,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .remote.protocol import (
+    ENV_ACCELERATORS,
+    ENV_ATTEMPT,
+    ENV_BEST_METRIC,
+    ENV_BEST_MODE,
+    ENV_CHECKPOINT_DIR,
+    ENV_HEARTBEAT_FILE,
+    ENV_KEEP_CHECKPOINTS,
+    ENV_METRICS_FILE,
+    ENV_RUN_DIR,
+    ENV_RUN_ID,
+)
+
 LOCAL_DIR = "sheetrunner-local"
 LOG_PREFIX = "SHEETRUNNER "
 FLUSH_INTERVAL_S = 1.0
@@ -65,18 +78,18 @@ class Context:
 def context(environ: Mapping[str, str] | None = None) -> Context:
     """Read the environment on every call, so a test or a wrapper can change it."""
     env = os.environ if environ is None else environ
-    run_dir = Path(env.get("SHEETRUNNER_RUN_DIR") or Path.cwd() / LOCAL_DIR)
+    run_dir = Path(env.get(ENV_RUN_DIR) or Path.cwd() / LOCAL_DIR)
     return Context(
-        run_id=env.get("SHEETRUNNER_RUN_ID") or "local",
-        attempt=_int_env(env, "SHEETRUNNER_ATTEMPT", 1, minimum=1),
-        accelerators=_split_list(env.get("SHEETRUNNER_ACCELERATORS", "")),
+        run_id=env.get(ENV_RUN_ID) or "local",
+        attempt=_int_env(env, ENV_ATTEMPT, 1, minimum=1),
+        accelerators=_split_list(env.get(ENV_ACCELERATORS, "")),
         run_dir=run_dir,
-        checkpoint_dir=Path(env.get("SHEETRUNNER_CHECKPOINT_DIR") or run_dir / "checkpoints"),
-        metrics_file=Path(env.get("SHEETRUNNER_METRICS_FILE") or run_dir / "metrics.jsonl"),
-        heartbeat_file=Path(env.get("SHEETRUNNER_HEARTBEAT_FILE") or run_dir / "heartbeat"),
+        checkpoint_dir=Path(env.get(ENV_CHECKPOINT_DIR) or run_dir / "checkpoints"),
+        metrics_file=Path(env.get(ENV_METRICS_FILE) or run_dir / "metrics.jsonl"),
+        heartbeat_file=Path(env.get(ENV_HEARTBEAT_FILE) or run_dir / "heartbeat"),
         keep_checkpoints=_keep_checkpoints(env),
-        best_metric=env.get("SHEETRUNNER_BEST_METRIC") or None,
-        best_mode=_best_mode(env.get("SHEETRUNNER_BEST_MODE") or "max"),
+        best_metric=env.get(ENV_BEST_METRIC) or None,
+        best_mode=_best_mode(env.get(ENV_BEST_MODE) or "max"),
     )
 
 
@@ -94,12 +107,12 @@ def _int_env(env: Mapping[str, str], name: str, default: int, *, minimum: int) -
 
 def _keep_checkpoints(env: Mapping[str, str]) -> int:
     """0 (the config allows it) still keeps the newest: it is the resume point."""
-    return max(1, _int_env(env, "SHEETRUNNER_KEEP_CHECKPOINTS", 2, minimum=0))
+    return max(1, _int_env(env, ENV_KEEP_CHECKPOINTS, 2, minimum=0))
 
 
 def _best_mode(raw: str) -> str:
     if raw not in ("max", "min"):
-        raise ValueError(f"SHEETRUNNER_BEST_MODE={raw!r}: expected 'max' or 'min'")
+        raise ValueError(f"{ENV_BEST_MODE}={raw!r}: expected 'max' or 'min'")
     return raw
 
 

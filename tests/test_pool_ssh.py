@@ -21,14 +21,15 @@ from sheetrunner.doctor import run_checks
 from sheetrunner.model import Status
 
 try:
-    from tests.sshd import SshdLab, sshd_lab  # noqa: F401  (a fixture)
+    from tests.sshd import FakeHost, SshdLab, sshd_lab  # noqa: F401  (a fixture)
 except ImportError:
-    from sshd import SshdLab, sshd_lab  # noqa: F401
+    from sshd import FakeHost, SshdLab, sshd_lab  # noqa: F401
 
 pytestmark = pytest.mark.sshd
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "ssh"
 FAKE_JOB = REPO / "tests" / "jobs" / "fake_job.py"
+NAMESPACE = "testns000001"
 
 
 def lab_config(tmp_path: Path, lab: SshdLab, raw: dict) -> Daemon:
@@ -43,7 +44,15 @@ def lab_config(tmp_path: Path, lab: SshdLab, raw: dict) -> Daemon:
     raw["daemon"] = {**raw.get("daemon", {}), "poll_interval": 1, "state_dir": "state"}
     path = tmp_path / "sheetrunner.toml"
     path.write_text(tomli_w.dumps(raw))  # for the CLI commands the tests run
-    return build(load(path))
+    daemon = build(load(path))
+    daemon.pool.set_namespace(NAMESPACE)
+    return daemon
+
+
+def attempt_dir(daemon: Daemon, fake: FakeHost, run_id: str, attempt: int) -> Path:
+    """Where the agent keeps an attempt on a fake host, in the namespace the pool uses."""
+    namespace = daemon.pool.agents[fake.name].namespace
+    return fake.root_dir / namespace / "hosts" / fake.name / "runs" / run_id / str(attempt)
 
 
 def fake_raw(hosts: list[dict], **defaults) -> dict:
@@ -62,7 +71,7 @@ def test_the_ssh_example_runs_its_rows_across_hosts_on_the_right_accelerators(tm
     raw["jobs"]["digits"]["workdir"] = str(REPO)
     shutil.copy(EXAMPLE / "experiments.xlsx", tmp_path / "experiments.xlsx")
     daemon = lab_config(tmp_path, sshd_lab, raw)
-    daemon.cycle()
+    cycle_until(daemon, lambda rows: all(r.get("status") for r in rows))  # the first acting cycle
     pool = subprocess.run(
         [sys.executable, "-m", "sheetrunner.cli", "pool", "--json", "-c", str(daemon.config.path)],
         capture_output=True, text=True, timeout=60, input="")
@@ -73,7 +82,7 @@ def test_the_ssh_example_runs_its_rows_across_hosts_on_the_right_accelerators(tm
     held = [a["run"] for e in entries.values() for a in e["accelerators"] if a["run"]]
     assert len(held) == 4  # gpu-a: 1 + 1 (where = a100); gpu-b: 2; the 4-GPU row waits
 
-    rows = cycle_until(daemon, lambda rows: all(r["status"] == "succeeded" for r in rows), 150)
+    rows = cycle_until(daemon, lambda rows: all(r.get("status") == "succeeded" for r in rows), 150)
     runs = {r.run_id: r for r in daemon.store.runs().values()}
     for row in rows:
         run = runs[row["id"]]
@@ -94,7 +103,7 @@ def test_a_gpu_busy_with_a_foreign_process_is_left_alone(tmp_path, sshd_lab):
     host.set_gpu_busy(0)
     write_workbook(tmp_path / "experiments.xlsx", ["job", "--steps", "gpus"], [["fake", 2, 1]])
     daemon = lab_config(tmp_path, sshd_lab, fake_raw([{"name": "gpu-a", "accelerators": "auto"}]))
-    cycle_until(daemon, lambda rows: rows[0]["status"] == "succeeded")
+    cycle_until(daemon, lambda rows: rows[0].get("status") == "succeeded")
     (run,) = daemon.store.runs().values()
     assert run.accelerators == ("1",)
     daemon.close()
@@ -105,15 +114,15 @@ def test_a_host_whose_sshd_dies_is_marked_lost_and_used_again_when_back(tmp_path
     write_workbook(tmp_path / "experiments.xlsx", ["job", "--steps", "--sleep", "gpus"],
                    [["fake", 40, 0.2, 1]])
     daemon = lab_config(tmp_path, sshd_lab, fake_raw([{"name": "gpu-a", "accelerators": 1}]))
-    cycle_until(daemon, lambda rows: rows[0]["status"] == "running")
+    cycle_until(daemon, lambda rows: rows[0].get("status") == "running")
     host.kill()  # sshd and its sessions die; the detached job keeps running, as on a real host
     started = time.monotonic()
-    rows = cycle_until(daemon, lambda rows: rows[0]["status"] == "lost", timeout_s=20)
+    rows = cycle_until(daemon, lambda rows: rows[0].get("status") == "lost", timeout_s=20)
     assert time.monotonic() - started < 3 + 2 + 5  # connect_timeout + keepalive (+ slack)
     assert "unreachable" in rows[0]["message"]
     host.restart()
-    rows = cycle_until(daemon, lambda rows: rows[0]["status"] == "running", timeout_s=30)
-    rows = cycle_until(daemon, lambda rows: rows[0]["status"] == "succeeded", timeout_s=30)
+    rows = cycle_until(daemon, lambda rows: rows[0].get("status") == "running", timeout_s=30)
+    rows = cycle_until(daemon, lambda rows: rows[0].get("status") == "succeeded", timeout_s=30)
     assert rows[0]["attempt"] == 1  # the same attempt, never started twice
     daemon.close()
 
@@ -127,16 +136,16 @@ def test_requeue_moves_a_run_off_a_dead_host_and_fences_it_when_it_returns(tmp_p
                     {"name": "gpu-b", "accelerators": 1, "labels": ["pool"]}])
     raw["daemon"] = {"on_host_lost": "requeue", "host_lost_timeout": 1}
     daemon = lab_config(tmp_path, sshd_lab, raw)
-    cycle_until(daemon, lambda rows: rows[0]["status"] == "running")
+    cycle_until(daemon, lambda rows: rows[0].get("status") == "running")
     book = openpyxl.load_workbook(daemon.config.sheet.path)
     book.worksheets[0].cell(row=2, column=5, value="pool")  # may now run on either host
     book.save(daemon.config.sheet.path)
     dead.freeze()  # a frozen host: still ACKs TCP, answers nothing
-    rows = cycle_until(daemon, lambda rows: rows[0]["host"] == "gpu-b", timeout_s=40)
+    rows = cycle_until(daemon, lambda rows: rows[0].get("host") == "gpu-b", timeout_s=40)
     assert rows[0]["attempt"] == 2
     dead.thaw()
     daemon.pool.agents["gpu-a"].transport.close()  # skip the reconnect backoff of a long outage
-    first = dead.root_dir / "runs" / rows[0]["id"] / "1"
+    first = attempt_dir(daemon, dead, rows[0]["id"], 1)
     deadline = time.monotonic() + 30
     while not (first / "exit_code").exists():  # fenced: attempt 1 is killed once seen again
         daemon.cycle()

@@ -10,17 +10,27 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 
 from ..config import HostConfig, JobConfig
 from ..errors import TransportError
 from ..model import Accelerator, AttemptObservation, AttemptState, HostObservation, Run, param_argv
 from ..reconcile import HostCapacity
-from ..remote import agent_name, agent_source, job_library_source, version
+from ..remote import agent_name, agent_zipapp, job_library_files, version
+from ..remote.protocol import (
+    ENV_BEST_METRIC,
+    ENV_BEST_MODE,
+    ENV_KEEP_CHECKPOINTS,
+    is_attempt,
+    is_namespace,
+    is_run_id,
+    namespace_root,
+)
 from .accelerators import is_tpu, tpu_chips, visible_env
 from .transport import Transport
 
@@ -38,31 +48,54 @@ class HostAgent:
 
     Its file name carries the hash of its content, so it is uploaded only when
     the host lacks this version: the first call that finds it missing uploads
-    it (with the job library, for remote hosts) and runs again."""
+    it (with the job library, for remote hosts) and runs again. Every command
+    that touches runs names the namespace root and this host's name: the agent
+    looks at nothing else, so sheets never see each other's runs and hosts
+    sharing a home directory never judge each other's processes."""
 
-    def __init__(self, config: HostConfig, transport: Transport, timeout_s: float = 30.0):
+    def __init__(self, config: HostConfig, transport: Transport, timeout_s: float = 30.0,
+                 namespace: str | None = None):
         self.config = config
         self.transport = transport
         self.timeout_s = timeout_s
+        self.namespace = namespace
 
     @property
     def name(self) -> str:
         return self.config.name
 
+    def ns_root(self) -> str:
+        """`<root>/<namespace>`, as the agent receives it (a leading `~` is expanded there)."""
+        if not self.namespace:
+            raise TransportError(f"{self.name}: agent called with no namespace yet")
+        return namespace_root(self.config.root, self.namespace)
+
     def _agent_path(self) -> str:
         return f"{self.config.root.rstrip('/')}/bin/{agent_name()}"
+
+    def argv(self, args: Sequence[str]) -> list[str]:
+        """The command line that runs the agent with `args`."""
+        return [self.config.python, self._exec_path(self._agent_path()), *args]
+
+    def _exec_path(self, path: str) -> str:
+        """The agent's path as the command line names it. Over SSH a command line is quoted, so
+        `~` would stay literal: `~/x` becomes `x`, relative to the login directory, where
+        SFTP's `~/` lands too. Here, it is this user's home."""
+        if self.config.local:
+            return os.path.expanduser(path)
+        return path[2:] if path.startswith("~/") else path
 
     def _upload(self) -> None:
         """The job library first (remote hosts), then the agent: an agent present means both are."""
         if not self.config.local:
             lib = lib_dir(self.config)
-            self.transport.put_file(f"{lib}/sheetrunner/__init__.py", b"")
-            self.transport.put_file(f"{lib}/sheetrunner/job.py", job_library_source())
-        self.transport.put_file(self._agent_path(), agent_source(), 0o755)
+            for name, data in sorted(job_library_files().items()):
+                self.transport.put_file(f"{lib}/{name}", data)
+        self.transport.put_file(self._agent_path(), agent_zipapp(), 0o755)
         log.info("host=%s agent %s uploaded", self.name, agent_name())
 
     def _call(self, args: list[str], stdin: bytes = b"", timeout_s: float | None = None) -> bytes:
-        argv = [self.config.python, self._agent_path(), *args]
+        argv = self.argv(args)
         result = self.transport.run(argv, stdin=stdin, timeout_s=timeout_s or self.timeout_s)
         if result.exit_code == 2 and b"can't open file" in result.stderr:
             self._upload()  # nothing ran: safe to run the same command again
@@ -72,28 +105,57 @@ class HostAgent:
             raise TransportError(f"{self.name}: agent {args[0]} failed: {' '.join(err)}")
         return result.stdout
 
-    def probe(self, wanted: Iterable[tuple[str, int]]) -> dict:
-        stdin = json.dumps({"attempts": sorted(wanted)}).encode()
-        return json.loads(self._call(["probe", self.config.root], stdin))
+    def _where(self, command: str) -> list[str]:
+        return [command, self.ns_root(), self.name]
+
+    def probe(self, wanted: Iterable[tuple[str, int]], runs: Iterable[str] = ()) -> dict:
+        """Host facts and attempts: those in `wanted`, the newest of each run in `runs` found
+        here, and every unfinished one of this host. Ids not in the protocol's format cannot
+        exist on a host (the agent refuses them): they are left out, so one bad id in the
+        store never makes a host look unreachable."""
+        request = {"attempts": sorted(_well_formed(self.name, wanted)),
+                   "runs": sorted(_well_formed_runs(self.name, runs))}
+        return json.loads(self._call(self._where("probe"), json.dumps(request).encode()))
+
+    def facts(self) -> dict:
+        """The host's facts without its runs (boot id, GPUs, disk, load): needs no namespace,
+        for checks made before the sheet's namespace is known."""
+        return json.loads(self._call(["facts", self.config.root]))
 
     def launch(self, spec: dict) -> LaunchResult:
-        out = json.loads(self._call(["launch", self.config.root], json.dumps(spec).encode()))
+        out = json.loads(self._call(self._where("launch"), json.dumps(spec).encode()))
         return LaunchResult(bool(out.get("launched")), out.get("reason") or out.get("dir", ""))
 
     def kill(self, run_id: str, attempt: int, grace_s: float = 10.0) -> str:
-        args = ["kill", self.config.root, run_id, str(attempt), str(grace_s)]
+        args = [*self._where("kill"), run_id, str(attempt), str(grace_s)]
         out = json.loads(self._call(args, timeout_s=self.timeout_s + grace_s))
         return out.get("state", "")
 
     def tail(self, run_id: str, attempt: int, size: int = 65536, offset: int | None = None) -> bytes:
         """The log's last `size` bytes, or with `offset` the bytes from there on."""
         where = f"+{offset}" if offset is not None else str(size)
-        return self._call(["tail", self.config.root, run_id, str(attempt), where])
-
+        return self._call([*self._where("tail"), run_id, str(attempt), where])
 
     def history(self, run_id: str, attempt: int, most: int = 2000) -> list[dict]:
         """The attempt's reports, thinned evenly to at most `most`."""
-        return json.loads(self._call(["history", self.config.root, run_id, str(attempt), str(most)]))
+        return json.loads(self._call([*self._where("history"), run_id, str(attempt), str(most)]))
+
+
+def _well_formed(host: str, wanted: Iterable[tuple[str, int]]) -> list[list]:
+    wanted = list(wanted)
+    kept = [[r, int(a)] for r, a in wanted if is_run_id(r) and is_attempt(a)]
+    if len(kept) < len(wanted):
+        bad = [w for w in wanted if not (is_run_id(w[0]) and is_attempt(w[1]))]
+        log.warning("host=%s: malformed attempts not probed: %r", host, bad)
+    return kept
+
+
+def _well_formed_runs(host: str, runs: Iterable[str]) -> set[str]:
+    runs = set(runs)
+    bad = {r for r in runs if not is_run_id(r)}
+    if bad:
+        log.warning("host=%s: malformed run ids not probed: %s", host, sorted(map(repr, bad)))
+    return runs - bad
 
 
 class Pool:
@@ -104,20 +166,33 @@ class Pool:
         self.max_parallel = max(1, max_parallel)
         self.down_since: dict[str, datetime] = {}
         self.last: dict[str, HostObservation] = {}
+        self.namespace: str | None = None
 
-    def probe_all(self, wanted: Mapping[str, set[tuple[str, int]]], now: datetime) -> dict[str, HostObservation]:
-        """One probe per host, in parallel; failures become unreachable observations."""
+    def set_namespace(self, namespace: str) -> None:
+        """The sheet's namespace: every agent call from now on looks only under it."""
+        if not is_namespace(namespace):
+            raise ValueError(f"not a namespace: {namespace!r}")
+        self.namespace = namespace
+        for agent in self.agents.values():
+            agent.namespace = namespace
+
+    def probe_all(self, wanted: Mapping[str, set[tuple[str, int]]], now: datetime,
+                  runs: Iterable[str] = ()) -> dict[str, HostObservation]:
+        """One probe per host, in parallel; failures become unreachable observations.
+        `runs`: ids asked of every host, which reports the newest attempt of each it has."""
+        runs = frozenset(runs)
         with ThreadPoolExecutor(max_workers=min(self.max_parallel, len(self.agents) or 1)) as ex:
             futures = {
-                name: ex.submit(self._probe_one, agent, wanted.get(name, set()), now)
+                name: ex.submit(self._probe_one, agent, wanted.get(name, set()), runs, now)
                 for name, agent in self.agents.items()
             }
             self.last = {name: f.result() for name, f in futures.items()}
         return self.last
 
-    def _probe_one(self, agent: HostAgent, wanted: set[tuple[str, int]], now: datetime) -> HostObservation:
+    def _probe_one(self, agent: HostAgent, wanted: set[tuple[str, int]], runs: frozenset[str],
+                   now: datetime) -> HostObservation:
         try:
-            facts = agent.probe(wanted)
+            facts = agent.probe(wanted, runs)
         except (TransportError, ValueError) as exc:
             since = self.down_since.setdefault(agent.name, now)
             log.warning("host=%s unreachable since %s: %s", agent.name, since.isoformat(), exc)
@@ -136,6 +211,8 @@ class Pool:
 
 
 def observation_from_probe(host: str, facts: dict, now: datetime) -> HostObservation:
+    """A probe's answer on the daemon's clock: the host reports ages, measured on its own
+    clock, and `now - age` is when things happened as the daemon counts time."""
     return HostObservation(
         host=host,
         reachable=True,
@@ -144,7 +221,7 @@ def observation_from_probe(host: str, facts: dict, now: datetime) -> HostObserva
         accelerators=tuple(_accelerator(g) for g in facts.get("gpus", [])),
         load=facts.get("load"),
         disk_free_bytes=facts.get("disk_free_bytes"),
-        attempts=tuple(_attempt(a) for a in facts.get("attempts", [])),
+        attempts=tuple(_attempt(a, now) for a in facts.get("attempts", [])),
         error=facts.get("gpu_error", ""),
     )
 
@@ -157,19 +234,40 @@ def _accelerator(gpu: dict) -> Accelerator:
     )
 
 
-def _attempt(seen: dict) -> AttemptObservation:
-    beat = seen.get("heartbeat_at")
+def _attempt(seen: dict, now: datetime) -> AttemptObservation:
+    spec = seen.get("spec") if isinstance(seen.get("spec"), dict) else {}
     return AttemptObservation(
         run_id=seen["run_id"],
         attempt=int(seen["attempt"]),
         state=AttemptState(seen["state"]),
         exit_code=seen.get("exit_code"),
-        heartbeat_at=datetime.fromtimestamp(beat, UTC) if beat else None,
+        heartbeat_at=_ago(now, seen.get("heartbeat_age_s")),
         metrics=seen.get("metrics") or {},
         summary=seen.get("summary") or {},
         log_tail=seen.get("log_tail", ""),
         log_path=seen.get("log_path", ""),
+        key=str(spec.get("key") or ""),
+        job=str(spec.get("job") or ""),
+        params=_params(spec.get("params")),
+        gpus=_count(spec.get("gpus")),
+        accelerators=tuple(str(a) for a in spec.get("accelerators") or ()),
+        started_at=_ago(now, seen.get("started_age_s")),
     )
+
+
+def _ago(now: datetime, age_s: object) -> datetime | None:
+    if isinstance(age_s, bool) or not isinstance(age_s, int | float) or not age_s == age_s:
+        return None
+    return now - timedelta(seconds=max(0.0, float(age_s)))
+
+
+def _params(raw: object) -> tuple[tuple[str, str], ...]:
+    pairs = raw if isinstance(raw, list) else []
+    return tuple((str(p[0]), str(p[1])) for p in pairs if isinstance(p, list | tuple) and len(p) == 2)
+
+
+def _count(raw: object) -> int:
+    return raw if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0 else 0
 
 
 def capacity(config: HostConfig, seen: HostObservation | None) -> HostCapacity:
@@ -188,25 +286,30 @@ def capacity(config: HostConfig, seen: HostObservation | None) -> HostCapacity:
 
 
 def launch_spec(run: Run, job: JobConfig, host: HostConfig, workdir: str | None) -> dict:
-    """The JSON document the agent launches from: argv items, never a shell string."""
+    """The JSON document the agent launches from: argv items, never a shell string. The
+    agent keeps it as spec.json, so the attempt directory alone says what runs there
+    (key, job, params, gpus: enough to rebuild the run if the store lost it)."""
     command = [host.python if part == "{python}" else part for part in job.command]
-    argv = command + param_argv(run.params)
     env = dict(job.env)
     env.update(visible_env(host.accelerators, run.accelerators))
-    env["SHEETRUNNER_KEEP_CHECKPOINTS"] = str(job.keep_checkpoints)
+    env[ENV_KEEP_CHECKPOINTS] = str(job.keep_checkpoints)
     if job.best_metric:
-        env["SHEETRUNNER_BEST_METRIC"] = job.best_metric
-        env["SHEETRUNNER_BEST_MODE"] = job.best_mode
+        env[ENV_BEST_METRIC] = job.best_metric
+        env[ENV_BEST_MODE] = job.best_mode
     spec = {
         "run_id": run.run_id,
         "attempt": run.attempt,
-        "argv": argv,
+        "key": run.key,
+        "job": run.job,
+        "params": [[name, value] for name, value in run.params],
+        "gpus": run.gpus,
+        "argv": command + param_argv(run.params),
         "env": env,
         "workdir": workdir,
         "accelerators": list(run.accelerators),
         "lib_dir": None if host.local else lib_dir(host),
     }
-    if job.checkpoint_root:  # else the agent uses <root>/runs/<run-id>/checkpoints
+    if job.checkpoint_root:  # else the agent uses <root>/<namespace>/checkpoints/<run-id>
         spec["checkpoint_dir"] = f"{job.checkpoint_root.rstrip('/')}/{run.run_id}"
     return spec
 

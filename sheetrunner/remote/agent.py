@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
-"""sheetrunner's agent on a host: probe, launch, supervise, kill, tail.
+"""sheetrunner's agent on a host: probe, launch, supervise, kill, tail, history.
 
-Uploaded by the daemon to <root>/bin/agent-<hash>.py and run with the host's
-python3; standard library only, Python 3.6+ syntax. Every row value reaches
-this script inside the JSON spec on stdin and reaches the job as argv items:
-nothing here ever goes through a shell. Layout: docs/remote-layout.md.
+Shipped as a zipapp, <root>/bin/agent-<hash>.pyz (this file is its __main__.py,
+next to sheetrunner/remote/protocol.py), and run as `python3 agent.pyz COMMAND`;
+standard library only, Python 3.6+ syntax. Every row value reaches this script
+inside the JSON on stdin and reaches the job as argv items: nothing here ever
+goes through a shell. A run id, attempt number, namespace or host name that is
+not in the protocol's format is refused (exit 3) before any file is touched,
+so no value can name a path outside the host's directory. Paths may start
+with `~`: they are expanded here, on the host. Layout: docs/remote-layout.md.
 """
 
 import json
@@ -15,17 +19,101 @@ import subprocess
 import sys
 import time
 
+from sheetrunner.remote import protocol
+from sheetrunner.remote.protocol import AttemptPaths
+
 TAIL_BYTES = 65536
 METRIC_PREFIX = "SHEETRUNNER "
+REFUSED_EXIT = 3
+USAGE = """usage: agent.pyz COMMAND ...
+  probe    NS_ROOT HOST                      request on stdin
+  facts    ROOT                              the host alone, no runs
+  launch   NS_ROOT HOST                      spec on stdin
+  kill     NS_ROOT HOST RUN_ID ATTEMPT [GRACE_S]
+  tail     NS_ROOT HOST RUN_ID ATTEMPT SIZE|+OFFSET
+  history  NS_ROOT HOST RUN_ID ATTEMPT MOST
+  supervise ATTEMPT_DIR                      (started by launch)"""
+
+
+class Refused(Exception):
+    """A value that is not in the protocol's format: nothing was touched."""
 
 
 def main(argv):
-    command, args = argv[1], argv[2:]
-    handlers = {"probe": probe, "launch": launch, "supervise": supervise, "kill": kill, "tail": tail,
-                "history": history}
-    if command not in handlers:
-        sys.exit("usage: agent.py probe|launch|supervise|kill|tail ...")
-    handlers[command](args)
+    handlers = {"probe": probe, "facts": facts, "launch": launch, "supervise": supervise,
+                "kill": kill, "tail": tail, "history": history}
+    if len(argv) < 2 or argv[1] not in handlers:
+        sys.exit(USAGE)
+    try:
+        handlers[argv[1]](argv[2:])
+    except Refused as exc:
+        sys.stderr.write("refused: %s\n" % exc)
+        sys.exit(REFUSED_EXIT)
+
+
+# -- checking what the daemon sent ----------------------------------------------------------
+
+
+def where(args, count):
+    """(namespace root, host name) from the first arguments, checked; `count` arguments
+    are needed in all."""
+    if len(args) < count:
+        raise Refused("expected %d arguments, got %d" % (count, len(args)))
+    ns_root, host = os.path.expanduser(args[0]), args[1]
+    if not protocol.is_namespace(os.path.basename(ns_root.rstrip("/"))):
+        raise Refused("not a namespace root: %r" % args[0])
+    if not protocol.is_host_name(host):
+        raise Refused("not a host name: %r" % host)
+    return ns_root, host
+
+
+def check_attempt(run_id, attempt):
+    if not protocol.is_run_id(run_id):
+        raise Refused("not a run id: %r" % (run_id,))
+    if not protocol.is_attempt(attempt):
+        raise Refused("not an attempt number: %r" % (attempt,))
+
+
+def attempt_paths(ns_root, host, run_id, attempt):
+    """The attempt's paths, once run id and attempt number are known to be well formed."""
+    check_attempt(run_id, attempt)
+    return AttemptPaths(ns_root, host, run_id, attempt)
+
+
+def read_request():
+    """The JSON object on stdin (empty stdin: an empty object)."""
+    text = sys.stdin.read()
+    try:
+        request = json.loads(text) if text.strip() else {}
+    except ValueError:
+        raise Refused("stdin is not JSON") from None
+    if not isinstance(request, dict):
+        raise Refused("stdin is not a JSON object")
+    return request
+
+
+def wanted_attempts(request):
+    """The (run id, attempt) pairs of a probe request, each checked."""
+    pairs = request.get("attempts", [])
+    if not isinstance(pairs, list):
+        raise Refused("attempts is not a list")
+    found = set()
+    for pair in pairs:
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise Refused("not a [run_id, attempt] pair: %r" % (pair,))
+        check_attempt(pair[0], pair[1])
+        found.add((pair[0], int(pair[1])))
+    return found
+
+
+def wanted_runs(request):
+    ids = request.get("runs", [])
+    if not isinstance(ids, list):
+        raise Refused("runs is not a list")
+    for run_id in ids:
+        if not protocol.is_run_id(run_id):
+            raise Refused("not a run id: %r" % (run_id,))
+    return set(ids)
 
 
 # -- facts about this host ----------------------------------------------------------------------
@@ -108,7 +196,7 @@ def _smi(query):
 def _int(text):
     try:
         return int(float(text))
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
 
 
@@ -123,55 +211,128 @@ def tpu_chips():
 
 
 def read_text(path):
+    """A small file's text, or None when it is absent or unreadable (a job may write junk)."""
     try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
+        with open(path, encoding="utf-8") as f:
+            return f.read(4096).strip()
+    except (OSError, ValueError):
         return None
 
 
-def attempt_state(path, boot):
+def read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _whole(text):
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def exit_code_of(paths):
+    """(written, code): the supervisor's exit code; a file holding junk counts as written."""
+    text = read_text(paths.exit_code)
+    if text is None:
+        return False, None
+    return True, _whole(text.split()[0]) if text else None
+
+
+def pid_record(paths):
+    """(job pid, its start ticks, boot id, supervisor pid, its start ticks) from the pid
+    file, or None when it is absent or not in that form."""
+    parts = (read_text(paths.pid) or "").split()
+    pid = _whole(parts[0]) if parts else None
+    if len(parts) < 3 or pid is None or pid <= 1:
+        return None
+    sup = _whole(parts[3]) if len(parts) >= 5 else None
+    if sup is not None and sup <= 1:
+        sup = None
+    return pid, parts[1], parts[2], sup, parts[4] if sup else None
+
+
+def attempt_state(paths, boot):
     """(state, exit_code, job session) of an attempt directory; see model.AttemptState."""
-    if not os.path.isdir(path):
+    if not os.path.isdir(paths.dir):
         return "missing", None, None
-    code = read_text(os.path.join(path, "exit_code"))
-    if code is not None:
-        return "exited", _int(code.split()[0]) if code else None, None
-    pid_line = read_text(os.path.join(path, "pid"))
-    if not pid_line:
-        young = time.time() - os.path.getmtime(path) < 60
+    written, code = exit_code_of(paths)
+    if written:
+        return "exited", code, None
+    record = pid_record(paths)
+    if record is None:
+        young = time.time() - _mtime(paths.dir, 0) < 60
         return ("starting" if young else "lost"), None, None
-    parts = pid_line.split()
-    pid, ticks, job_boot = int(parts[0]), parts[1], parts[2]
-    sup_pid, sup_ticks = (int(parts[3]), parts[4]) if len(parts) >= 5 else (None, None)
+    pid, ticks, job_boot, sup_pid, sup_ticks = record
     if job_boot != boot:
-        return _lost(path)
+        return _lost(paths)
     if alive(pid, ticks) or (sup_pid and alive(sup_pid, sup_ticks)):
         return "running", None, pid
-    code = read_text(os.path.join(path, "exit_code"))  # it may have ended just now
-    if code is not None:
-        return "exited", _int(code.split()[0]), None
-    return _lost(path)
+    written, code = exit_code_of(paths)  # it may have ended just now
+    if written:
+        return "exited", code, None
+    return _lost(paths)
 
 
-def _lost(path):
+def _lost(paths):
     """Gone for good (host rebooted, or killed with its supervisor): mark it, so the scan
     for unfinished attempts skips it from now on."""
     try:
-        open(os.path.join(path, "lost"), "a").close()
+        open(paths.lost, "a").close()
     except OSError:
         pass
     return "lost", None, None
 
 
-def heartbeat_at(path):
-    times = []
-    for name in ("heartbeat", "output.log", "metrics.jsonl"):
-        try:
-            times.append(os.path.getmtime(os.path.join(path, name)))
-        except OSError:
-            pass
+def _mtime(path, default=None):
+    try:
+        return os.path.getmtime(path)
+    except OSError:
+        return default
+
+
+def heartbeat_at(paths):
+    """The newest sign of progress, on this host's clock: the job's heartbeat or output."""
+    times = [t for t in (_mtime(p) for p in (paths.heartbeat, paths.log, paths.metrics))
+             if t is not None]
     return max(times) if times else None
+
+
+def started_at(paths):
+    """When the attempt was claimed: spec.json is written right after the mkdir and never
+    again (the directory's own mtime moves with every file created in it)."""
+    return _mtime(paths.spec, _mtime(paths.dir))
+
+
+def age(then, now):
+    """Seconds since `then`, both on this host's clock; what the daemon gets instead of
+    a time, so a skewed clock here cannot make a healthy run look hung."""
+    return None if then is None else max(0.0, now - then)
+
+
+def spec_facts(paths):
+    """What the daemon needs to rebuild the run from spec.json; empty values when the
+    spec is missing or damaged."""
+    spec = read_json(paths.spec)
+    spec = spec if isinstance(spec, dict) else {}
+    params = spec.get("params")
+    accelerators = spec.get("accelerators")
+    gpus = spec.get("gpus")
+    return {
+        "key": _str(spec.get("key")),
+        "job": _str(spec.get("job")),
+        "params": [[_str(p[0]), _str(p[1])] for p in (params if isinstance(params, list) else [])
+                   if isinstance(p, list) and len(p) == 2],
+        "gpus": gpus if isinstance(gpus, int) and not isinstance(gpus, bool) else 0,
+        "accelerators": [_str(a) for a in (accelerators if isinstance(accelerators, list) else [])],
+    }
+
+
+def _str(value):
+    return value if isinstance(value, str) else ("" if value is None else str(value))
 
 
 def tail_bytes(path, size=TAIL_BYTES):
@@ -184,11 +345,11 @@ def tail_bytes(path, size=TAIL_BYTES):
         return b""
 
 
-def latest_metrics(path):
+def latest_metrics(paths):
     """The newest value of every metric reported lately (a loss every step, an accuracy
     every epoch: both show), from metrics.jsonl, else `SHEETRUNNER {...}` log lines."""
-    for name, prefix in (("metrics.jsonl", ""), ("output.log", METRIC_PREFIX)):
-        lines = tail_bytes(os.path.join(path, name)).decode("utf-8", "replace").splitlines()
+    for source, prefix in ((paths.metrics, ""), (paths.log, METRIC_PREFIX)):
+        lines = tail_bytes(source).decode("utf-8", "replace").splitlines()
         merged = {}
         for line in lines:
             found = _metric_line(line, prefix)
@@ -209,17 +370,19 @@ def _metric_line(line, prefix):
     return value if isinstance(value, dict) else None
 
 
-def observe(root, run_id, attempt, boot):
-    path = os.path.join(root, "runs", run_id, str(attempt))
-    state, code, session = attempt_state(path, boot)
-    seen = {"run_id": run_id, "attempt": attempt, "state": state, "exit_code": code,
-            "log_path": os.path.join(path, "output.log")}
+def observe(paths, boot, now):
+    """One attempt as the probe reports it; ages are measured here, on the host."""
+    state, code, session = attempt_state(paths, boot)
+    seen = {"run_id": os.path.basename(paths.run_dir), "attempt": int(os.path.basename(paths.dir)),
+            "state": state, "exit_code": code, "log_path": paths.log,
+            "spec": spec_facts(paths), "heartbeat_age_s": None, "started_age_s": None}
     if state != "missing":
-        seen["heartbeat_at"] = heartbeat_at(path)
-        seen["metrics"] = latest_metrics(path)
-        seen["summary"] = metrics_summary(path)
+        seen["heartbeat_age_s"] = age(heartbeat_at(paths), now)
+        seen["started_age_s"] = age(started_at(paths), now)
+        seen["metrics"] = latest_metrics(paths)
+        seen["summary"] = metrics_summary(paths)
     if state == "lost" or (state == "exited" and code != 0):
-        seen["log_tail"] = last_lines(os.path.join(path, "output.log"))
+        seen["log_tail"] = last_lines(paths.log)
     return seen, session
 
 
@@ -231,25 +394,18 @@ def last_lines(path, count=3, width=200):
 
 
 HISTORY_POINTS = 64
+SUMMARY_KEYS = ("min", "max", "history", "stride", "seen")
 
 
-def metrics_summary(path):
+def metrics_summary(paths):
     """Lowest, highest and a thinned history of every numeric metric of the attempt.
 
     Kept incrementally in metrics.summary.json (the byte offset read so far), so
     a long run's metrics file is read once, not once a cycle."""
-    source, prefix = os.path.join(path, "metrics.jsonl"), ""
+    source, prefix = paths.metrics, ""
     if not os.path.exists(source):
-        source, prefix = os.path.join(path, "output.log"), METRIC_PREFIX
-    store = os.path.join(path, "metrics.summary.json")
-    try:
-        with open(store) as f:
-            summary = json.load(f)
-    except (OSError, ValueError):
-        summary = {}
-    if summary.get("source") != source:
-        summary = {"source": source, "offset": 0, "min": {}, "max": {}, "history": {},
-                   "stride": {}, "seen": {}}
+        source, prefix = paths.log, METRIC_PREFIX
+    summary = _stored_summary(paths.summary, source)
     try:
         with open(source, "rb") as f:
             f.seek(summary["offset"])
@@ -264,10 +420,26 @@ def metrics_summary(path):
                 _add_to_summary(summary, found)
         summary["offset"] += end
         try:
-            write_atomic(store, json.dumps(summary))
+            write_atomic(paths.summary, json.dumps(summary))
         except OSError:
             pass
     return {k: summary[k] for k in ("min", "max", "history")}
+
+
+def _stored_summary(store, source):
+    """The summary kept so far, or a fresh one when it is missing, for another source or
+    not in the shape this agent writes (a job may have written anything there)."""
+    summary = read_json(store)
+    fresh = {"source": source, "offset": 0, "min": {}, "max": {}, "history": {},
+             "stride": {}, "seen": {}}
+    if not isinstance(summary, dict) or summary.get("source") != source:
+        return fresh
+    offset = summary.get("offset")
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        return fresh
+    if not all(isinstance(summary.get(k), dict) for k in SUMMARY_KEYS):
+        return fresh
+    return summary
 
 
 def _add_to_summary(summary, metrics):
@@ -276,37 +448,68 @@ def _add_to_summary(summary, metrics):
             continue
         if value != value:  # NaN: no order, no point
             continue
-        summary["min"][name] = min(value, summary["min"].get(name, value))
-        summary["max"][name] = max(value, summary["max"].get(name, value))
-        seen = summary["seen"].get(name, 0)
-        stride = summary["stride"].get(name, 1)
-        if seen % stride == 0:
-            points = summary["history"].setdefault(name, [])
-            points.append(value)
-            if len(points) >= 2 * HISTORY_POINTS:  # thin out: every other point, double stride
-                summary["history"][name] = points[::2]
-                summary["stride"][name] = stride * 2
-        summary["seen"][name] = seen + 1
+        try:
+            _add_point(summary, name, value)
+        except (TypeError, ValueError, AttributeError):
+            _forget(summary, name)
+            _add_point(summary, name, value)
 
 
-def unfinished_attempts(root):
-    """Every attempt directory without an exit code: candidates for fencing."""
-    runs = os.path.join(root, "runs")
+def _add_point(summary, name, value):
+    summary["min"][name] = min(value, summary["min"].get(name, value))
+    summary["max"][name] = max(value, summary["max"].get(name, value))
+    seen = summary["seen"].get(name, 0)
+    stride = summary["stride"].get(name, 1)
+    if seen % stride == 0:
+        points = summary["history"].setdefault(name, [])
+        points.append(value)
+        if len(points) >= 2 * HISTORY_POINTS:  # thin out: every other point, double stride
+            summary["history"][name] = points[::2]
+            summary["stride"][name] = stride * 2
+    summary["seen"][name] = seen + 1
+
+
+def _forget(summary, name):
+    """Drop one metric's damaged record, so it starts again from this point."""
+    for key in SUMMARY_KEYS:
+        summary[key].pop(name, None)
+
+
+def _attempt_numbers(run_dir):
+    """The attempt directories of a run, by number: names in canonical form only."""
     try:
-        run_ids = os.listdir(runs)
+        names = os.listdir(run_dir)
     except OSError:
         return []
+    return sorted(int(n) for n in names if protocol.is_attempt(n) and n == str(int(n)))
+
+
+def _run_ids(runs_root):
+    try:
+        return [n for n in os.listdir(runs_root) if protocol.is_run_id(n)]
+    except OSError:
+        return []
+
+
+def unfinished_attempts(runs_root):
+    """Every attempt of this host without an exit code: candidates for fencing."""
+    found = []
+    for run_id in _run_ids(runs_root):
+        for number in _attempt_numbers(os.path.join(runs_root, run_id)):
+            attempt = os.path.join(runs_root, run_id, str(number))
+            ended = any(os.path.exists(os.path.join(attempt, f)) for f in ("exit_code", "lost"))
+            if not ended:
+                found.append((run_id, number))
+    return found
+
+
+def newest_attempts(runs_root, run_ids):
+    """The highest-numbered attempt of each run asked for that has a directory here."""
     found = []
     for run_id in run_ids:
-        try:
-            names = os.listdir(os.path.join(runs, run_id))
-        except OSError:
-            continue
-        for name in names:
-            attempt = os.path.join(runs, run_id, name)
-            ended = any(os.path.exists(os.path.join(attempt, f)) for f in ("exit_code", "lost"))
-            if name.isdigit() and not ended:
-                found.append((run_id, int(name)))
+        numbers = _attempt_numbers(os.path.join(runs_root, run_id))
+        if numbers:
+            found.append((run_id, numbers[-1]))
     return found
 
 
@@ -314,62 +517,94 @@ def unfinished_attempts(root):
 
 
 def probe(args):
-    """One JSON document: host facts and the state of the attempts asked for on stdin."""
-    root = os.path.expanduser(args[0])
-    wanted = json.loads(sys.stdin.read() or "{}").get("attempts", [])
-    boot = boot_id()
-    keys = {(r, int(a)) for r, a in wanted} | set(unfinished_attempts(root))
+    """One JSON document: host facts, and the attempts asked for, the newest attempt of each
+    run asked for, and every unfinished attempt of this host in the namespace."""
+    ns_root, host = where(args, 2)
+    request = read_request()
+    wanted, run_ids = wanted_attempts(request), wanted_runs(request)
+    runs_root = protocol.runs_dir(ns_root, host)
+    boot, now = boot_id(), time.time()
+    keys = wanted | set(unfinished_attempts(runs_root)) | set(newest_attempts(runs_root, run_ids))
     attempts, sessions = [], set()
     for run_id, attempt in sorted(keys):
-        seen, session = observe(root, run_id, attempt, boot)
+        seen, session = observe(AttemptPaths(ns_root, host, run_id, attempt), boot, now)
         attempts.append(seen)
         if session:
             sessions.add(session)
-    gpus, gpu_error = nvidia_gpus(sessions)
+    os.makedirs(ns_root, exist_ok=True)
+    print(json.dumps(dict(host_facts(ns_root, boot, sessions), attempts=attempts)))
+
+
+def facts(args):
+    """The host's facts alone, before any namespace is known (`sheetrunner doctor`): every
+    GPU process counts as foreign, since no run is looked at."""
+    if len(args) != 1:
+        raise Refused("expected ROOT")
+    root = os.path.expanduser(args[0])
     os.makedirs(root, exist_ok=True)
-    disk = shutil.disk_usage(root)
-    print(json.dumps({
+    print(json.dumps(host_facts(root, boot_id(), set())))
+
+
+def host_facts(where, boot, sessions):
+    gpus, gpu_error = nvidia_gpus(sessions)
+    return {
         "boot_id": boot, "hostname": os.uname()[1], "load": os.getloadavg()[0],
-        "disk_free_bytes": disk.free, "gpus": gpus, "gpu_error": gpu_error,
-        "tpu_chips": tpu_chips(), "attempts": attempts,
-    }))
+        "disk_free_bytes": shutil.disk_usage(where).free, "gpus": gpus, "gpu_error": gpu_error,
+        "tpu_chips": tpu_chips(),
+    }
 
 
 def launch(args):
     """Claim the attempt directory (mkdir is the lock), then start the supervisor detached."""
-    root = os.path.expanduser(args[0])
-    spec = json.loads(sys.stdin.read())
-    run_dir = os.path.join(root, "runs", spec["run_id"])
-    path = os.path.join(run_dir, str(spec["attempt"]))
-    os.makedirs(run_dir, exist_ok=True)
+    ns_root, host = where(args, 2)
+    spec = read_request()
+    paths = attempt_paths(ns_root, host, spec.get("run_id"), spec.get("attempt"))
+    check_argv(spec.get("argv"))
+    os.makedirs(paths.run_dir, exist_ok=True)
     try:
-        os.mkdir(path)
+        os.mkdir(paths.dir)
     except FileExistsError:
         print(json.dumps({"launched": False, "reason": "attempt directory already exists",
-                          "dir": path}))
+                          "dir": paths.dir}))
         return
-    spec.setdefault("checkpoint_dir", os.path.join(run_dir, "checkpoints"))
-    write_atomic(os.path.join(path, "spec.json"), json.dumps(spec, indent=2))
+    spec["attempt"] = int(spec["attempt"])
+    spec.update(expanded_paths(spec, paths))
+    write_atomic(paths.spec, json.dumps(spec, indent=2))
     devnull = os.open(os.devnull, os.O_RDWR)
     subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "supervise", path],
+        [sys.executable, os.path.abspath(sys.argv[0]), "supervise", paths.dir],
         stdin=devnull, stdout=devnull, stderr=devnull, start_new_session=True, close_fds=True,
     )
-    print(json.dumps({"launched": True, "dir": path}))
+    print(json.dumps({"launched": True, "dir": paths.dir}))
 
 
-def job_env(spec, path):
+def check_argv(argv):
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        raise Refused("argv is not a non-empty list of strings")
+
+
+def expanded_paths(spec, paths):
+    """The spec's paths with `~` expanded here, the checkpoint directory defaulted: the
+    spec.json on disk says exactly where things went."""
+    lib = spec.get("lib_dir")
+    return {
+        "checkpoint_dir": os.path.expanduser(spec.get("checkpoint_dir") or paths.checkpoints),
+        "workdir": os.path.expanduser(spec.get("workdir") or "~"),
+        "lib_dir": os.path.expanduser(lib) if isinstance(lib, str) and lib else None,
+    }
+
+
+def job_env(spec, paths):
     env = dict(os.environ)
     env.update(spec.get("env", {}))
-    accelerators = ",".join(spec.get("accelerators", []))
     env.update({
-        "SHEETRUNNER_RUN_ID": spec["run_id"],
-        "SHEETRUNNER_ATTEMPT": str(spec["attempt"]),
-        "SHEETRUNNER_RUN_DIR": path,
-        "SHEETRUNNER_CHECKPOINT_DIR": spec["checkpoint_dir"],
-        "SHEETRUNNER_METRICS_FILE": os.path.join(path, "metrics.jsonl"),
-        "SHEETRUNNER_HEARTBEAT_FILE": os.path.join(path, "heartbeat"),
-        "SHEETRUNNER_ACCELERATORS": accelerators,
+        protocol.ENV_RUN_ID: os.path.basename(paths.run_dir),
+        protocol.ENV_ATTEMPT: os.path.basename(paths.dir),
+        protocol.ENV_RUN_DIR: paths.dir,
+        protocol.ENV_CHECKPOINT_DIR: spec["checkpoint_dir"],
+        protocol.ENV_METRICS_FILE: paths.metrics,
+        protocol.ENV_HEARTBEAT_FILE: paths.heartbeat,
+        protocol.ENV_ACCELERATORS: ",".join(spec.get("accelerators", [])),
         "PYTHONUNBUFFERED": "1",
     })
     lib = spec.get("lib_dir")
@@ -378,36 +613,50 @@ def job_env(spec, path):
     return env
 
 
+def supervised_paths(args):
+    """The attempt directory launch handed over, checked like any other attempt."""
+    if len(args) != 1:
+        raise Refused("expected ATTEMPT_DIR")
+    path = os.path.abspath(args[0])
+    run_dir = os.path.dirname(path)
+    runs_root = os.path.dirname(run_dir)
+    host_dir = os.path.dirname(runs_root)
+    ns_root = os.path.dirname(os.path.dirname(host_dir))
+    paths = attempt_paths(ns_root, os.path.basename(host_dir), os.path.basename(run_dir),
+                          os.path.basename(path))
+    if paths.dir != path:
+        raise Refused("not an attempt directory: %r" % args[0])
+    return paths
+
+
 def supervise(args):
     """Run the job in its own session, record its pid, write its exit code when it ends."""
-    path = args[0]
-    with open(os.path.join(path, "spec.json")) as f:
+    paths = supervised_paths(args)
+    with open(paths.spec) as f:
         spec = json.load(f)
-    stop = os.path.join(path, "stop")
-    if os.path.exists(stop):  # stopped before it started: never start it
-        write_atomic(os.path.join(path, "exit_code"), str(128 + signal.SIGTERM))
+    if os.path.exists(paths.stop):  # stopped before it started: never start it
+        write_atomic(paths.exit_code, str(128 + signal.SIGTERM))
         return
     os.makedirs(spec["checkpoint_dir"], exist_ok=True)
-    workdir = os.path.expanduser(spec.get("workdir") or "~")
-    log = open(os.path.join(path, "output.log"), "ab")
+    log = open(paths.log, "ab")
     try:
         job = subprocess.Popen(
-            spec["argv"], cwd=workdir, env=job_env(spec, path), stdin=subprocess.DEVNULL,
+            spec["argv"], cwd=spec["workdir"], env=job_env(spec, paths), stdin=subprocess.DEVNULL,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     except OSError as exc:
         log.write(("sheetrunner: could not start %r: %s\n" % (spec["argv"], exc)).encode())
         log.close()
-        write_atomic(os.path.join(path, "exit_code"), "127")
+        write_atomic(paths.exit_code, "127")
         return
     me = os.getpid()
-    write_atomic(os.path.join(path, "pid"), "%d %s %s %d %s" % (
+    write_atomic(paths.pid, "%d %s %s %d %s" % (
         job.pid, start_ticks(job.pid), boot_id(), me, start_ticks(me)))
     signal.signal(signal.SIGTERM, lambda *_: _signal_group(job.pid, signal.SIGTERM))
-    if os.path.exists(stop):  # a kill that came while the job was starting found no pid yet
+    if os.path.exists(paths.stop):  # a kill that came while the job was starting found no pid yet
         _signal_group(job.pid, signal.SIGTERM)
     code = job.wait()
-    write_atomic(os.path.join(path, "exit_code"), str(128 - code if code < 0 else code))
+    write_atomic(paths.exit_code, str(128 - code if code < 0 else code))
 
 
 def _signal_group(pid, sig):
@@ -417,38 +666,56 @@ def _signal_group(pid, sig):
         pass
 
 
+def named_attempt(args, count):
+    """The attempt named by NS_ROOT HOST RUN_ID ATTEMPT, checked; `count` arguments needed."""
+    ns_root, host = where(args, count)
+    return attempt_paths(ns_root, host, args[2], args[3])
+
+
 def kill(args):
     """Stop an attempt: SIGTERM to its process group, SIGKILL after a grace period."""
-    root, run_id, attempt = os.path.expanduser(args[0]), args[1], args[2]
-    grace_s = float(args[3]) if len(args) > 3 else 10.0
-    path = os.path.join(root, "runs", run_id, attempt)
-    if not os.path.isdir(path):
+    paths = named_attempt(args, 4)
+    grace_s = _seconds(args[4]) if len(args) > 4 else 10.0
+    if not os.path.isdir(paths.dir):
         print(json.dumps({"killed": False, "state": "missing"}))
         return
-    write_atomic(os.path.join(path, "stop"), str(time.time()))
-    state, _, pid = attempt_state(path, boot_id())
+    write_atomic(paths.stop, str(time.time()))
+    state, _, pid = attempt_state(paths, boot_id())
     if state != "running" or pid is None:
         print(json.dumps({"killed": False, "state": state}))
         return
     _signal_group(pid, signal.SIGTERM)
     deadline = time.time() + grace_s
-    while time.time() < deadline and attempt_state(path, boot_id())[0] == "running":
+    while time.time() < deadline and attempt_state(paths, boot_id())[0] == "running":
         time.sleep(0.1)
-    if attempt_state(path, boot_id())[0] == "running":
+    if attempt_state(paths, boot_id())[0] == "running":
         _signal_group(pid, signal.SIGKILL)
-    print(json.dumps({"killed": True, "state": attempt_state(path, boot_id())[0]}))
+    print(json.dumps({"killed": True, "state": attempt_state(paths, boot_id())[0]}))
+
+
+def _seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise Refused("not a number of seconds: %r" % text) from None
+    if not 0 <= value <= 3600:
+        raise Refused("grace period out of range: %r" % text)
+    return value
 
 
 def tail(args):
     """The last N bytes of a log, or with "+N" the bytes from offset N on (at most 1 MiB)."""
-    root, run_id, attempt, size = os.path.expanduser(args[0]), args[1], args[2], args[3]
-    path = os.path.join(root, "runs", run_id, attempt, "output.log")
+    paths = named_attempt(args, 5)
+    size = args[4]
+    number = _whole(size[1:] if size.startswith("+") else size)
+    if number is None or number < 0:
+        raise Refused("not a size or +offset: %r" % size)
     if not size.startswith("+"):
-        sys.stdout.buffer.write(tail_bytes(path, int(size)))
+        sys.stdout.buffer.write(tail_bytes(paths.log, number))
         return
     try:
-        with open(path, "rb") as f:
-            f.seek(int(size[1:]))
+        with open(paths.log, "rb") as f:
+            f.seek(number)
             sys.stdout.buffer.write(f.read(1 << 20))
     except OSError:
         pass
@@ -456,12 +723,14 @@ def tail(args):
 
 def history(args):
     """Every report of an attempt (thinned evenly to at most N), as one JSON list: for plots."""
-    root, run_id, attempt, most = os.path.expanduser(args[0]), args[1], args[2], int(args[3])
-    path = os.path.join(root, "runs", run_id, attempt)
+    paths = named_attempt(args, 5)
+    most = _whole(args[4])
+    if most is None:
+        raise Refused("not a count: %r" % args[4])
     records = []
-    for name, prefix in (("metrics.jsonl", ""), ("output.log", METRIC_PREFIX)):
+    for source, prefix in ((paths.metrics, ""), (paths.log, METRIC_PREFIX)):
         try:
-            with open(os.path.join(path, name), encoding="utf-8", errors="replace") as f:
+            with open(source, encoding="utf-8", errors="replace") as f:
                 records = [r for r in (_metric_line(line, prefix) for line in f) if r]
         except OSError:
             continue

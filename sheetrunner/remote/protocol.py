@@ -15,26 +15,39 @@ import re
 RUN_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-z]{1,12}$")
 # A sheet's namespace: random base-36, created once and kept in the sheet's hidden tab.
 NAMESPACE_RE = re.compile(r"^[0-9a-z]{8,32}$")
+# A host's name from the config: a single path component on the host, never "." or "..".
+HOST_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# An attempt number as text: plain ASCII digits (str.isdigit also accepts "²").
+ATTEMPT_RE = re.compile(r"^[0-9]{1,9}$")
 BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 RUN_ID_TAIL = 6
 NAMESPACE_LENGTH = 12
 
 
+def _full(pattern, text):
+    """Whole-string match: `$` alone would let a trailing newline through."""
+    return isinstance(text, str) and pattern.match(text) is not None and "\n" not in text
+
+
 def is_run_id(text):
-    return isinstance(text, str) and RUN_ID_RE.match(text) is not None
+    return _full(RUN_ID_RE, text)
 
 
 def is_namespace(text):
-    return isinstance(text, str) and NAMESPACE_RE.match(text) is not None
+    return _full(NAMESPACE_RE, text)
+
+
+def is_host_name(text):
+    return _full(HOST_NAME_RE, text)
 
 
 def is_attempt(value):
-    """An attempt number: a positive whole number (text of digits, or an int)."""
+    """An attempt number: a positive whole number (text of ASCII digits, or an int)."""
     if isinstance(value, bool):
         return False
     if isinstance(value, int):
-        return value >= 1
-    return isinstance(value, str) and value.isdigit() and int(value) >= 1
+        return 1 <= value < 10 ** 9
+    return _full(ATTEMPT_RE, value) and int(value) >= 1
 
 
 def random_base36(length):
@@ -77,6 +90,41 @@ class AttemptPaths(object):
     @property
     def log(self):
         return self.file("output.log")
+
+    @property
+    def pid(self):
+        return self.file("pid")
+
+    @property
+    def exit_code(self):
+        return self.file("exit_code")
+
+    @property
+    def heartbeat(self):
+        return self.file("heartbeat")
+
+    @property
+    def metrics(self):
+        return self.file("metrics.jsonl")
+
+    @property
+    def summary(self):
+        return self.file("metrics.summary.json")
+
+    @property
+    def stop(self):
+        return self.file("stop")
+
+    @property
+    def lost(self):
+        return self.file("lost")
+
+
+def namespace_root(root, namespace):
+    """`<root>/<namespace>`: everything of one sheet on a host lies below it."""
+    if not is_namespace(namespace):
+        raise ValueError("not a namespace: %r" % (namespace,))
+    return "%s/%s" % (root.rstrip("/"), namespace)
 
 
 def runs_dir(ns_root, host):
