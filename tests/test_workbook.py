@@ -324,8 +324,18 @@ def test_claim_lands_on_an_unclaimed_row_with_the_same_job(tmp_path: Path) -> No
     assert rows[1]["id"] == "r2" and rows[1]["status"] == "queued"
 
 
-@pytest.mark.parametrize("change", ["claimed meanwhile", "row inserted above", "job changed",
-                                    "row deleted"])
+def test_a_claim_follows_its_row_when_a_row_was_inserted_above(tmp_path: Path) -> None:
+    path = book(tmp_path)
+    backend = Workbook(path)
+    backend.read()
+    user_edit(path, lambda s: (s.insert_rows(3), s.cell(row=3, column=1, value="other")))
+    backend.write(SheetWrite(rows=[status_update(3, None, "queued", id="r2")]))
+    rows = read_workbook(path)
+    assert rows[1]["job"] == "other" and rows[1].get("id") in (None, "")
+    assert rows[2]["id"] == "r2" and rows[2]["status"] == "queued"
+
+
+@pytest.mark.parametrize("change", ["claimed meanwhile", "job changed", "row deleted"])
 def test_claim_is_skipped_when_the_row_changed(tmp_path: Path, change: str) -> None:
     path = book(tmp_path)
     backend = Workbook(path)
