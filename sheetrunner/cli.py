@@ -15,7 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.highlighter import NullHighlighter
 from rich.logging import RichHandler
+from rich.markup import escape
+from rich.text import Text
 
 from . import config as config_module
 from . import views
@@ -32,11 +35,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args, console)
     except ConfigError as exc:
-        console.print(f"[red]config error:[/] {exc}", highlight=False)
+        _print_error(console, "config error", exc)
         return 2
     except SheetrunnerError as exc:
-        console.print(f"[red]error:[/] {exc}", highlight=False)
+        _print_error(console, "error", exc)
         return 1
+
+
+def _print_error(console: Console, label: str, exc: BaseException) -> None:
+    """The message as plain text: `[jobs.x]` or a cell's text is shown, never read as markup,
+    and never broken across lines, so a path in it can be copied."""
+    console.print(Text.assemble((f"{label}:", "red"), " ", str(exc)), highlight=False,
+                  soft_wrap=True)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,13 +87,40 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False, markup=False)],
-    )
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        handlers=[_log_handler(sys.stderr)])
     for noisy in ("apscheduler", "paramiko", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# One line per event for a log that is not a terminal (systemd's journal, a file): greppable.
+PLAIN_LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+class OneLineFormatter(logging.Formatter):
+    """Log lines carry sheet data (argv built from cells): a newline or a terminal escape in
+    a cell must not start a forged line or drive the terminal, so control characters are
+    written escaped (a traceback's newlines too: one event, one line)."""
+
+    _ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F) if c != 0x09}
+    _ESCAPES.update({0x0A: "\\n", 0x0D: "\\r"})
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).translate(self._ESCAPES)
+
+
+def _log_handler(stream) -> logging.Handler:
+    """Rich colours on a terminal, one plain line per record elsewhere. Neither highlights:
+    rich's highlighter takes time quadratic in a line's length, and lines carry row data."""
+    if stream.isatty():
+        handler: logging.Handler = RichHandler(
+            console=Console(file=stream), show_path=False, markup=False,
+            highlighter=NullHighlighter(), keywords=[])
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        return handler
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(OneLineFormatter(PLAIN_LOG_FORMAT))
+    return handler
 
 
 def cmd_daemon(args: argparse.Namespace, console: Console) -> int:
@@ -167,7 +204,8 @@ def _archived_log(config, run_id: str, attempt: int, reason: str, console: Conso
         raise SheetrunnerError(f"the log of run {run_id} attempt {attempt} is on {reason}, "
                                "and no copy was kept (only ended attempts are archived)")
     Console(stderr=True, soft_wrap=True).print(
-        f"[yellow]{reason}; showing the copy kept when the attempt ended[/]", highlight=False)
+        f"[yellow]{escape(reason)}; showing the copy kept when the attempt ended[/]",
+        highlight=False)
     sys.stdout.buffer.write(data)
     return 0
 
@@ -221,10 +259,11 @@ def cmd_doctor(args: argparse.Namespace, console: Console) -> int:
     failed = 0
     for check in run_checks(config_module.load(args.config)):
         mark = "[green]ok[/]  " if check.ok else "[red]FAIL[/]"
-        console.print(f"{mark} {check.subject}: {check.what} — {check.detail}", highlight=False)
+        console.print(Text.from_markup(mark).append(f" {check.subject}: {check.what} — {check.detail}"),
+                      highlight=False)
         if not check.ok:
             failed += 1
-            console.print(f"      fix: {check.fix}", highlight=False)
+            console.print(Text(f"      fix: {check.fix}"), highlight=False)
     return 1 if failed else 0
 
 
@@ -241,9 +280,9 @@ def cmd_plot(args: argparse.Namespace, console: Console) -> int:
     if args.output:
         console.print(f"wrote {plot.write_png(curves, metric, Path(args.output))}")
     else:
-        console.print(f"[bold]{metric}[/]")
+        console.print(Text(metric, style="bold"))
         for line in plot.text_lines(curves, metric):
-            console.print(line, highlight=False)
+            console.print(Text(line), highlight=False)
     return 0
 
 
@@ -271,7 +310,7 @@ def cmd_init(args: argparse.Namespace, console: Console) -> int:
     from .starter import initialize
 
     for line in initialize(Path(args.config)):
-        console.print(line, highlight=False)
+        console.print(Text(line), highlight=False)
     return 0
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import config_checks as checks
 from .config_checks import (
     at_least_one,
     check_name,
@@ -136,7 +137,7 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
     known_keys("", raw, TOP_KEYS)
     base = path.parent
     daemon = _daemon(raw.get("daemon", {}), base)
-    return Config(
+    config = Config(
         path=path,
         sheet=_sheet(_table(raw, "sheet"), base),
         daemon=daemon,
@@ -145,6 +146,22 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
         hosts=_hosts(raw.get("hosts", []), base),
         ssh=_ssh(raw.get("ssh", {})),
     )
+    _check_local_workdirs(config)
+    return config
+
+
+def _check_local_workdirs(config: Config) -> None:
+    """A job's workdir must exist where the local host would start it; a remote host's
+    workdir is a path on that host and cannot be checked from here."""
+    from .daemon import job_workdir  # the daemon builds on this module: import when needed
+
+    local = next((h for h in config.hosts if h.local), None)
+    if local is None:
+        return
+    for job in config.jobs.values():
+        if job.workdir is not None:
+            resolved = Path(job_workdir(config, job.name, local))
+            checks.local_workdir(f"jobs.{job.name}.workdir", job.workdir, resolved, local.name)
 
 
 def _table(raw: dict[str, Any], key: str) -> dict[str, Any]:
@@ -169,13 +186,26 @@ def _sheet(raw: dict[str, Any], base: Path) -> SheetConfig:
         )
     columns = raw.get("metric_columns", [])
     expect_list_of_str("sheet.metric_columns", columns, '["acc", "loss"]')
+    checks.metric_columns("sheet.metric_columns", columns)
+    workbook = resolve(base, path) if path else None
+    if workbook is not None:
+        checks.existing_file_with_suffix(
+            "sheet.path", workbook, ".xlsx",
+            'point it at an .xlsx workbook, e.g. path = "experiments.xlsx" '
+            "(`sheetrunner init -c CONFIG` creates one where none exists)")
+    worksheet = opt_str("sheet.worksheet", raw.get("worksheet"))
+    if worksheet is not None:
+        checks.tab_name("sheet.worksheet", worksheet, 'worksheet = "experiments"')
+    pool_tab = opt_str("sheet.pool_tab", raw.get("pool_tab"))
+    if pool_tab is not None:
+        checks.pool_tab(pool_tab, worksheet)
     return SheetConfig(
-        path=resolve(base, path) if path else None,
+        path=workbook,
         url=url,
-        worksheet=opt_str("sheet.worksheet", raw.get("worksheet")),
+        worksheet=worksheet,
         credentials=opt_str("sheet.credentials", raw.get("credentials")),
         endpoint=opt_str("sheet.endpoint", raw.get("endpoint")),
-        pool_tab=opt_str("sheet.pool_tab", raw.get("pool_tab")),
+        pool_tab=pool_tab,
         metric_columns=tuple(columns),
         curve=opt_str("sheet.curve", raw.get("curve")),
     )
@@ -193,9 +223,11 @@ def _daemon(raw: dict[str, Any], base: Path) -> DaemonConfig:
             "unreachable host until it is proven gone) or \"requeue\" (start it elsewhere after "
             "host_lost_timeout seconds)"
         )
+    state_dir = resolve(base, opt_str("daemon.state_dir", raw.get("state_dir")) or ".sheetrunner-state")
+    checks.directory_or_absent("daemon.state_dir", state_dir, 'state_dir = ".sheetrunner-state"')
     return DaemonConfig(
         poll_interval_s=positive("daemon.poll_interval", raw.get("poll_interval", 15), "15"),
-        state_dir=resolve(base, opt_str("daemon.state_dir", raw.get("state_dir")) or ".sheetrunner-state"),
+        state_dir=state_dir,
         on_host_lost=policy,
         host_lost_timeout_s=positive(
             "daemon.host_lost_timeout", raw.get("host_lost_timeout", 300), "300"
@@ -238,6 +270,7 @@ def _job(name: str, raw: Any) -> JobConfig:
     if not command:
         raise ConfigError(f'{where}.command is missing; e.g. command = ["python3", "train.py"]')
     expect_list_of_str(f"{where}.command", command, '["python3", "train.py"]')
+    checks.command_placeholders(f"{where}.command", command)
     env = raw.get("env", {})
     expect(f"{where}.env", env, dict, '{ OMP_NUM_THREADS = "1" }')
     for key, value in env.items():

@@ -3,13 +3,29 @@ right value, so a bad config fails at start with a message a user can act on."""
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .sheet.lease import META_TAB
+from .sheet.schema import OWNED_COLUMNS, PARAM_PREFIX, USER_COLUMNS, metric_column_names
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+# The longest duration a config may ask for: anything longer overflows a datetime (year 9999)
+# or a thread's timeout somewhere, and no poll or timeout needs more than ~31 years.
+MAX_SECONDS = 1e9
+
+# The placeholders sheetrunner fills in in a job's command (pool/hosts.py launch_spec), each a
+# whole argv item, with what it becomes.
+PLACEHOLDERS = {"{python}": "the host's Python interpreter ([[hosts]] python)"}
+PLACEHOLDER_RE = re.compile(r"\{[^{}\s]+\}")
+
+# Characters a tab name cannot hold in a workbook (Excel, openpyxl) or that Sheets rejects.
+TAB_NAME_FORBIDDEN = set("[]:*?/\\")
 
 
 def known_keys(where: str, raw: dict[str, Any], allowed: set[str]) -> None:
@@ -41,8 +57,16 @@ def opt_str(where: str, value: Any) -> str | None:
 
 
 def positive(where: str, value: Any, example: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigError(f"{where} = {value!r}; expected a positive number of seconds, e.g. {where.split('.')[-1]} = {example}")
+    """A positive, finite number of seconds (TOML allows `nan` and `inf`: both refused)."""
+    key = where.split(".")[-1]
+    number = not isinstance(value, bool) and isinstance(value, int | float)
+    if number and (not math.isfinite(value) or value > MAX_SECONDS):
+        raise ConfigError(
+            f"{where} = {value!r}; expected a finite number of seconds, at most {MAX_SECONDS:.0f} "
+            f"(about 31 years), e.g. {key} = {example}"
+        )
+    if not number or value <= 0:
+        raise ConfigError(f"{where} = {value!r}; expected a positive number of seconds, e.g. {key} = {example}")
     return float(value)
 
 
@@ -76,3 +100,152 @@ def check_name(what: str, where: str, name: str) -> None:
 def resolve(base: Path, value: str) -> Path:
     path = Path(value).expanduser()
     return path if path.is_absolute() else (base / path).resolve()
+
+
+def existing_file_with_suffix(where: str, path: Path, suffix: str, fix: str) -> None:
+    """If `path` exists it must be a file ending in `suffix`: a directory, /etc/passwd or a
+    .csv named as the sheet would be read (and, on a write, replaced) as a workbook."""
+    try:
+        exists = path.exists()
+        is_file = path.is_file()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot look at {path}: {exc}; {fix}") from None
+    if not exists:
+        return
+    if not is_file:
+        kind = "a directory" if path.is_dir() else "not a regular file"
+        raise ConfigError(f"{where} = {str(path)!r} is {kind}; {fix}")
+    if path.suffix.lower() != suffix:
+        raise ConfigError(f"{where} = {str(path)!r} is not a {suffix} file; {fix}")
+
+
+def directory_or_absent(where: str, path: Path, example: str) -> None:
+    """`path` is a directory, or can be created as one: nothing in its way is a file."""
+    for candidate in (path, *path.parents):
+        try:
+            if not candidate.exists():
+                continue
+            is_dir = candidate.is_dir()
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot look at {candidate}: {exc}; e.g. {example}") from None
+        if is_dir:
+            return
+        what = "is not a directory" if candidate == path else f"cannot be created: {candidate} is a file"
+        raise ConfigError(f"{where} = {str(path)!r} {what}; point it at a directory, e.g. {example}")
+
+
+def _same_tab(a: str, b: str) -> bool:
+    """Spreadsheets treat tab names that differ only in case as the same tab."""
+    return a.strip().casefold() == b.strip().casefold()
+
+
+def tab_name(where: str, name: str, example: str) -> None:
+    """A tab sheetrunner may create: not one of its own hidden tabs, nothing a workbook refuses."""
+    from .sheet.render import METRICS_TAB  # render imports config: import it when needed
+
+    if _same_tab(name, META_TAB) or _same_tab(name, METRICS_TAB) or name.strip().startswith("_"):
+        raise ConfigError(
+            f"{where} = {name!r}: names starting with '_' are sheetrunner's own hidden tabs "
+            f"({META_TAB}, {METRICS_TAB}), which this would overwrite; e.g. {example}"
+        )
+    bad = sorted(TAB_NAME_FORBIDDEN & set(name))
+    if bad or name != name.strip():
+        what = f"the characters {' '.join(bad)}" if bad else "spaces at either end"
+        raise ConfigError(f"{where} = {name!r}: a tab name cannot hold {what}; e.g. {example}")
+
+
+# Names the first tab of a new sheet gets: `sheetrunner init` ("experiments"), openpyxl, Excel,
+# LibreOffice and Google Sheets. With [sheet] worksheet unset, the experiments tab is the first.
+FIRST_TAB_NAMES = ("experiments", "Sheet", "Sheet1")
+
+
+def pool_tab(name: str, worksheet: str | None) -> None:
+    """The pool tab is replaced whole every cycle: it must never be the experiments tab."""
+    example = 'pool_tab = "pool"'
+    tab_name("sheet.pool_tab", name, example)
+    if worksheet is not None and _same_tab(name, worksheet):
+        raise ConfigError(
+            f"sheet.pool_tab = {name!r} is the experiments tab ([sheet] worksheet), which the pool "
+            f"tab would replace every cycle; use another name, e.g. {example}"
+        )
+    if worksheet is None and any(_same_tab(name, first) for first in FIRST_TAB_NAMES):
+        raise ConfigError(
+            f"sheet.pool_tab = {name!r} may be the experiments tab (with [sheet] worksheet unset it "
+            f"is the first tab, usually called {' or '.join(map(repr, FIRST_TAB_NAMES))}), which "
+            f"the pool tab would replace every cycle; use another name, e.g. {example}, or set "
+            f"[sheet] worksheet"
+        )
+
+
+def metric_columns(where: str, names: Sequence[str]) -> None:
+    """Each metric gets the columns NAME and `best NAME`: none may be a column someone else
+    owns (the user's, sheetrunner's) or another metric's."""
+    from .sheet.expansion import SWEEP_COLUMN  # through render, which imports config
+    from .sheet.render import CURVE_COLUMN
+
+    example = '["acc", "loss"]'
+    taken = {**{c: "a column you fill in" for c in (*USER_COLUMNS, SWEEP_COLUMN)},
+             **{c: "a column sheetrunner writes" for c in (*OWNED_COLUMNS, CURVE_COLUMN)}}
+    seen: set[str] = set()
+    for name in names:
+        if not name.strip():
+            raise ConfigError(f"{where} holds an empty name; every metric needs one, e.g. {where.split('.')[-1]} = {example}")
+        if name != name.strip():
+            raise ConfigError(f"{where}: {name!r} has spaces at either end, which a header loses; "
+                              f"write {name.strip()!r}")
+        if name in seen:
+            raise ConfigError(f"{where}: {name!r} is listed twice; list each metric once, e.g. {example}")
+        seen.add(name)
+        if name.startswith(PARAM_PREFIX):
+            raise ConfigError(
+                f"{where}: {name!r} starts with {PARAM_PREFIX!r}, which marks a parameter column "
+                f"you fill in; name the metric without it, e.g. {name[len(PARAM_PREFIX):]!r}"
+            )
+        if name in taken:
+            raise ConfigError(
+                f"{where}: {name!r} is {taken[name]}, not a metric column; rename the metric, "
+                f"e.g. {where.split('.')[-1]} = {example}"
+            )
+    derived = {column: name for name in names
+               for column in metric_column_names([name]) if column != name}
+    for name in names:
+        if name in derived:
+            raise ConfigError(
+                f"{where}: {name!r} is also the column sheetrunner writes for the best value of "
+                f"{derived[name]!r}; drop it or rename it, e.g. {where.split('.')[-1]} = {example}"
+            )
+
+
+def command_placeholders(where: str, command: Sequence[str]) -> None:
+    """Only the placeholders sheetrunner fills in, each as a whole item: `{pyhton}` would
+    reach the job as the literal text."""
+    known = ", ".join(f"{p} ({what})" for p, what in PLACEHOLDERS.items())
+    for item in command:
+        if item in PLACEHOLDERS:
+            continue
+        for found in PLACEHOLDER_RE.findall(item):
+            if found in PLACEHOLDERS:
+                raise ConfigError(
+                    f"{where} item {item!r}: {found} is replaced only when it is a whole item; "
+                    f'make it an item of its own, e.g. command = ["{found}", "train.py"]'
+                )
+            if found == item:
+                raise ConfigError(
+                    f"{where} item {item!r} is not a placeholder sheetrunner fills in; the known "
+                    f'ones are: {known}; e.g. command = ["{{python}}", "train.py"]'
+                )
+
+
+def local_workdir(where: str, workdir: str | None, resolved: Path, host: str) -> None:
+    """A workdir the local host would start the job in must exist (remote ones cannot be seen)."""
+    try:
+        ok = resolved.is_dir()
+    except OSError:
+        ok = False
+    if not ok:
+        what = "is not a directory" if resolved.exists() else "does not exist"
+        raise ConfigError(
+            f"{where} = {workdir!r}: {resolved} {what} on this machine, where the local host "
+            f"{host!r} starts the job (a relative workdir is relative to the config file's "
+            f'directory); create it or fix the path, e.g. workdir = "."'
+        )

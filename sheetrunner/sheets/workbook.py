@@ -41,12 +41,10 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import Any
-from xml.etree import ElementTree as ET
 
 import openpyxl
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
@@ -66,6 +64,10 @@ WRITE_ATTEMPTS = 5
 
 # A workbook `sheetrunner init` creates: readable by others, like any document (mkstemp: 0600).
 NEW_FILE_MODE = 0o644
+
+# What to do about a [sheet] path that holds no workbook.
+FIX_PATH = ("point [sheet] path at an .xlsx workbook, or move this file away and run "
+            "`sheetrunner init -c CONFIG` to create one")
 
 # Which file a path holds: (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns); None: no file.
 FileStamp = tuple[int, int, int, int, int] | None
@@ -131,6 +133,8 @@ class Workbook:
                         return Snapshot(data, before)
             except FileNotFoundError:
                 raise self._missing() from None
+            except (IsADirectoryError, NotADirectoryError):
+                raise SheetError(f"{self.path} is not a file; {FIX_PATH}") from None
             except OSError as exc:
                 raise SheetUnavailable(f"could not read {self.path}: {exc}") from None
         raise SheetUnavailable(f"{self.path} kept changing while we read it; reading next cycle")
@@ -142,11 +146,24 @@ class Workbook:
         )
 
     def _parse(self, snapshot: Snapshot, data_only: bool) -> openpyxl.Workbook:
+        """The bytes as a workbook; anything openpyxl or zipfile raises on them is
+        SheetUnavailable naming the path and the fix (a file caught mid-save by the person's
+        editor reads fine next cycle; one that is no workbook says so every cycle)."""
         try:
-            return openpyxl.load_workbook(BytesIO(snapshot.data), data_only=data_only)
-        except (zipfile.BadZipFile, KeyError, OSError, EOFError, ET.ParseError, ValueError) as exc:
-            # Usually caught mid-save by the person's editor: try again next cycle.
-            raise SheetUnavailable(f"could not read {self.path}: {exc}") from None
+            book = openpyxl.load_workbook(BytesIO(snapshot.data), data_only=data_only)
+        except MemoryError:
+            raise
+        except Exception as exc:  # openpyxl raises almost any type on bad input
+            raise SheetUnavailable(self._unreadable(exc)) from None
+        if not book.worksheets:
+            raise SheetUnavailable(self._unreadable("it holds no worksheet"))
+        return book
+
+    def _unreadable(self, why: object) -> str:
+        if isinstance(why, BaseException):
+            why = f"{type(why).__name__}: {why}" if str(why) else type(why).__name__
+        return (f"could not read {self.path} as an .xlsx workbook ({why}); if a program was "
+                f"saving it, this clears next cycle, else {FIX_PATH}")
 
     def _tab(self, book: openpyxl.Workbook) -> Worksheet:
         if self.worksheet is None:
