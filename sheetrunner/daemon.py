@@ -344,7 +344,7 @@ def job_workdir(config: Config, job: str, host: HostConfig) -> str | None:
     if not host.local:
         return workdir
     base = config.base_dir
-    return str((base / workdir).resolve()) if workdir else str(base)
+    return str((base / Path(workdir).expanduser()).resolve()) if workdir else str(base)
 
 
 # -- building the parts from the config -------------------------------------------------------
