@@ -33,6 +33,7 @@ from .pool.hosts import HostAgent, Pool, describe_argv, launch_spec
 from .pool.local import LocalTransport
 from .pool.transport import Transport
 from .reconcile import Kill, Launch, Plan
+from .sheet import guard
 from .sheet import schema as rows
 from .sheet.render import SheetView
 from .sheet.table import SheetBackend, SheetWrite, Table
@@ -80,6 +81,7 @@ class Daemon:
             this_daemon(Path(config.daemon.state_dir)),
             lease_seconds(config.daemon.poll_interval_s), take_over, store.namespace)
         self.fatal: SheetOwned | None = None  # why the daemon stopped on its own
+        self._said: set[str] = set()  # sheet problems already logged
 
     # -- one cycle ----------------------------------------------------------------------------
 
@@ -91,7 +93,7 @@ class Daemon:
         now = self.clock()
         report = CycleReport()
         table, experiments = self._read_sheet()
-        report.sheet_ok = table is not None
+        report.sheet_ok = experiments is not None
         turn = self.ownership.turn(table, now)
         if not turn.acting:
             report.unfinished = 1  # not started yet: nothing can be done
@@ -112,6 +114,8 @@ class Daemon:
         self._archive_logs(known, plan)
         if table is not None and experiments is not None:
             report.cells_written = self._write_sheet(table, experiments, plan, runs, now, turn.tab)
+        elif table is not None and turn.tab is not None:  # a damaged header: keep the lease
+            self._write_meta(table, turn.tab)
         report.unfinished = _unfinished(runs.values(), plan) + _unexpanded(experiments or [])
         return report
 
@@ -127,8 +131,12 @@ class Daemon:
             self.sheet.write(SheetWrite(meta=tab, meta_expect=table.meta))
         except SheetError as exc:
             log.warning("could not write the sheet's lease, retried next cycle: %s", exc)
+            return
+        self.ownership.written(tab)
 
     def _read_sheet(self) -> tuple[Table | None, list[Experiment] | None]:
+        """The table, and its rows unless the sheet cannot be used this cycle (unreachable,
+        or its header damaged: then runs go on and nothing is claimed, stopped or written)."""
         try:
             table = self.sheet.read()
         except SheetUnavailable as exc:
@@ -137,8 +145,21 @@ class Daemon:
         except SheetError as exc:
             log.error("sheet cannot be used: %s", exc)
             return None, None
-        experiments = rows.parse_table(table, self.config.jobs)
-        return table, experiments
+        problem = rows.header_problem(table)
+        if problem is not None:
+            self._say_once("sheet header", problem, logging.ERROR,
+                           "runs go on; nothing is claimed, stopped or written until it is fixed")
+            return table, None
+        for line in rows.header_problems(table):
+            self._say_once("sheet header", line, logging.WARNING)
+        return table, rows.parse_table(table, self.config.jobs)
+
+    def _say_once(self, topic: str, text: str, level: int, tail: str = "") -> None:
+        """A problem of the sheet, logged once rather than every cycle."""
+        if text in self._said:
+            return
+        self._said.add(text)
+        log.log(level, "%s: %s%s", topic, text, f" ({tail})" if tail else "")
 
     def _archive_logs(self, known: dict[str, Run], plan: Plan) -> None:
         """Copy the log of every attempt that ended this cycle into the state directory."""
@@ -219,6 +240,8 @@ class Daemon:
     def _write_sheet(self, table: Table, experiments: list[Experiment], plan: Plan,
                      runs: dict[str, Run], now: datetime, lease_tab: list[list[str]] | None) -> int:
         change = self.view.change(table, experiments, plan, runs, now, self.side_tabs())
+        change = guard.only_owned(change, table, self.config.sheet.metric_columns,
+                                  guard.own_tabs(self.config.sheet), curve=bool(self.config.sheet.curve))
         change.meta, change.meta_expect = lease_tab, table.meta
         if change.is_empty():
             return 0

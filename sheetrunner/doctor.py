@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from .config import Config, HostConfig
 from .daemon import open_pool, open_sheet
+from .sheet import schema
 from .errors import HostKeyError, HostUnreachable, SheetError, TransportError
 from .pool.accelerators import is_tpu, tpu_chips
 from .pool.hosts import HostAgent, observation_from_probe
@@ -26,7 +27,7 @@ class Check:
 
 def run_checks(config: Config) -> Iterator[Check]:
     yield Check("config", "loads and validates", True, str(config.path))
-    yield _sheet(config)
+    yield from _sheet(config)
     pool = open_pool(config)
     try:
         for agent in pool.agents.values():
@@ -35,16 +36,21 @@ def run_checks(config: Config) -> Iterator[Check]:
         pool.close()
 
 
-def _sheet(config: Config) -> Check:
+def _sheet(config: Config) -> Iterator[Check]:
     where = str(config.sheet.path or config.sheet.url)
     try:
         table = open_sheet(config).read()
     except SheetError as exc:
-        return Check("sheet", "can be read", False, str(exc), _sheet_fix(config))
-    if "job" not in table.header:
-        return Check("sheet", "has a header row", False, f"{where}: no `job` column",
-                     f"run `sheetrunner init -c {config.path}` to write the header")
-    return Check("sheet", "can be read", True, f"{where}: {len(table.rows)} rows")
+        yield Check("sheet", "can be read", False, str(exc), _sheet_fix(config))
+        return
+    problem = schema.header_problem(table)
+    if problem is not None:
+        yield Check("sheet", "has a header row", False, f"{where}: {problem}",
+                    f"put the header back, or run `sheetrunner init -c {config.path}` to write it")
+        return
+    yield Check("sheet", "can be read", True, f"{where}: {len(table.rows)} rows")
+    for line in schema.header_problems(table):
+        yield Check("sheet", "parameter columns", False, line, "rename or delete the column")
 
 
 def _sheet_fix(config: Config) -> str:

@@ -123,6 +123,8 @@ def test_a_formula_the_file_holds_no_value_for_makes_the_row_invalid(tmp_path):
 
 
 def test_a_claim_lands_only_on_a_row_that_still_shows_the_same_cells(tmp_path):
+    """The claim follows its row (relocate.py): the inserted row with other cells is not
+    claimed, the claimed row is found again one row down."""
     path = write_workbook(tmp_path / "w.xlsx", ["job", "--lr", "id"], [["digits", 0.1]])
     backend = Workbook(path)
     read = backend.read()
@@ -134,4 +136,5 @@ def test_a_claim_lands_only_on_a_row_that_still_shows_the_same_cells(tmp_path):
     book.save(path)
     backend.write(change)
     rows = [[c.value for c in r] for r in openpyxl.load_workbook(path).worksheets[0].iter_rows()]
-    assert rows[1][2] is None and rows[2][2] is None  # skipped: written next cycle instead
+    assert rows[1][:3] == ["digits", 0.5, None]  # the inserted row: other cells, not claimed
+    assert rows[2][:3] == ["digits", 0.1, "x-1"]  # the row the claim was planned on

@@ -6,8 +6,8 @@ import pytest
 from helpers import HEADER, cycle_until, local_config, read_workbook, write_workbook
 
 from sheetrunner.daemon import build
-from sheetrunner.sheet.expansion import summary
 from sheetrunner.model import Status
+from sheetrunner.sheet.expansion import summary
 from sheetrunner.sheet.sweeps import SweepError, combinations, values
 
 
@@ -56,7 +56,7 @@ def test_a_sweep_row_expands_into_child_rows_that_run(tmp_path):
                    [["fake", "1..2", "0.01, 0.02", None, 0, None] + [None] * 9 + ["keep me"],
                     ["fake", 3, 0.01, None, 0]])
     daemon = build(local_config(tmp_path))
-    daemon.cycle()
+    _first_acting_cycle(daemon)
     rows = read_workbook(tmp_path / "experiments.xlsx")
     assert len(rows) == 6
     parent, children, last = rows[0], rows[1:5], rows[5]
@@ -76,6 +76,14 @@ def test_a_sweep_row_expands_into_child_rows_that_run(tmp_path):
 def test_a_bad_sweep_row_is_invalid_with_the_reason(tmp_path):
     write_workbook(tmp_path / "experiments.xlsx", HEADER, [["fake", "5..1", 0.01, None, 0]])
     daemon = build(local_config(tmp_path))
-    daemon.cycle()
+    _first_acting_cycle(daemon)
     (row,) = read_workbook(tmp_path / "experiments.xlsx")
     assert row["status"] == "invalid" and "backwards" in row["message"]
+
+
+def _first_acting_cycle(daemon) -> None:
+    """Cycle until the daemon owns the sheet (its first cycle only takes the lease)."""
+    for _ in range(3):
+        if daemon.cycle().acting:
+            return
+    raise AssertionError("the daemon never took the sheet's lease")

@@ -11,18 +11,20 @@ sends only what changed.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any
 
 from ..config import SheetConfig
 from ..model import Experiment, Run, Status
 from ..reconcile import Plan
-from . import expansion
+from . import expansion, guard
 from . import schema as rows
 from .table import SheetWrite, Sparkline, Table
 
-METRICS_TAB = "_metrics"
-CURVE_COLUMN = "curve"
+METRICS_TAB = guard.METRICS_TAB
+CURVE_COLUMN = guard.CURVE_COLUMN
+MAX_CURVE_POINTS = 500  # a curve's history, thinned evenly (last point kept) beyond this
 
 
 class SheetView:
@@ -44,8 +46,10 @@ class SheetView:
             all_tabs[METRICS_TAB] = self._add_curves(values, plan, runs)
         change = rows.plan_write(table, values, self._extra_columns(table, parents), fills)
         change.inserts = inserts
+        all_tabs = {n: [[rows.written_value(v) for v in r] for r in t] for n, t in all_tabs.items()}
         change.tabs = {n: t for n, t in all_tabs.items() if self._tabs_written.get(n) != t}
-        return change
+        return guard.only_owned(change, table, self.config.metric_columns,
+                                guard.own_tabs(self.config), curve=bool(self.config.curve))
 
     def written(self, change: SheetWrite) -> None:
         """The change reached the sheet: remember its tabs and curves."""
@@ -75,12 +79,33 @@ class SheetView:
         metric = self.config.curve or ""
         tab: list[list[Any]] = [["run", metric]]
         for row, run_id in sorted(plan.rows.items()):
-            history = tuple(runs[run_id].summary.get("history", {}).get(metric, []))
+            history = _curve_points(runs[run_id].summary.get("history", {}).get(metric, []))
             tab.append([run_id, *history])
             spark = Sparkline(history, METRICS_TAB, len(tab))
             if self._curves_written.get(run_id) != spark:
                 values[row][CURVE_COLUMN] = spark
         return tab
+
+
+def _curve_points(history: Any) -> tuple[float, ...]:
+    """The finite numbers of a metric's history (a job may report nan or text), at most
+    MAX_CURVE_POINTS of them, evenly thinned with the first and last kept."""
+    if not isinstance(history, list | tuple):
+        return ()
+    points = [v for v in history if _finite(v)]
+    if len(points) <= MAX_CURVE_POINTS:
+        return tuple(points)
+    step = (len(points) - 1) / (MAX_CURVE_POINTS - 1)
+    return tuple(points[round(i * step)] for i in range(MAX_CURVE_POINTS))
+
+
+def _finite(value: Any) -> bool:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 def _child_statuses(experiments: list[Experiment], plan: Plan,

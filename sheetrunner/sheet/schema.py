@@ -18,7 +18,7 @@ from typing import Any
 
 from ..model import STATUS_COLOURS, Action, Experiment, Run, Status
 from ..remote.protocol import is_run_id
-from .sweeps import SWEEP_ID_PREFIX, SweepError, combinations, is_sweep
+from .sweeps import SWEEP_ID_PREFIX, SweepError, combinations, is_sweep, shorten
 from .table import RowUpdate, SheetWrite, Sparkline, Table, UnsavedFormula
 
 USER_COLUMNS = ("job", "gpus", "where", "priority", "retries", "action")
@@ -26,11 +26,123 @@ OWNED_COLUMNS = ("id", "status", "host", "attempt", "started", "elapsed", "metri
 PARAM_PREFIX = "--"
 PARAM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
+# -- limits on what a cell may hold ----------------------------------------------------------
+# A user cell sheetrunner reads (job, gpus, where, priority, retries, action, every `--NAME`)
+# longer than this makes its row invalid: no argv item, host name or number needs more.
+MAX_CELL_CHARS = 4096
+# `gpus` and `retries` above this are typos (or hostile), not requests.
+MAX_WHOLE_NUMBER = 10_000
+# Characters no argv item can carry (NUL) or that no person means to type: the C0 controls
+# except tab, line feed and carriage return (a cell may hold several lines), DEL, and lone
+# surrogates (not valid text: they cannot be encoded for the host).
+BAD_CHAR_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+# Every text cell sheetrunner writes is cut to this many characters (a visible "…" at the
+# end), far under Google's 50,000 per cell: `message` and `metrics` may be long, the others
+# are short by nature, so a longer value there is garbage worth cutting hard.
+WRITTEN_LIMITS = {"message": 2000, "metrics": 2000}
+WRITTEN_LIMIT = 300
+ELLIPSIS = "…"
+
 
 def param_columns(header: list[str]) -> list[str]:
-    """Header cells that declare a parameter (`--lr`), in column order."""
-    return [h for h in header if isinstance(h, str) and h.startswith(PARAM_PREFIX)
-            and PARAM_NAME_RE.match(h[len(PARAM_PREFIX):])]
+    """Header cells that declare a parameter (`--lr`), in column order; a name that appears
+    twice is left out (its cells are ambiguous: `header_problems` reports it)."""
+    return [header[i] for i, _ in _param_layout(header)[0]]
+
+
+def _param_layout(header: list[Any]) -> tuple[list[tuple[int, str]], dict[int, str]]:
+    """([(column index, parameter name)] of the usable parameter columns, in column order;
+    {column index: what is wrong} for the columns that look like parameters but are not
+    usable: a malformed name (`--a b`, `-- lr`, `--`) or a name that appears twice."""
+    seen: dict[str, list[int]] = {}
+    bad: dict[int, str] = {}
+    for i, h in enumerate(header):
+        if not isinstance(h, str) or not h.startswith(PARAM_PREFIX):
+            continue
+        name = h[len(PARAM_PREFIX):]
+        if not PARAM_NAME_RE.match(name):
+            bad[i] = (f"column {_letter(i)} header {shorten(h)!r} is not a parameter name; write "
+                      f"-- and a name of letters, digits, _ . or -, e.g. {_suggest(name)!r}")
+            continue
+        seen.setdefault(h, []).append(i)
+    good = []
+    for h, where in seen.items():
+        if len(where) == 1:
+            good.append((where[0], h))
+            continue
+        letters = " and ".join(_letter(i) for i in where)
+        times = "twice" if len(where) == 2 else f"{len(where)} times"
+        for i in where:
+            bad[i] = f"column {h} appears {times} (columns {letters}); rename or delete one"
+    return sorted(good), bad
+
+
+def _suggest(name: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", name.strip()).strip("_.-")
+    return PARAM_PREFIX + (cleaned or "name")
+
+
+def _letter(index: int) -> str:
+    """0 -> A, 26 -> AA: a column as a person sees it."""
+    letters = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        letters = chr(65 + rest) + letters
+    return letters
+
+
+# -- the header ------------------------------------------------------------------------------
+
+
+def header_problem(table: Table) -> str | None:
+    """What makes the header unusable, or None. An unusable header is a sheet error, not an
+    empty sheet: a cleared, deleted or sorted-away header row would otherwise read as no
+    rows, and every live run would be stopped as "row deleted". The caller treats the cycle
+    as "sheet unreadable": nothing claimed or stopped, nothing written to the tab."""
+    header = [cell_text(h).strip() for h in table.header]
+    count = sum(1 for r in table.rows if any(cell_text(v).strip() for v in r))
+    below = f" and {count} non-empty row{'s' if count != 1 else ''} below it" if count else ""
+    fix = ("put the header back in row 1 (job, --NAME parameters, gpus, ..., id, status, ...; "
+           "undo the edit or see `sheetrunner init`)")
+    for i, h in enumerate(header):
+        if is_run_id(h) or (h.startswith(SWEEP_ID_PREFIX) and len(h) > len(SWEEP_ID_PREFIX)):
+            return (f"row 1 should be the header but column {_letter(i)} holds the run id "
+                    f"{shorten(h)!r}: it looks like a data row (was the sheet sorted with the "
+                    f"header in it?); {fix}")
+    if not any(header):
+        return f"row 1, the header, is empty{below}; {fix}"
+    if "job" not in header:
+        known = [h for h in header if h in USER_COLUMNS or h in OWNED_COLUMNS
+                 or h.startswith(PARAM_PREFIX)]
+        what = ("none of the known column names" if not known
+                else "no `job` column")
+        shown = ", ".join(repr(shorten(h, 20)) for h in header[:6] if h)
+        return f"row 1, the header, has {what} (it holds {shown}{', …' if len(header) > 6 else ''}){below}; {fix}"
+    if "id" not in header:
+        for cells in table.rows:
+            for i, value in enumerate(cells):
+                if isinstance(value, str) and is_run_id(value.strip()):
+                    return (f"the header has no `id` column but column {_letter(i)} holds run ids "
+                            f"(e.g. {value.strip()!r}): its header was cleared or renamed; type "
+                            "`id` back into row 1 of that column")
+    return None
+
+
+def header_problems(table: Table) -> list[str]:
+    """Header cells sheetrunner cannot use, one line each (to log once and show in doctor):
+    malformed parameter names and parameters or known columns that appear twice. Rows with a
+    value under such a parameter column are invalid; blank header cells are ignored."""
+    lines = [reason for _, reason in sorted(_param_layout(table.header)[1].items())]
+    lines = list(dict.fromkeys(lines))  # a duplicate's line names both columns: say it once
+    header = [cell_text(h).strip() for h in table.header]
+    for name in (*USER_COLUMNS, *OWNED_COLUMNS):
+        where = [i for i, h in enumerate(header) if h == name]
+        if len(where) > 1:
+            lines.append(f"column {name} appears {len(where)} times (columns "
+                         f"{' and '.join(_letter(i) for i in where)}); only the first is used: "
+                         "delete the others")
+    return lines
 
 
 def experiment_key(job: str, params: Iterable[tuple[str, str]]) -> str:
@@ -56,44 +168,65 @@ def cell_text(value: Any) -> str:
         return repr(value)
     if isinstance(value, datetime):
         return value.isoformat()
-    return str(value)
+    try:
+        return str(value)
+    except ValueError:  # an integer of more than 4,300 digits: no argument, and no count
+        return f"<a number of {value.bit_length() if isinstance(value, int) else '?'} bits>"
 
 
 def parse_table(table: Table, job_names: Iterable[str]) -> list[Experiment]:
-    """Every non-empty row of the table as an Experiment; a bad row carries its `error`."""
+    """Every non-empty row of the table as an Experiment; a bad row carries its `error`.
+
+    Check `header_problem(table)` first: with an unusable header this finds no rows."""
     jobs = set(job_names)
-    params = param_columns(table.header)
+    params, bad_columns = _param_layout(table.header)
     experiments = []
     for row in range(2, len(table.rows) + 2):
-        exp = _parse_row(table, row, params, jobs)
+        exp = _parse_row(table, row, params, bad_columns, jobs)
         if exp is not None:
             experiments.append(exp)
     return experiments
 
 
+def _cell(cells: list[Any], index: int) -> Any:
+    return cells[index] if index < len(cells) else None
+
+
 def _parse_row(
-    table: Table, row: int, params: list[str], jobs: set[str]
+    table: Table, row: int, params: list[tuple[int, str]], bad_columns: dict[int, str],
+    jobs: set[str],
 ) -> Experiment | None:
+    cells = table.rows[row - 2]
     text = {name: cell_text(table.value(row, name)).strip() for name in (*USER_COLUMNS, "id")}
-    values = tuple(
-        (name[len(PARAM_PREFIX):], cell_text(table.value(row, name)))
-        for name in params
-        if cell_text(table.value(row, name)).strip() != ""
-    )
-    if not text["job"] and not values and not text["id"]:
+    raw = [(h, cell_text(_cell(cells, i))) for i, h in params]
+    values = tuple((h[len(PARAM_PREFIX):], v) for h, v in raw if v.strip() != "")
+    unusable = [reason for i, reason in sorted(bad_columns.items())
+                if cell_text(_cell(cells, i)).strip() != ""]
+    if not text["job"] and not values and not text["id"] and not unusable:
         return None  # an empty row, or a note a person left: not an experiment
-    run_id, foreign_id = _id_cell(text["id"], values)
     errors: list[str] = _unsaved_formulas(table, row)
+    errors += [f"{reason} (this row has a value under it)" for reason in dict.fromkeys(unusable)]
+    checked = [(name, text[name]) for name in USER_COLUMNS] + raw
+    bad_cells = [e for e in (_cell_problem(name, value) for name, value in checked) if e]
+    errors += bad_cells
+    run_id, foreign_id = _id_cell(text["id"], values)
     job = text["job"]
     if not job:
         errors.append("the job cell is empty; name one of the configured jobs")
-    elif job not in jobs:
-        errors.append(f"unknown job {job!r}; the config declares: {', '.join(sorted(jobs))}")
-    children = _sweep(values, run_id, errors)
+    elif job not in jobs and _cell_problem("job", job) is None:
+        errors.append(f"unknown job {shorten(job)!r}; the config declares: {', '.join(sorted(jobs))}")
+    expanded = run_id is not None and run_id.startswith(SWEEP_ID_PREFIX)
+    children = _sweep(values, run_id, errors) if expanded or not bad_cells else ()
     gpus = _int_cell(text["gpus"], 1, "gpus", errors)
     retries = _int_cell(text["retries"], None, "retries", errors)
     priority = _number_cell(text["priority"], errors)
     action = _action_cell(text["action"], errors)
+    if errors and not expanded:
+        children = ()  # a bad row is never expanded: it shows why, and no child copies a bad cell
+    if expanded and not children:
+        # No longer a sweep (its cell was edited into a bad one): a sweep id is honoured only
+        # on a sweep row, so it never reaches the core or a host as if it were a run's id.
+        run_id, foreign_id = None, text["id"]
     return Experiment(
         row=row,
         run_id=run_id,
@@ -141,6 +274,26 @@ def _sweep(
         return ()
 
 
+def _cell_problem(name: str, text: str) -> str | None:
+    """Why a user cell cannot be used as it is (too long, a character no argv item can
+    carry), with the fix; None when it is fine. Bounded: the length is checked first."""
+    if len(text) > MAX_CELL_CHARS:
+        return (f"the {name} cell holds {len(text):,} characters; at most {MAX_CELL_CHARS:,} "
+                "are allowed: shorten it")
+    bad = BAD_CHAR_RE.search(text)
+    if bad is None:
+        return None
+    char = bad.group()
+    if char == "\x00":
+        return (f"the {name} cell holds a NUL character (U+0000), which no argument can carry; "
+                "retype the cell without it")
+    if "\ud800" <= char <= "\udfff":
+        return (f"the {name} cell holds U+{ord(char):04X}, which is not valid text; "
+                "retype the cell")
+    return (f"the {name} cell holds the control character U+{ord(char):04X}; retype the cell "
+            "without it (tabs and line breaks are fine)")
+
+
 def _unsaved_formulas(table: Table, row: int) -> list[str]:
     return [
         f"cell {v.cell} holds the formula {v.formula} but the file has no computed value for "
@@ -154,11 +307,16 @@ def _int_cell(text: str, default: int | None, name: str, errors: list[str]) -> i
     if text == "":
         return default
     try:
-        number = float(text)
+        number = float(text) if len(text) <= MAX_CELL_CHARS else math.nan
     except ValueError:
         number = math.nan
-    if not number.is_integer() or number < 0:
-        errors.append(f"{name} must be a whole number ≥ 0, not {text!r}")
+    if not number.is_integer() or number < 0:  # nan and ±inf are not whole numbers either
+        errors.append(f"{name} must be a whole number ≥ 0, not {shorten(text)!r}; type e.g. "
+                      f"{'1' if name == 'gpus' else '2'}, or clear the cell for the default")
+        return default
+    if number > MAX_WHOLE_NUMBER:
+        errors.append(f"{name} must be at most {MAX_WHOLE_NUMBER:,}, not {shorten(text)!r}; "
+                      "type a smaller whole number")
         return default
     return int(number)
 
@@ -167,10 +325,15 @@ def _number_cell(text: str, errors: list[str]) -> float:
     if text == "":
         return 0.0
     try:
-        return float(text)
+        number = float(text) if len(text) <= MAX_CELL_CHARS else math.nan
     except ValueError:
-        errors.append(f"priority must be a number, not {text!r}")
+        errors.append(f"priority must be a number, not {shorten(text)!r}; type e.g. 0 or 10")
         return 0.0
+    if not math.isfinite(number):
+        errors.append(f"priority must be a finite number, not {shorten(text)!r}; type e.g. 0 "
+                      "or 10 (higher runs first)")
+        return 0.0
+    return number
 
 
 def _action_cell(text: str, errors: list[str]) -> Action:
@@ -179,7 +342,7 @@ def _action_cell(text: str, errors: list[str]) -> Action:
     try:
         return Action(text.lower())
     except ValueError:
-        errors.append(f"action must be empty, run, hold, stop or rerun, not {text!r}")
+        errors.append(f"action must be empty, run, hold, stop or rerun, not {shorten(text)!r}")
         return Action.HOLD  # never start a row whose intent is unclear
 
 
@@ -253,7 +416,8 @@ def plan_write(
     wanted_columns = [*OWNED_COLUMNS, *extra_columns]
     new_columns = [c for c in wanted_columns if c not in table.header]
     updates = []
-    for row, values in sorted(rows.items()):
+    for row, wanted in sorted(rows.items()):
+        values = {k: written_value(v, k) for k, v in wanted.items()}  # cut before comparing
         changed = {k: v for k, v in values.items() if not _same(table.value(row, k), v)}
         if not changed:
             continue
@@ -264,6 +428,27 @@ def plan_write(
         updates.append(RowUpdate(row=row, run_id=shown_id, cells=changed, fill=fill, job=job,
                                  expect=expect))
     return SheetWrite(new_columns=new_columns, rows=updates)
+
+
+def written_value(value: Any, column: str = "") -> Any:
+    """A value as sheetrunner may write it into a cell: text cut to WRITTEN_LIMITS (else
+    WRITTEN_LIMIT) characters with a visible "…", characters no sheet can hold (NUL and the
+    other C0 controls but tab and line breaks, lone surrogates) replaced by U+FFFD, and a
+    number no spreadsheet or JSON can hold (nan, ±inf, an integer beyond 15 digits) as text.
+    The one place that bounds what is written (plan_write, the side tabs, the guard);
+    applying it twice changes nothing."""
+    if isinstance(value, bool) or value is None or isinstance(value, Sparkline | datetime):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else written_value(cell_text(value), column)
+    if isinstance(value, int):
+        return value if abs(value) < 10**15 else written_value(cell_text(value), column)
+    if not isinstance(value, str):
+        return written_value(cell_text(value), column)
+    limit = WRITTEN_LIMITS.get(column, WRITTEN_LIMIT)
+    if len(value) > limit:
+        value = value[: limit - len(ELLIPSIS)] + ELLIPSIS
+    return BAD_CHAR_RE.sub("\ufffd", value)
 
 
 def _status_fill(status: Any) -> str | None:

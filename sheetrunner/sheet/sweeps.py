@@ -15,55 +15,109 @@ from __future__ import annotations
 
 import itertools
 import math
-import re
 from collections.abc import Sequence
 
+# At most this many child rows from one sweep row (the product over all its sweep cells).
 MAX_CHILDREN = 1000
+# A sweep cell longer than this is refused before it is parsed (schema.MAX_CELL_CHARS
+# refuses any parameter cell over 4,096 characters first; this keeps the module safe alone).
+MAX_SWEEP_CHARS = 4096
+# The ends of a `1..5` range: more digits than this cannot be a sweep anyone means.
+MAX_RANGE_DIGITS = 15
 SWEEP_ID_PREFIX = "sweep-"
-RANGE_RE = re.compile(r"^\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*$")
-SPACED_RE = re.compile(r"^\s*\{\s*(\S+?)\s*\.\.\s*(\S+)\s+(log|lin)\s+(\d+)\s*\}\s*$")
 
 
 class SweepError(ValueError):
     """The cell looks like a sweep but is not a valid one; the message says how to fix it."""
 
 
+def shorten(text: str, limit: int = 40) -> str:
+    """At most `limit` characters of `text`, with a visible "…" when cut: for quoting a
+    cell in a message without copying all of it."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def is_sweep(text: str) -> bool:
-    return "," in text or RANGE_RE.match(text) is not None or text.strip().startswith("{")
+    return "," in text or _range(text) is not None or text.strip().startswith("{")
+
+
+def _range(text: str) -> tuple[str, str] | None:
+    """The two ends of `LOW..HIGH` (whole numbers, spaces allowed around them), or None.
+    Split, not matched with a regex: one pass over the cell, whatever it holds."""
+    low, dots, high = text.partition("..")
+    low, high = low.strip(), high.strip()
+    return (low, high) if dots and _whole(low) and _whole(high) else None
+
+
+def _whole(text: str) -> bool:
+    digits = text[1:] if text.startswith("-") else text
+    return digits.isdecimal()  # what int() reads: decimal digits of any script
 
 
 def values(text: str) -> list[str]:
-    """The values a sweep cell stands for, as the text each child row holds."""
+    """The values a sweep cell stands for, as the text each child row holds.
+
+    Linear in the cell's length and bounded: a cell over MAX_SWEEP_CHARS, or one standing
+    for more than MAX_CHILDREN values, is refused before any value is made."""
+    if len(text) > MAX_SWEEP_CHARS:
+        raise SweepError(f"{shorten(text)!r}: a sweep cell holds at most {MAX_SWEEP_CHARS:,} "
+                         f"characters, this one {len(text):,}; split the sweep over several rows")
     if text.strip().startswith("{"):
         return _spaced(text)
-    if (match := RANGE_RE.match(text)) is not None:
-        low, high = int(match.group(1)), int(match.group(2))
+    if (ends := _range(text)) is not None:
+        if any(len(end.lstrip("-")) > MAX_RANGE_DIGITS for end in ends):
+            raise SweepError(f"{shorten(text)!r}: the ends of a range have at most "
+                             f"{MAX_RANGE_DIGITS} digits; write e.g. 1..5")
+        low, high = int(ends[0]), int(ends[1])
         if high < low:
-            raise SweepError(f"{text!r}: the range runs backwards; write {high}..{low}")
+            raise SweepError(f"{shorten(text)!r}: the range runs backwards; write {high}..{low}")
+        if high - low + 1 > MAX_CHILDREN:
+            raise SweepError(f"{shorten(text)!r}: the range has {high - low + 1:,} values; "
+                             f"at most {MAX_CHILDREN:,} are allowed")
         return [str(v) for v in range(low, high + 1)]
+    count = text.count(",") + 1
+    if count > MAX_CHILDREN:
+        raise SweepError(f"{shorten(text)!r}: the list has {count:,} items; at most "
+                         f"{MAX_CHILDREN:,} are allowed")
     items = [item.strip() for item in text.split(",")]
     if any(item == "" for item in items):
-        raise SweepError(f"{text!r}: an empty item in the list; write e.g. 0.1, 0.01, 0.001")
+        raise SweepError(f"{shorten(text)!r}: an empty item in the list; write e.g. 0.1, 0.01, 0.001")
     return items
 
 
 def _spaced(text: str) -> list[str]:
-    match = SPACED_RE.match(text)
-    if match is None:
-        raise SweepError(f"{text!r} is not a spaced range; write e.g. {{1e-4..1e-1 log 4}}")
+    """`{LOW..HIGH log|lin COUNT}`, parsed by splitting (no backtracking regex)."""
+    example = "write e.g. {1e-4..1e-1 log 4}"
+    body = text.strip()
+    parts = body[1:-1].rsplit(None, 2) if body.endswith("}") else []
+    low_text, dots, high_text = parts[0].partition("..") if len(parts) == 3 else ("", "", "")
+    low_text, high_text = low_text.strip(), high_text.strip()
+    if not (dots and low_text and high_text and parts[1] in ("log", "lin")
+            and parts[2].isascii() and parts[2].isdigit()
+            and low_text.split() == [low_text] and high_text.split() == [high_text]):
+        raise SweepError(f"{shorten(text)!r} is not a spaced range; {example}")
     try:
-        low, high = float(match.group(1)), float(match.group(2))
+        low, high = float(low_text), float(high_text)
     except ValueError:
-        raise SweepError(f"{text!r}: the ends must be numbers, e.g. {{1e-4..1e-1 log 4}}") from None
-    count, scale = int(match.group(4)), match.group(3)
+        raise SweepError(f"{shorten(text)!r}: the ends must be numbers, {example}") from None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise SweepError(f"{shorten(text)!r}: the ends must be finite numbers, {example}")
+    scale = parts[1]
+    count = int(parts[2]) if len(parts[2]) <= 6 else MAX_CHILDREN + 1
     if count < 2:
-        raise SweepError(f"{text!r}: ask for at least 2 values")
+        raise SweepError(f"{shorten(text)!r}: ask for at least 2 values")
+    if count > MAX_CHILDREN:
+        raise SweepError(f"{shorten(text)!r}: ask for at most {MAX_CHILDREN:,} values")
     if scale == "log" and (low <= 0 or high <= 0):
-        raise SweepError(f"{text!r}: a log range needs ends above 0")
+        raise SweepError(f"{shorten(text)!r}: a log range needs ends above 0")
     if scale == "log":
         a, b = math.log10(low), math.log10(high)
-        return [_number(10 ** (a + (b - a) * i / (count - 1))) for i in range(count)]
-    return [_number(low + (high - low) * i / (count - 1)) for i in range(count)]
+        found = [_number(10 ** (a + (b - a) * i / (count - 1))) for i in range(count)]
+    else:
+        found = [_number(low + (high - low) * i / (count - 1)) for i in range(count)]
+    if any(v in ("inf", "-inf", "nan") for v in found):
+        raise SweepError(f"{shorten(text)!r}: the values do not fit in a number; narrow the range")
+    return found
 
 
 def _number(value: float) -> str:
@@ -76,10 +130,11 @@ def combinations(cells: Sequence[tuple[str, str]]) -> list[list[tuple[str, str]]
     """Every combination of the sweep cells; plain cells keep their one value.
 
     `cells` is [(column, text)] in column order; raises SweepError on bad syntax
-    or more than MAX_CHILDREN combinations."""
+    or more than MAX_CHILDREN combinations (counted before any is made)."""
     choices = [[(name, v) for v in values(text)] if is_sweep(text) else [(name, text)]
                for name, text in cells]
     total = math.prod(len(c) for c in choices)
     if total > MAX_CHILDREN:
-        raise SweepError(f"the sweep has {total} combinations; at most {MAX_CHILDREN} are allowed")
+        raise SweepError(f"the sweep has {total:,} combinations; at most {MAX_CHILDREN:,} are "
+                         "allowed: split it over several rows")
     return [list(combo) for combo in itertools.product(*choices)]
