@@ -334,7 +334,7 @@ def _attempts_to_probe(runs: dict[str, Run]) -> dict[str, set[tuple[str, int]]]:
 def _runs_to_ask(known: dict[str, Run], experiments: list[Experiment]) -> list[str]:
     """Runs every host is asked about (their newest attempt there): the unfinished ones the
     store knows, and the ids the sheet shows that it does not (state lost or restored)."""
-    wanted = {r.run_id for r in known.values() if not r.status.is_final}
+    wanted = {r.run_id for r in known.values() if not r.status.is_final and r.attempt > 0}
     wanted |= {e.run_id for e in experiments if e.run_id and e.run_id not in known}
     return sorted(wanted)
 

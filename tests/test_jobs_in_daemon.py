@@ -41,14 +41,15 @@ root = "host"
     write_workbook(tmp_path / "experiments.xlsx", ["job", "--epochs", "--lr", "gpus"],
                    [["digits", 4, 0.05, 0]])
     daemon = build(config_module.load(tmp_path / "sheetrunner.toml"))
-    (row,) = cycle_until(daemon, lambda rows: rows[0]["status"] in ("succeeded", "failed"), 120)
+    (row,) = cycle_until(daemon, lambda rows: rows[0].get("status") in ("succeeded", "failed"), 120)
     assert row["status"] == "succeeded" and row["attempt"] == 2
     assert row["acc"] > 0.5 and row["best acc"] >= row["acc"]
-    run_dir = tmp_path / "host" / "runs" / row["id"]
+    (run_dir,) = (tmp_path / "host").glob(f"*/hosts/local/runs/{row['id']}")
     first = [json.loads(x) for x in (run_dir / "1" / "metrics.jsonl").read_text().splitlines()]
     second = [json.loads(x) for x in (run_dir / "2" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in first if "epoch" in r] == [1, 2]
     assert [r["epoch"] for r in second if "epoch" in r] == [3, 4]  # resumed, not from 0
     assert min(r["step"] for r in second) > max(r["step"] for r in first)
-    kept = sorted(p.name for p in (run_dir / "checkpoints").glob("ckpt-*.pt"))
+    checkpoints = run_dir.parents[3] / "checkpoints" / row["id"]
+    kept = sorted(p.name for p in checkpoints.glob("ckpt-*.pt"))
     assert 1 <= len(kept) <= 2  # the newest, plus the best by acc when it is another one

@@ -57,6 +57,8 @@ def full_run(run_id: str = "r-0001", **changes) -> Run:
         last_action=Action.RERUN,
         duplicate_of="r-0000",
         replaced_by="r-0002",
+        kept_cells={"metrics": "acc=0.9", "started": "2026-01-01 10:00:00"},
+        released=True,
     )
     return replace(run, **changes)
 
