@@ -30,42 +30,55 @@ def shown(table: Table, row: int, name: str) -> str:
     return cell_text(table.value(row, name)).strip()
 
 
-def rows_showing(table: Table) -> dict[str, list[int]]:
-    """Run id -> the rows showing it now, in sheet order."""
-    found: dict[str, list[int]] = {}
-    for row in range(2, len(table.rows) + 2):
-        text = shown(table, row, ID_COLUMN)
-        if text:
-            found.setdefault(text, []).append(row)
-    return found
+class RowIndex(dict[str, list[int]]):
+    """Run id -> the rows showing it now, in sheet order; plus, for claims, the rows no
+    claim took yet, indexed by the user cells they show (built once per write, so placing
+    thousands of claims stays linear)."""
+
+    def __init__(self, table: Table):
+        super().__init__()
+        self.table = table
+        self.claimed: set[int] = set()
+        self._unclaimed: dict[tuple[str, ...], dict[tuple[str, ...], list[int]]] = {}
+        for row in range(2, len(table.rows) + 2):
+            text = shown(table, row, ID_COLUMN)
+            if text:
+                self.setdefault(text, []).append(row)
+
+    def claimable(self, names: tuple[str, ...], values: tuple[str, ...]) -> list[int]:
+        """Rows showing no id and these user cells, in sheet order."""
+        if names not in self._unclaimed:
+            index: dict[tuple[str, ...], list[int]] = {}
+            for row in range(2, len(self.table.rows) + 2):
+                if not shown(self.table, row, ID_COLUMN):
+                    cells = tuple(shown(self.table, row, name) for name in names)
+                    index.setdefault(cells, []).append(row)
+            self._unclaimed[names] = index
+        return self._unclaimed[names].get(values, [])
 
 
-CLAIMED = ""  # the key of `by_id` under which locate() notes the rows claims took
+def rows_showing(table: Table) -> RowIndex:
+    """Run id -> the rows showing it now, in sheet order (see RowIndex)."""
+    return RowIndex(table)
 
 
-def locate(update: RowUpdate, fresh: Table, by_id: dict[str, list[int]] | None = None) -> int | None:
+def locate(update: RowUpdate, fresh: Table, by_id: RowIndex | None = None) -> int | None:
     """The row `update` belongs to in `fresh`, or None when it cannot be placed safely.
 
     Pass the same `by_id` (from `rows_showing(fresh)`) for every update of one write: it
     also remembers which rows claims took, so that no row is claimed twice."""
-    by_id = by_id if by_id is not None else rows_showing(fresh)
+    index = by_id if by_id is not None else rows_showing(fresh)
     if update.run_id:
-        candidates = by_id.get(update.run_id, [])
+        candidates = index.get(update.run_id, [])
         if update.row in candidates:
             return update.row
         return candidates[0] if len(candidates) == 1 else None
-    taken = by_id.setdefault(CLAIMED, [])
-    candidates = [r for r in _claimable(update, fresh) if r not in taken]
+    expect = update.expect or {JOB_COLUMN: update.job}
+    names = tuple(sorted(expect))
+    candidates = [r for r in index.claimable(names, tuple(expect[n] for n in names))
+                  if r not in index.claimed]
     if not candidates:
         return None
     row = update.row if update.row in candidates else candidates[0]
-    taken.append(row)
+    index.claimed.add(row)
     return row
-
-
-def _claimable(update: RowUpdate, fresh: Table) -> list[int]:
-    """Rows showing no id and the user cells the claim was planned on, the read row first."""
-    expect = update.expect or {JOB_COLUMN: update.job}
-    rows = [update.row, *(r for r in range(2, len(fresh.rows) + 2) if r != update.row)]
-    return [r for r in rows if 2 <= r < len(fresh.rows) + 2 and not shown(fresh, r, ID_COLUMN)
-            and all(shown(fresh, r, name) == value for name, value in expect.items())]

@@ -38,7 +38,7 @@ from gspread.utils import absolute_range_name
 
 from sheetrunner.errors import ConfigError, SheetError, SheetUnavailable
 from sheetrunner.sheet.lease import META_TAB, meta_from_rows
-from sheetrunner.sheet.relocate import locate, rows_showing, shown
+from sheetrunner.sheet.relocate import RowIndex, locate, rows_showing, shown
 from sheetrunner.sheet.table import RowInsert, RowUpdate, SheetWrite, Sparkline, Table
 from sheetrunner.sheets.google_http import ENDPOINT_ENV as ENDPOINT_ENV
 from sheetrunner.sheets.google_http import (
@@ -512,7 +512,7 @@ def _place(change: SheetWrite, fresh: Table) -> SheetWrite:
     return replace(change, rows=rows, inserts=inserts, meta=meta)
 
 
-def _place_row(update: RowUpdate, fresh: Table, by_id: dict[str, list[int]]) -> RowUpdate | None:
+def _place_row(update: RowUpdate, fresh: Table, by_id: RowIndex) -> RowUpdate | None:
     row = locate(update, fresh, by_id)
     if row is None:
         if update.run_id:
