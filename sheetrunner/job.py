@@ -27,6 +27,7 @@ import math
 import os
 import re
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -45,6 +46,9 @@ from .remote.protocol import (
     ENV_METRICS_FILE,
     ENV_RUN_DIR,
     ENV_RUN_ID,
+    MAX_REPORT_KEYS,
+    METRIC_NAME_CHARS,
+    REPORT_LINE_BYTES,
 )
 
 LOCAL_DIR = "sheetrunner-local"
@@ -54,6 +58,7 @@ DONE_FILE = "DONE"
 INDEX_FILE = "index.json"
 _CKPT_RE = re.compile(r"^ckpt-(\d{8,})\.pt$")
 _TMP_PREFIX = ".tmp-"
+TRIM_WARNINGS = 3  # trimmed reports warned about on stderr; a job trimming every step says it 3 times
 
 
 # --- where am I -------------------------------------------------------------
@@ -161,6 +166,37 @@ def _record(step: int, metrics: dict[str, Any]) -> dict[str, Any]:
     return {"step": int(step), "time": time.time(), **clean}
 
 
+def _fit_line(record: dict[str, Any]) -> tuple[str, list[str]]:
+    """The report's JSON line within what the agent reads (REPORT_LINE_BYTES, at most
+    MAX_REPORT_KEYS names of at most METRIC_NAME_CHARS), and what had to be left out. The
+    agent skips a longer line and cuts a wider report; doing it here means the job's log
+    says so (a report the agent skipped would vanish without a word)."""
+    line = json.dumps(record)
+    if len(line.encode()) <= REPORT_LINE_BYTES and len(record) <= MAX_REPORT_KEYS and all(
+            len(name) <= METRIC_NAME_CHARS for name in record):
+        return line, []
+    kept, dropped = {}, []
+    size = 2  # the braces
+    for name, value in record.items():
+        item = len(json.dumps({name: value}).encode()) - 2 + (2 if kept else 0)
+        if (len(name) > METRIC_NAME_CHARS or len(kept) >= MAX_REPORT_KEYS
+                or size + item > REPORT_LINE_BYTES):
+            dropped.append(name)
+            continue
+        kept[name] = value
+        size += item
+    return json.dumps(kept), dropped
+
+
+def _warn_trimmed(step: int, dropped: list[str]) -> None:
+    names = ", ".join(repr(n[:40]) for n in dropped[:5]) + (" ..." if len(dropped) > 5 else "")
+    sys.stderr.write(
+        f"sheetrunner.job: report at step {step}: {len(dropped)} metric(s) left out ({names}); "
+        f"a report holds at most {MAX_REPORT_KEYS} names of at most {METRIC_NAME_CHARS} "
+        f"characters in {REPORT_LINE_BYTES // 1024} KiB\n")
+    sys.stderr.flush()
+
+
 def _touch(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a"):
@@ -194,10 +230,18 @@ class Reporter:
         self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        self._trimmed = 0
         atexit.register(self.flush)
 
     def report(self, step: int, **metrics: Any) -> None:
-        line = json.dumps(_record(step, metrics)) + "\n"
+        """Buffer one report; one too big for the agent is trimmed, with a warning on stderr
+        (the job's log) the first few times."""
+        line, dropped = _fit_line(_record(step, metrics))
+        if dropped:
+            self._trimmed += 1
+            if self._trimmed <= TRIM_WARNINGS:
+                _warn_trimmed(step, dropped)
+        line += "\n"
         with self._lock:
             self._lines.append(line)
             if self._clock() - self._last_flush >= self.flush_interval_s:

@@ -381,3 +381,52 @@ def test_host_facts_need_no_namespace(tmp_path):
     host = HostConfig(name="local", local=True, root=str(tmp_path / "root"), python=sys.executable)
     facts = HostAgent(host, LocalTransport("local")).facts()
     assert facts["boot_id"] and facts["disk_free_bytes"] > 0 and "attempts" not in facts
+
+
+@pytest.mark.parametrize("change", [
+    {"argv": [sys.executable, "-c", "pass", "a\0b"]},
+    {"env": {"X": "a\0b"}},
+    {"env": {"A=B": "1"}},
+    {"env": {"X": 3}},
+    {"argv": [sys.executable, "\ud800"]},
+    {"workdir": "/tmp/a\0b"},
+    {"accelerators": ["0\0"]},
+])
+def test_a_launch_spec_an_exec_cannot_carry_is_refused_before_anything_is_created(agent, tmp_path,
+                                                                                change):
+    agent.probe(set())
+    before = tree(tmp_path)
+    done = run_agent(agent, "launch", agent.ns_root(), agent.name,
+                     stdin=json.dumps({**spec(rid("nul"), 1), **change}).encode())
+    assert done.returncode == 3 and done.stderr.startswith(b"refused:"), done
+    assert tree(tmp_path) == before
+
+
+def test_modes_are_private_whatever_the_umask(tmp_path):
+    host = HostConfig(name="local", local=True, root=str(tmp_path / "root"), python=sys.executable)
+    agent = HostAgent(host, LocalTransport("local"), namespace=NS)
+    old = os.umask(0)
+    try:
+        agent.launch(spec(rid("modes"), 1, "--steps", "1", "--exit", "2"))
+        seen = wait_for(agent, rid("modes"), 1, "exited")
+    finally:
+        os.umask(old)
+    assert seen["exit_code"] == 2
+    root = tmp_path / "root"
+    (agent_file,) = (root / "bin").iterdir()
+    assert agent_file.stat().st_mode & 0o777 == 0o700
+    dirs = [root, root / "bin", *[p for p in (root / NS).rglob("*") if p.is_dir()], root / NS]
+    assert {oct(d.stat().st_mode & 0o777) for d in dirs} == {oct(0o700)}, dirs
+    files = [p for p in (root / NS).rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"spec.json", "pid", "output.log", "exit_code",
+                                       "metrics.summary.json"}
+    assert {(p.name, oct(p.stat().st_mode & 0o777)) for p in files} == {
+        (p.name, oct(0o600)) for p in files}
+
+
+def test_the_agent_directory_is_made_private_even_when_it_was_not(tmp_path):
+    host = HostConfig(name="local", local=True, root=str(tmp_path / "root"), python=sys.executable)
+    (tmp_path / "root" / "bin").mkdir(parents=True)
+    (tmp_path / "root" / "bin").chmod(0o777)
+    HostAgent(host, LocalTransport("local"), namespace=NS).probe(set())
+    assert (tmp_path / "root" / "bin").stat().st_mode & 0o777 == 0o700

@@ -288,3 +288,29 @@ def test_mark_done_is_seen_by_is_done(job_env: Path) -> None:
     job.mark_done(epochs=5)
     assert job.is_done()
     assert json.loads((job_env / "DONE").read_text())["epochs"] == 5
+
+
+def test_a_report_too_big_for_the_agent_is_trimmed_with_a_warning_in_the_log(
+    reporter: job.Reporter, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sheetrunner.remote.protocol import MAX_REPORT_KEYS, REPORT_LINE_BYTES
+
+    reporter.report(1, loss=0.5, blob="x" * (REPORT_LINE_BYTES + 10), acc=0.9)
+    reporter.report(2, **{f"m{i}": i for i in range(MAX_REPORT_KEYS + 50)})
+    reporter.report(3, loss=0.25)
+    reporter.flush()
+    raw = (tmp_path / "metrics.jsonl").read_bytes().splitlines()
+    assert all(len(line) <= REPORT_LINE_BYTES for line in raw)
+    first, second, third = read_lines(tmp_path / "metrics.jsonl")
+    assert (first["loss"], first["acc"], "blob" in first) == (0.5, 0.9, False)
+    assert len(second) == MAX_REPORT_KEYS and second["step"] == 2 and "m0" in second
+    assert third["loss"] == 0.25
+    err = capsys.readouterr().err
+    assert "step 1: 1 metric(s) left out ('blob')" in err
+    assert "step 2: 52 metric(s) left out" in err and "step 3" not in err
+
+
+def test_trim_warnings_stop_after_a_few(reporter: job.Reporter, capsys: pytest.CaptureFixture[str]) -> None:
+    for step in range(10):
+        reporter.report(step, blob="x" * 70000)
+    assert capsys.readouterr().err.count("sheetrunner.job: report at step") == job.TRIM_WARNINGS

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ from ..remote.protocol import (
     ENV_BEST_METRIC,
     ENV_BEST_MODE,
     ENV_KEEP_CHECKPOINTS,
+    FILE_MODE,
     is_attempt,
     is_namespace,
     is_run_id,
@@ -35,6 +37,30 @@ from .accelerators import is_tpu, tpu_chips, visible_env
 from .transport import Transport
 
 log = logging.getLogger(__name__)
+
+AGENT_MODE = 0o700  # run as `python3 <file>`; executable only for a person's convenience
+# Run before an upload (python 3.6+, standard library): mkdir -p with 0700 for every directory
+# it creates, then each named directory set to 0700; a named directory that is a symlink is
+# refused (exit 3), as the agent refuses one in a run directory.
+MAKE_PRIVATE_DIRS = """
+import os, stat, sys
+def make(path):
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent and parent != path:
+        make(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        return
+    os.chmod(path, 0o700)
+for path in sys.argv[1:]:
+    make(path)
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        sys.exit("refused: %s is not a directory" % path)
+    os.chmod(path, 0o700)
+"""
 
 
 @dataclass(frozen=True)
@@ -86,13 +112,31 @@ class HostAgent:
         return path[2:] if path.startswith("~/") else path
 
     def _upload(self) -> None:
-        """The job library first (remote hosts), then the agent: an agent present means both are."""
-        if not self.config.local:
-            lib = lib_dir(self.config)
-            for name, data in sorted(job_library_files().items()):
-                self.transport.put_file(f"{lib}/{name}", data)
-        self.transport.put_file(self._agent_path(), agent_zipapp(), 0o755)
+        """The job library first (remote hosts), then the agent: an agent present means both are.
+
+        Their directories are made first, 0700 whatever the umask (a transport's put_file
+        leaves the directories it creates to the umask: under `umask 000`, a `bin/` anyone
+        could write into would let anyone replace the code this daemon runs); the files are
+        0600, the agent 0700."""
+        files = {} if self.config.local else {
+            f"{lib_dir(self.config)}/{name}": data for name, data in job_library_files().items()}
+        lib = [] if self.config.local else [posixpath.dirname(lib_dir(self.config)),
+                                            lib_dir(self.config)]
+        self._make_private_dirs([posixpath.dirname(self._agent_path()), *lib,
+                                 *sorted({posixpath.dirname(p) for p in files})])
+        for path, data in sorted(files.items()):
+            self.transport.put_file(path, data, FILE_MODE)
+        self.transport.put_file(self._agent_path(), agent_zipapp(), AGENT_MODE)
         log.info("host=%s agent %s uploaded", self.name, agent_name())
+
+    def _make_private_dirs(self, dirs: list[str]) -> None:
+        """Create `dirs` (and missing parents) 0700 and set each of them to 0700: they are
+        sheetrunner's own. A fixed command, like the agent's: the paths come from the config."""
+        argv = [self.config.python, "-c", MAKE_PRIVATE_DIRS, *(self._exec_path(d) for d in dirs)]
+        result = self.transport.run(argv, timeout_s=self.timeout_s)
+        if result.exit_code != 0:
+            err = result.stderr.decode(errors="replace").strip().splitlines()[-3:]
+            raise TransportError(f"{self.name}: cannot prepare {dirs[0]}: {' '.join(err)}")
 
     def _call(self, args: list[str], stdin: bytes = b"", timeout_s: float | None = None) -> bytes:
         argv = self.argv(args)

@@ -11,10 +11,14 @@ so no value can name a path outside the host's directory. Paths may start
 with `~`: they are expanded here, on the host. Layout: docs/remote-layout.md.
 """
 
+import errno
+import itertools
 import json
 import os
+import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -24,6 +28,8 @@ from sheetrunner.remote.protocol import AttemptPaths
 
 TAIL_BYTES = 65536
 METRIC_PREFIX = "SHEETRUNNER "
+METRIC_PREFIX_BYTES = METRIC_PREFIX.encode()
+REQUEST_BYTES = 4 << 20  # stdin: a probe request or a launch spec
 REFUSED_EXIT = 3
 USAGE = """usage: agent.pyz COMMAND ...
   probe    NS_ROOT HOST                      request on stdin
@@ -81,11 +87,14 @@ def attempt_paths(ns_root, host, run_id, attempt):
 
 
 def read_request():
-    """The JSON object on stdin (empty stdin: an empty object)."""
-    text = sys.stdin.read()
+    """The JSON object on stdin (empty stdin: an empty object), at most REQUEST_BYTES."""
+    data = sys.stdin.buffer.read(REQUEST_BYTES + 1)
+    if len(data) > REQUEST_BYTES:
+        raise Refused("stdin over %d bytes" % REQUEST_BYTES)
     try:
+        text = data.decode("utf-8")
         request = json.loads(text) if text.strip() else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         raise Refused("stdin is not JSON") from None
     if not isinstance(request, dict):
         raise Refused("stdin is not a JSON object")
@@ -207,24 +216,206 @@ def tpu_chips():
         return []
 
 
-# -- one attempt directory -------------------------------------------------------------------
+# -- files in an attempt directory: hostile input ----------------------------------------------
+#
+# A job runs as this user and may write anything into its attempt directory: junk, huge files,
+# FIFOs, directories, symlinks to files elsewhere. Every file there is opened without following
+# a symlink and read bounded; what cannot be what the agent wrote is Damaged, and the reason is
+# reported for that attempt alone. Nothing is ever written through a name a job could have
+# planted: files are created O_EXCL (temp names) or O_NOFOLLOW, then renamed into place.
+
+SMALL_FILE_BYTES = 65536  # pid, exit_code, stop, lost
+SPEC_FILE_BYTES = 1 << 20  # spec.json; launch refuses a spec that would not fit
+SUMMARY_FILE_BYTES = 4 << 20  # metrics.summary.json (200 names of up to 127 points fit easily)
+SUMMARY_READ_BYTES = 1 << 20  # new metrics read per probe: a huge file is caught up over probes
+ANSWER_BYTES = 128 << 10  # one attempt's part of the probe's answer
+MAX_SUMMARY_NAMES = protocol.MAX_REPORT_KEYS  # metric names kept in the summary and the latest
+VALUE_CHARS = 256  # a metric value's text in the probe (strings are cut, bigger lists dropped)
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a FIFO planted as `pid` must not hang the probe
+CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
-def read_text(path):
-    """A small file's text, or None when it is absent or unreadable (a job may write junk)."""
+class Damaged(Exception):
+    """A file of an attempt that cannot be what sheetrunner wrote there: the reason goes into
+    that attempt's answer (`damaged`), never up to the probe of the host."""
+
+
+def _kib(size):
+    return "%d KiB" % (size >> 10) if size < 1 << 20 else "%d MiB" % (size >> 20)
+
+
+def open_read(path):
+    """A descriptor of the regular file at `path`, opened without following a symlink and
+    without blocking on a FIFO; None when there is nothing there."""
+    name = os.path.basename(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read(4096).strip()
-    except (OSError, ValueError):
+        fd = os.open(path, os.O_RDONLY | NOFOLLOW | NONBLOCK | CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
         return None
-
-
-def read_json(path):
+    except OSError as exc:
+        raise Damaged("%s is a symlink" % name if os.path.islink(path)
+                      else "%s unreadable (%s)" % (name, exc.strerror)) from None
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        mode = 0
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise Damaged("%s is not a regular file" % name)
+    return fd
+
+
+def read_fd(fd, size):
+    """Up to `size` bytes from a descriptor's position."""
+    parts, left = [], size
+    while left > 0:
+        part = os.read(fd, min(left, 1 << 20))
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+def read_bounded(path, limit=SMALL_FILE_BYTES):
+    """A file's bytes, or None when absent; Damaged when it is not a regular file or is
+    over `limit` (a job can make any file huge; nothing reads more than it needs)."""
+    fd = open_read(path)
+    if fd is None:
         return None
+    try:
+        data = read_fd(fd, limit + 1)
+    except OSError as exc:
+        raise Damaged("%s unreadable (%s)" % (os.path.basename(path), exc.strerror)) from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise Damaged("%s over %s" % (os.path.basename(path), _kib(limit)))
+    return data
+
+
+def read_text(path, limit=SMALL_FILE_BYTES):
+    """A small file's text, stripped, or None when absent."""
+    data = read_bounded(path, limit)
+    if data is None:
+        return None
+    try:
+        return data.decode("utf-8").strip()
+    except ValueError:
+        raise Damaged("%s is not text" % os.path.basename(path)) from None
+
+
+def read_json(path, limit=SMALL_FILE_BYTES):
+    """A JSON file's value, or None when absent."""
+    text = read_text(path, limit)
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise Damaged("%s is not JSON" % os.path.basename(path)) from None
+
+
+def guarded(damage, default, function, *args):
+    """`function(*args)`, or `default` with the reason added to `damage` when a file it
+    reads is damaged."""
+    try:
+        return function(*args)
+    except Damaged as exc:
+        damage.append(str(exc))
+        return default
+
+
+def create_file(path, flags=os.O_WRONLY):
+    """A new or existing regular file opened for writing, never through a symlink, mode 0600
+    whatever the umask when it is created here."""
+    fd = os.open(path, flags | os.O_CREAT | NOFOLLOW | NONBLOCK | CLOEXEC, protocol.FILE_MODE)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        if info.st_size == 0 and info.st_mode & 0o777 != protocol.FILE_MODE:
+            os.fchmod(fd, protocol.FILE_MODE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def write_atomic(path, text):
+    """Replace `path` with `text`: a fresh temp file (O_EXCL, so nothing a job planted is
+    written through), mode 0600, fsync, rename over whatever was there (a symlink is
+    replaced, never followed)."""
+    tmp = "%s.tmp.%d.%s" % (path, os.getpid(), protocol.random_base36(6))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW | CLOEXEC, protocol.FILE_MODE)
+    try:
+        os.fchmod(fd, protocol.FILE_MODE)
+        data = text.encode("utf-8")
+        while data:
+            data = data[os.write(fd, data):]
+        os.fsync(fd)
+        os.close(fd)
+        fd = None
+        os.replace(tmp, path)
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        _unlink(tmp)
+        raise
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def make_dirs(path):
+    """mkdir -p where every directory created is 0700 whatever the umask (os.makedirs
+    leaves the parents it creates to the umask)."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent and parent != path:
+        make_dirs(parent)
+    make_dir(path, exist_ok=True)
+
+
+def make_dir(path, exist_ok=False):
+    """One directory, 0700; FileExistsError when it is there and `exist_ok` is false."""
+    try:
+        os.mkdir(path, protocol.DIR_MODE)
+    except FileExistsError:
+        if exist_ok and os.path.isdir(path):
+            return
+        raise
+    os.chmod(path, protocol.DIR_MODE)
+
+
+def is_real_dir(path):
+    """A directory that is not a symlink (lstat): a job may replace one with a link."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _mtime(path, default=None):
+    """When a file changed, from lstat: a symlink tells its own time, not its target's."""
+    try:
+        return os.lstat(path).st_mtime
+    except OSError:
+        return default
+
+
+# -- one attempt -------------------------------------------------------------------------------
+
+EXIT_CODE_RE = re.compile(r"^-?[0-9]{1,6}$")
+PID_RE = re.compile(r"^[0-9]{1,10}$")
+TICKS_RE = re.compile(r"^[0-9]{1,20}$|^None$")
+BOOT_RE = re.compile(r"^[!-~]{1,64}$")
 
 
 def _whole(text):
@@ -234,64 +425,88 @@ def _whole(text):
         return None
 
 
-def exit_code_of(paths):
-    """(written, code): the supervisor's exit code; a file holding junk counts as written."""
-    text = read_text(paths.exit_code)
-    if text is None:
+def exit_code_of(paths, damage):
+    """(written, code): the supervisor's exit code. Anything at that name counts as written
+    (the attempt ended); a code that is not a number is None and noted."""
+    if not os.path.lexists(paths.exit_code):
         return False, None
-    return True, _whole(text.split()[0]) if text else None
+    try:
+        text = read_text(paths.exit_code)
+    except Damaged as exc:
+        damage.append(str(exc))
+        return True, None
+    if text is None:  # gone between the two looks
+        return False, None
+    first = text.split()[0] if text else ""
+    if not EXIT_CODE_RE.match(first):
+        damage.append("exit_code is not a number")
+        return True, None
+    return True, int(first)
 
 
-def pid_record(paths):
+def pid_record(paths, damage):
     """(job pid, its start ticks, boot id, supervisor pid, its start ticks) from the pid
-    file, or None when it is absent or not in that form."""
-    parts = (read_text(paths.pid) or "").split()
-    pid = _whole(parts[0]) if parts else None
-    if len(parts) < 3 or pid is None or pid <= 1:
+    file, or None when it is absent or not in the form the supervisor writes (noted)."""
+    text = guarded(damage, None, read_text, paths.pid)
+    if text is None:
         return None
-    sup = _whole(parts[3]) if len(parts) >= 5 else None
+    parts = text.split()
+    if not _pid_parts_valid(parts):
+        damage.append("pid file not in the agent's format")
+        return None
+    pid = int(parts[0])
+    sup = int(parts[3]) if len(parts) >= 5 else None
     if sup is not None and sup <= 1:
         sup = None
     return pid, parts[1], parts[2], sup, parts[4] if sup else None
 
 
-def attempt_state(paths, boot):
-    """(state, exit_code, job session) of an attempt directory; see model.AttemptState."""
-    if not os.path.isdir(paths.dir):
+def _pid_parts_valid(parts):
+    if len(parts) not in (3, 5) or not PID_RE.match(parts[0]) or int(parts[0]) <= 1:
+        return False
+    if not TICKS_RE.match(parts[1]) or not BOOT_RE.match(parts[2]):
+        return False
+    return len(parts) == 3 or (PID_RE.match(parts[3]) is not None and
+                               TICKS_RE.match(parts[4]) is not None)
+
+
+def attempt_state(paths, boot, damage=None):
+    """(state, exit_code, job session) of an attempt directory; see model.AttemptState.
+    A pid file that is damaged counts as absent: the attempt is starting while young,
+    then lost."""
+    damage = [] if damage is None else damage
+    if not os.path.lexists(paths.dir):
         return "missing", None, None
-    written, code = exit_code_of(paths)
+    if not is_real_dir(paths.dir):
+        damage.append("attempt directory is not a directory")
+        return "lost", None, None
+    written, code = exit_code_of(paths, damage)
     if written:
         return "exited", code, None
-    record = pid_record(paths)
+    record = pid_record(paths, damage)
     if record is None:
         young = time.time() - _mtime(paths.dir, 0) < 60
-        return ("starting" if young else "lost"), None, None
+        return ("starting" if young else _lost(paths)), None, None
     pid, ticks, job_boot, sup_pid, sup_ticks = record
     if job_boot != boot:
-        return _lost(paths)
+        return _lost(paths), None, None
     if alive(pid, ticks) or (sup_pid and alive(sup_pid, sup_ticks)):
         return "running", None, pid
-    written, code = exit_code_of(paths)  # it may have ended just now
+    written, code = exit_code_of(paths, damage)  # it may have ended just now
     if written:
         return "exited", code, None
-    return _lost(paths)
+    return _lost(paths), None, None
 
 
 def _lost(paths):
     """Gone for good (host rebooted, or killed with its supervisor): mark it, so the scan
-    for unfinished attempts skips it from now on."""
+    for unfinished attempts skips it from now on. A `lost` a job planted (a symlink, a
+    directory) is left as it is: it marks the attempt ended all the same."""
     try:
-        open(paths.lost, "a").close()
+        os.close(create_file(paths.lost))
     except OSError:
         pass
-    return "lost", None, None
-
-
-def _mtime(path, default=None):
-    try:
-        return os.path.getmtime(path)
-    except OSError:
-        return default
+    return "lost"
 
 
 def heartbeat_at(paths):
@@ -313,10 +528,12 @@ def age(then, now):
     return None if then is None else max(0.0, now - then)
 
 
-def spec_facts(paths):
+def spec_facts(paths, damage):
     """What the daemon needs to rebuild the run from spec.json; empty values when the
     spec is missing or damaged."""
-    spec = read_json(paths.spec)
+    spec = guarded(damage, None, read_json, paths.spec, SPEC_FILE_BYTES)
+    if spec is not None and not isinstance(spec, dict):
+        damage.append("spec.json is not an object")
     spec = spec if isinstance(spec, dict) else {}
     params = spec.get("params")
     accelerators = spec.get("accelerators")
@@ -335,111 +552,211 @@ def _str(value):
     return value if isinstance(value, str) else ("" if value is None else str(value))
 
 
-def tail_bytes(path, size=TAIL_BYTES):
+def tail_of(path, size=TAIL_BYTES):
+    """(the last `size` bytes of a file, whether they start at its beginning)."""
+    fd = open_read(path)
+    if fd is None:
+        return b"", True
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - size))
-            return f.read()
-    except OSError:
+        end = os.lseek(fd, 0, os.SEEK_END)
+        start = max(0, end - size)
+        os.lseek(fd, start, os.SEEK_SET)
+        return read_fd(fd, size), start == 0
+    except OSError as exc:
+        raise Damaged("%s unreadable (%s)" % (os.path.basename(path), exc.strerror)) from None
+    finally:
+        os.close(fd)
+
+
+def tail_bytes(path, size=TAIL_BYTES):
+    """The last `size` bytes of a file; empty when it is absent or damaged."""
+    try:
+        return tail_of(path, size)[0]
+    except Damaged:
         return b""
 
 
-def latest_metrics(paths):
+def tail_lines(path, damage):
+    """The whole lines of a file's last TAIL_BYTES: a first line cut by the tail's start is
+    a fragment of some longer line (parsing it could invent a report), so it is left out."""
+    data, whole = guarded(damage, (b"", True), tail_of, path)
+    lines = data.split(b"\n")
+    return lines if whole else lines[1:]
+
+
+# -- metrics: reports a job wrote, bounded --------------------------------------------------------
+
+
+def parse_report(line, prefix):
+    """(report, names it had) from one line (bytes): a JSON object after `prefix`, else
+    (None, 0). Lines over REPORT_LINE_BYTES are the caller's to skip."""
+    if not line.startswith(prefix):
+        return None, 0
+    try:
+        value = json.loads(line[len(prefix):].decode("utf-8", "replace"))
+    except (ValueError, RecursionError):
+        return None, 0
+    if not isinstance(value, dict):
+        return None, 0
+    return bounded_report(value), len(value)
+
+
+def bounded_report(report):
+    """The first MAX_REPORT_KEYS metrics of a report, names and values of bounded size: what
+    the probe carries stays small whatever a job writes."""
+    kept = {}
+    for name, value in itertools.islice(report.items(), protocol.MAX_REPORT_KEYS):
+        if len(name) > protocol.METRIC_NAME_CHARS:
+            continue
+        value = _bounded_value(value)
+        if value is not _DROP:
+            kept[name] = value
+    return kept
+
+
+_DROP = object()
+
+
+def _bounded_value(value):
+    if value is None or isinstance(value, (bool, int, float)):
+        return value if not isinstance(value, int) or abs(value) < 10 ** 18 else float(value)
+    if isinstance(value, str):
+        return value[:VALUE_CHARS]
+    try:
+        text = json.dumps(value)
+    except (ValueError, TypeError, RecursionError):
+        return _DROP
+    return value if len(text) <= VALUE_CHARS else _DROP
+
+
+def latest_metrics(paths, damage):
     """The newest value of every metric reported lately (a loss every step, an accuracy
-    every epoch: both show), from metrics.jsonl, else `SHEETRUNNER {...}` log lines."""
-    for source, prefix in ((paths.metrics, ""), (paths.log, METRIC_PREFIX)):
-        lines = tail_bytes(source).decode("utf-8", "replace").splitlines()
+    every epoch: both show), from metrics.jsonl, else `SHEETRUNNER {...}` log lines; at
+    most MAX_SUMMARY_NAMES names."""
+    for source, prefix in ((paths.metrics, b""), (paths.log, METRIC_PREFIX_BYTES)):
         merged = {}
-        for line in lines:
-            found = _metric_line(line, prefix)
-            if found is not None:
-                merged.update(found)
+        for line in tail_lines(source, damage):
+            found, _ = parse_report(line, prefix)
+            if found:
+                _merge(merged, found)
         if merged:
             return merged
     return {}
 
 
-def _metric_line(line, prefix):
-    if not line.startswith(prefix):
-        return None
-    try:
-        value = json.loads(line[len(prefix):])
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
+def _merge(merged, found):
+    for name, value in found.items():
+        if name in merged or len(merged) < MAX_SUMMARY_NAMES:
+            merged[name] = value
 
 
-def observe(paths, boot, now):
-    """One attempt as the probe reports it; ages are measured here, on the host."""
-    state, code, session = attempt_state(paths, boot)
-    seen = {"run_id": os.path.basename(paths.run_dir), "attempt": int(os.path.basename(paths.dir)),
-            "state": state, "exit_code": code, "log_path": paths.log,
-            "spec": spec_facts(paths), "heartbeat_age_s": None, "started_age_s": None}
-    if state != "missing":
-        seen["heartbeat_age_s"] = age(heartbeat_at(paths), now)
-        seen["started_age_s"] = age(started_at(paths), now)
-        seen["metrics"] = latest_metrics(paths)
-        seen["summary"] = metrics_summary(paths)
-    if state == "lost" or (state == "exited" and code != 0):
-        seen["log_tail"] = last_lines(paths.log)
-    return seen, session
-
-
-def last_lines(path, count=3, width=200):
+def last_lines(path, damage, count=3, width=200):
     """The end of a failed job's log, for the row's message: usually the error itself."""
-    text = tail_bytes(path, 4096).decode("utf-8", "replace")
+    text = guarded(damage, (b"", True), tail_of, path, 4096)[0].decode("utf-8", "replace")
     lines = [line.strip()[:width] for line in text.splitlines() if line.strip()]
     return " | ".join(lines[-count:])
 
 
 HISTORY_POINTS = 64
 SUMMARY_KEYS = ("min", "max", "history", "stride", "seen")
+SKIP_KEYS = ("long", "cut", "names")
 
 
-def metrics_summary(paths):
-    """Lowest, highest and a thinned history of every numeric metric of the attempt.
+def metrics_summary(paths, damage):
+    """Lowest, highest and a thinned history of every numeric metric of the attempt, with
+    what was skipped on the way (`skipped`: reports over the line limit, reports cut to
+    MAX_REPORT_KEYS, values of names beyond MAX_SUMMARY_NAMES).
 
-    Kept incrementally in metrics.summary.json (the byte offset read so far), so
-    a long run's metrics file is read once, not once a cycle."""
-    source, prefix = paths.metrics, ""
-    if not os.path.exists(source):
-        source, prefix = paths.log, METRIC_PREFIX
-    summary = _stored_summary(paths.summary, source)
-    try:
-        with open(source, "rb") as f:
-            f.seek(summary["offset"])
-            chunk = f.read()
-    except OSError:
-        chunk = b""
-    end = chunk.rfind(b"\n") + 1  # whole lines only; a half-written one waits
-    if end:
-        for line in chunk[:end].decode("utf-8", "replace").splitlines():
-            found = _metric_line(line, prefix)
-            if found:
-                _add_to_summary(summary, found)
-        summary["offset"] += end
+    Kept incrementally in metrics.summary.json (the byte offset read so far), so a long
+    run's metrics file is read once, not once a cycle, and at most SUMMARY_READ_BYTES of
+    it per probe."""
+    source, prefix = paths.metrics, b""
+    if not os.path.lexists(source):
+        source, prefix = paths.log, METRIC_PREFIX_BYTES
+    summary = _stored_summary(paths.summary, source, damage)
+    before = (summary["offset"], summary["skipping"])
+    chunk = guarded(damage, b"", _read_from, source, summary["offset"])
+    for line in _new_lines(summary, chunk, prefix):
+        found, names = parse_report(line, prefix)
+        if found is None:
+            continue
+        if names > protocol.MAX_REPORT_KEYS:
+            summary["skipped"]["cut"] += 1
+        _add_to_summary(summary, found)
+    if (summary["offset"], summary["skipping"]) != before:
         try:
             write_atomic(paths.summary, json.dumps(summary))
         except OSError:
             pass
-    return {k: summary[k] for k in ("min", "max", "history")}
+    return summary
 
 
-def _stored_summary(store, source):
+def _read_from(path, offset):
+    fd = open_read(path)
+    if fd is None:
+        return b""
+    try:
+        os.lseek(fd, offset, os.SEEK_SET)
+        return read_fd(fd, SUMMARY_READ_BYTES)
+    except OSError as exc:
+        raise Damaged("%s unreadable (%s)" % (os.path.basename(path), exc.strerror)) from None
+    finally:
+        os.close(fd)
+
+
+def _new_lines(summary, chunk, prefix):
+    """The whole lines of `chunk` (read at summary's offset) within the line limit; moves the
+    offset past what was consumed. A line over the limit is skipped (and counted when it is a
+    report), even when it is longer than one chunk: `skipping` carries over to the next probe.
+    A last line without its newline waits for the next probe, unless it is already too long."""
+    limit, lines, pos = protocol.REPORT_LINE_BYTES, [], 0
+    if summary["skipping"]:
+        newline = chunk.find(b"\n")
+        if newline < 0:
+            summary["offset"] += len(chunk)
+            return lines
+        pos, summary["skipping"] = newline + 1, False
+    while True:
+        newline = chunk.find(b"\n", pos)
+        if newline < 0:
+            break
+        if newline - pos > limit:
+            _count_long(summary, chunk, pos, prefix)
+        else:
+            lines.append(chunk[pos:newline])
+        pos = newline + 1
+    if len(chunk) - pos > limit:
+        _count_long(summary, chunk, pos, prefix)
+        summary["skipping"], pos = True, len(chunk)
+    summary["offset"] += pos
+    return lines
+
+
+def _count_long(summary, chunk, pos, prefix):
+    if chunk.startswith(prefix, pos):
+        summary["skipped"]["long"] += 1
+
+
+def _stored_summary(store, source, damage):
     """The summary kept so far, or a fresh one when it is missing, for another source or
     not in the shape this agent writes (a job may have written anything there)."""
-    summary = read_json(store)
+    summary = guarded(damage, None, read_json, store, SUMMARY_FILE_BYTES)
     fresh = {"source": source, "offset": 0, "min": {}, "max": {}, "history": {},
-             "stride": {}, "seen": {}}
+             "stride": {}, "seen": {}, "skipping": False, "skipped": dict.fromkeys(SKIP_KEYS, 0)}
     if not isinstance(summary, dict) or summary.get("source") != source:
         return fresh
     offset = summary.get("offset")
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+    if not _count(offset) or not all(isinstance(summary.get(k), dict) for k in SUMMARY_KEYS):
         return fresh
-    if not all(isinstance(summary.get(k), dict) for k in SUMMARY_KEYS):
-        return fresh
+    skipped = summary.get("skipped")
+    skipped = skipped if isinstance(skipped, dict) else {}
+    summary["skipped"] = {k: skipped[k] if _count(skipped.get(k)) else 0 for k in SKIP_KEYS}
+    summary["skipping"] = summary.get("skipping") is True
     return summary
+
+
+def _count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _add_to_summary(summary, metrics):
@@ -447,6 +764,9 @@ def _add_to_summary(summary, metrics):
         if name in ("time",) or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
         if value != value:  # NaN: no order, no point
+            continue
+        if name not in summary["min"] and len(summary["min"]) >= MAX_SUMMARY_NAMES:
+            summary["skipped"]["names"] += 1
             continue
         try:
             _add_point(summary, name, value)
@@ -475,20 +795,120 @@ def _forget(summary, name):
         summary[key].pop(name, None)
 
 
+def metrics_note(skipped):
+    """What was left out of this attempt's metrics, in words for the row (empty: nothing)."""
+    notes = []
+    if skipped.get("long"):
+        notes.append("%s over %s skipped" % (_counted(skipped["long"], "report line"),
+                                             _kib(protocol.REPORT_LINE_BYTES)))
+    if skipped.get("cut"):
+        notes.append("%s cut to %d keys" % (_counted(skipped["cut"], "report"),
+                                            protocol.MAX_REPORT_KEYS))
+    if skipped.get("names"):
+        notes.append("%s of metrics beyond the first %d names not summarised"
+                     % (_counted(skipped["names"], "value"), MAX_SUMMARY_NAMES))
+    return "; ".join(notes)
+
+
+def _counted(count, noun):
+    return "%d %s%s" % (count, noun, "" if count == 1 else "s")
+
+
+# -- one attempt as the probe reports it ----------------------------------------------------------
+
+
+def observe(paths, boot, now):
+    """One attempt as the probe reports it; ages are measured here, on the host. Whatever
+    its files hold, this answers for this attempt alone (`damaged` says what was wrong)."""
+    damage = []
+    try:
+        state, code, session = attempt_state(paths, boot, damage)
+    except Exception as exc:  # a case the checks above missed must not fail the whole probe
+        damage.append("agent could not read the attempt (%s)" % type(exc).__name__)
+        state, code, session = "lost", None, None
+    seen = {"run_id": os.path.basename(paths.run_dir), "attempt": int(os.path.basename(paths.dir)),
+            "state": state, "exit_code": code, "log_path": paths.log,
+            "spec": {}, "heartbeat_age_s": None, "started_age_s": None}
+    if is_real_dir(paths.dir):
+        try:
+            _observe_files(paths, now, seen, damage)
+        except Exception as exc:  # as above: this attempt's answer is partial, the probe goes on
+            damage.append("agent could not read the attempt (%s)" % type(exc).__name__)
+    if damage:
+        seen["damaged"] = "; ".join(_unique(damage))
+        if "log_tail" in seen:  # the core appends log_tail to a crash's message in the row
+            seen["log_tail"] = " | ".join(p for p in ("damaged: " + seen["damaged"],
+                                                      seen["log_tail"]) if p)
+    return fit_answer(seen), session
+
+
+def _observe_files(paths, now, seen, damage):
+    seen["spec"] = spec_facts(paths, damage)
+    if seen["state"] != "missing":
+        seen["heartbeat_age_s"] = age(heartbeat_at(paths), now)
+        seen["started_age_s"] = age(started_at(paths), now)
+        seen["metrics"] = latest_metrics(paths, damage)
+        summary = metrics_summary(paths, damage)
+        seen["summary"] = {k: summary[k] for k in ("min", "max", "history")}
+        note = metrics_note(summary["skipped"])
+        if note:
+            seen["metrics_note"] = note
+    if seen["state"] == "lost" or (seen["state"] == "exited" and seen["exit_code"] != 0):
+        seen["log_tail"] = last_lines(paths.log, damage)
+
+
+def _unique(items):
+    out = []
+    for item in items:
+        if item not in out:
+            out.append(item)
+    return out
+
+
+def fit_answer(seen):
+    """One attempt's answer within ANSWER_BYTES: a job controls its metrics and its spec.json,
+    and one attempt must never swell the probe of the host. What is left out is said in
+    `metrics_note`; values are emptied in this order until it fits."""
+    if _size(seen) <= ANSWER_BYTES:
+        return seen
+    summary = seen.get("summary") or {}
+    steps = [("summary history", "summary", dict(summary, history={})),
+             ("summary", "summary", {"min": {}, "max": {}, "history": {}}),
+             ("metrics", "metrics", {}), ("log tail", "log_tail", ""), ("spec", "spec", {}),
+             ("damage details", "damaged", "answer too large")]
+    left_out = []
+    for what, field, empty in steps:
+        if field in seen:
+            seen[field] = empty
+            left_out.append(what)
+        if _size(seen) <= ANSWER_BYTES:
+            break
+    note = "%s left out: answer over %s" % (", ".join(left_out), _kib(ANSWER_BYTES))
+    seen["metrics_note"] = "; ".join(p for p in (seen.get("metrics_note", "")[:1000], note) if p)
+    return seen
+
+
+def _size(value):
+    return len(json.dumps(value))
+
+
 def _attempt_numbers(run_dir):
-    """The attempt directories of a run, by number: names in canonical form only."""
+    """The attempt directories of a run, by number: names in canonical form only, real
+    directories only (a symlink named like an attempt is not one)."""
     try:
         names = os.listdir(run_dir)
     except OSError:
         return []
-    return sorted(int(n) for n in names if protocol.is_attempt(n) and n == str(int(n)))
+    return sorted(int(n) for n in names if protocol.is_attempt(n) and n == str(int(n))
+                  and is_real_dir(os.path.join(run_dir, n)))
 
 
 def _run_ids(runs_root):
     try:
-        return [n for n in os.listdir(runs_root) if protocol.is_run_id(n)]
+        names = os.listdir(runs_root)
     except OSError:
         return []
+    return [n for n in names if protocol.is_run_id(n) and is_real_dir(os.path.join(runs_root, n))]
 
 
 def unfinished_attempts(runs_root):
@@ -497,7 +917,7 @@ def unfinished_attempts(runs_root):
     for run_id in _run_ids(runs_root):
         for number in _attempt_numbers(os.path.join(runs_root, run_id)):
             attempt = os.path.join(runs_root, run_id, str(number))
-            ended = any(os.path.exists(os.path.join(attempt, f)) for f in ("exit_code", "lost"))
+            ended = any(os.path.lexists(os.path.join(attempt, f)) for f in ("exit_code", "lost"))
             if not ended:
                 found.append((run_id, number))
     return found
@@ -531,7 +951,7 @@ def probe(args):
         attempts.append(seen)
         if session:
             sessions.add(session)
-    os.makedirs(ns_root, exist_ok=True)
+    make_dirs(ns_root)
     print(json.dumps(dict(host_facts(ns_root, boot, sessions), attempts=attempts)))
 
 
@@ -541,7 +961,7 @@ def facts(args):
     if len(args) != 1:
         raise Refused("expected ROOT")
     root = os.path.expanduser(args[0])
-    os.makedirs(root, exist_ok=True)
+    make_dirs(root)
     print(json.dumps(host_facts(root, boot_id(), set())))
 
 
@@ -555,21 +975,25 @@ def host_facts(where, boot, sessions):
 
 
 def launch(args):
-    """Claim the attempt directory (mkdir is the lock), then start the supervisor detached."""
+    """Claim the attempt directory (mkdir is the lock), then start the supervisor detached.
+    Everything in the spec is checked first: a refused spec creates nothing."""
     ns_root, host = where(args, 2)
     spec = read_request()
     paths = attempt_paths(ns_root, host, spec.get("run_id"), spec.get("attempt"))
-    check_argv(spec.get("argv"))
-    os.makedirs(paths.run_dir, exist_ok=True)
+    check_spec(spec)
+    spec["attempt"] = int(spec["attempt"])
+    spec.update(expanded_paths(spec, paths))
+    text = json.dumps(spec, indent=2)
+    if len(text.encode("utf-8")) > SPEC_FILE_BYTES:
+        raise Refused("spec over %s" % _kib(SPEC_FILE_BYTES))
+    make_dirs(paths.run_dir)
     try:
-        os.mkdir(paths.dir)
+        make_dir(paths.dir)
     except FileExistsError:
         print(json.dumps({"launched": False, "reason": "attempt directory already exists",
                           "dir": paths.dir}))
         return
-    spec["attempt"] = int(spec["attempt"])
-    spec.update(expanded_paths(spec, paths))
-    write_atomic(paths.spec, json.dumps(spec, indent=2))
+    write_atomic(paths.spec, text)
     devnull = os.open(os.devnull, os.O_RDWR)
     subprocess.Popen(
         [sys.executable, os.path.abspath(sys.argv[0]), "supervise", paths.dir],
@@ -578,9 +1002,49 @@ def launch(args):
     print(json.dumps({"launched": True, "dir": paths.dir}))
 
 
+def check_spec(spec):
+    """What reaches the job's argv, environment and paths must be something an exec can
+    carry: text with no NUL, encodable for this host's file system. The sheet refuses such
+    cells too; this is the host's own check (a NUL would otherwise crash the supervisor
+    and leave the attempt lost)."""
+    check_argv(spec.get("argv"))
+    check_env(spec.get("env", {}))
+    for key in ("workdir", "lib_dir", "checkpoint_dir"):
+        value = spec.get(key)
+        if value is not None and not carriable(value):
+            raise Refused("%s is not a path an exec can carry: %r" % (key, value))
+    accelerators = spec.get("accelerators", [])
+    if not isinstance(accelerators, list) or not all(carriable(a) for a in accelerators):
+        raise Refused("accelerators is not a list of plain strings")
+
+
+def carriable(text):
+    """A string an argv item, environment entry or path can hold."""
+    if not isinstance(text, str) or "\0" in text:
+        return False
+    try:
+        os.fsencode(text)
+    except UnicodeError:
+        return False
+    return True
+
+
 def check_argv(argv):
     if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
         raise Refused("argv is not a non-empty list of strings")
+    for item in argv:
+        if not carriable(item):
+            raise Refused("argv item an exec cannot carry (NUL or unencodable): %r" % item[:200])
+
+
+def check_env(env):
+    if not isinstance(env, dict):
+        raise Refused("env is not an object")
+    for name, value in env.items():
+        if not carriable(name) or not name or "=" in name:
+            raise Refused("env name an exec cannot carry: %r" % name[:200])
+        if not carriable(value):
+            raise Refused("env value of %s an exec cannot carry: %r" % (name, str(value)[:200]))
 
 
 def expanded_paths(spec, paths):
@@ -596,7 +1060,7 @@ def expanded_paths(spec, paths):
 
 def job_env(spec, paths):
     env = dict(os.environ)
-    env.update(spec.get("env", {}))
+    env.update(spec.get("env") or {})
     env.update({
         protocol.ENV_RUN_ID: os.path.basename(paths.run_dir),
         protocol.ENV_ATTEMPT: os.path.basename(paths.dir),
@@ -630,33 +1094,49 @@ def supervised_paths(args):
 
 
 def supervise(args):
-    """Run the job in its own session, record its pid, write its exit code when it ends."""
+    """Run the job in its own session, record its pid, write its exit code when it ends.
+    Whatever keeps the job from starting ends as exit code 127 with the reason in the log,
+    never as a supervisor gone without a word (the attempt would look lost)."""
     paths = supervised_paths(args)
-    with open(paths.spec) as f:
-        spec = json.load(f)
-    if os.path.exists(paths.stop):  # stopped before it started: never start it
+    if os.path.lexists(paths.stop):  # stopped before it started: never start it
         write_atomic(paths.exit_code, str(128 + signal.SIGTERM))
         return
-    os.makedirs(spec["checkpoint_dir"], exist_ok=True)
-    log = open(paths.log, "ab")
+    log = create_file(paths.log, os.O_WRONLY | os.O_APPEND)
     try:
-        job = subprocess.Popen(
-            spec["argv"], cwd=spec["workdir"], env=job_env(spec, paths), stdin=subprocess.DEVNULL,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    except OSError as exc:
-        log.write(("sheetrunner: could not start %r: %s\n" % (spec["argv"], exc)).encode())
-        log.close()
+        job = start_job(paths, log)
+    finally:
+        os.close(log)
+    if job is None:
         write_atomic(paths.exit_code, "127")
         return
     me = os.getpid()
     write_atomic(paths.pid, "%d %s %s %d %s" % (
         job.pid, start_ticks(job.pid), boot_id(), me, start_ticks(me)))
     signal.signal(signal.SIGTERM, lambda *_: _signal_group(job.pid, signal.SIGTERM))
-    if os.path.exists(paths.stop):  # a kill that came while the job was starting found no pid yet
+    if os.path.lexists(paths.stop):  # a kill that came while the job was starting found no pid yet
         _signal_group(job.pid, signal.SIGTERM)
     code = job.wait()
     write_atomic(paths.exit_code, str(128 - code if code < 0 else code))
+
+
+def start_job(paths, log):
+    """The job's process, started from spec.json with its output on `log`; None (and the
+    reason in the log) when it cannot start."""
+    spec = None
+    try:
+        spec = read_json(paths.spec, SPEC_FILE_BYTES)
+        if not isinstance(spec, dict):
+            raise Damaged("spec.json is not an object")
+        make_dirs(spec["checkpoint_dir"])
+        return subprocess.Popen(
+            spec["argv"], cwd=spec["workdir"], env=job_env(spec, paths), stdin=subprocess.DEVNULL,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    except (Damaged, OSError, ValueError, TypeError, KeyError) as exc:
+        argv = spec.get("argv") if isinstance(spec, dict) else None
+        os.write(log, ("sheetrunner: could not start %r: %s\n" % (argv, exc)).encode(
+            "utf-8", "replace"))
+        return None
 
 
 def _signal_group(pid, sig):
@@ -679,7 +1159,10 @@ def kill(args):
     if not os.path.isdir(paths.dir):
         print(json.dumps({"killed": False, "state": "missing"}))
         return
-    write_atomic(paths.stop, str(time.time()))
+    try:
+        write_atomic(paths.stop, str(time.time()))
+    except OSError:
+        pass  # a `stop` a job made a directory: the signals below still go out
     state, _, pid = attempt_state(paths, boot_id())
     if state != "running" or pid is None:
         print(json.dumps({"killed": False, "state": state}))
@@ -704,36 +1187,51 @@ def _seconds(text):
 
 
 def tail(args):
-    """The last N bytes of a log, or with "+N" the bytes from offset N on (at most 1 MiB)."""
+    """The last N bytes of a log, or with "+N" the bytes from offset N on (at most 1 MiB).
+    A log that is a symlink or not a regular file gives nothing."""
     paths = named_attempt(args, 5)
     size = args[4]
     number = _whole(size[1:] if size.startswith("+") else size)
     if number is None or number < 0:
         raise Refused("not a size or +offset: %r" % size)
     if not size.startswith("+"):
-        sys.stdout.buffer.write(tail_bytes(paths.log, number))
+        sys.stdout.buffer.write(tail_bytes(paths.log, min(number, 64 << 20)))
         return
     try:
-        with open(paths.log, "rb") as f:
-            f.seek(number)
-            sys.stdout.buffer.write(f.read(1 << 20))
+        fd = open_read(paths.log)
+    except Damaged:
+        return
+    if fd is None:
+        return
+    try:
+        os.lseek(fd, number, os.SEEK_SET)
+        sys.stdout.buffer.write(read_fd(fd, 1 << 20))
     except OSError:
         pass
+    finally:
+        os.close(fd)
 
 
 def history(args):
-    """Every report of an attempt (thinned evenly to at most N), as one JSON list: for plots."""
+    """Every report of an attempt (thinned evenly to at most N), as one JSON list: for plots.
+    Reports are read like the probe reads them: lines over the limit skipped, each report
+    bounded."""
     paths = named_attempt(args, 5)
     most = _whole(args[4])
     if most is None:
         raise Refused("not a count: %r" % args[4])
     records = []
-    for source, prefix in ((paths.metrics, ""), (paths.log, METRIC_PREFIX)):
+    for source, prefix in ((paths.metrics, b""), (paths.log, METRIC_PREFIX_BYTES)):
         try:
-            with open(source, encoding="utf-8", errors="replace") as f:
-                records = [r for r in (_metric_line(line, prefix) for line in f) if r]
-        except OSError:
+            fd = open_read(source)
+        except Damaged:
             continue
+        if fd is None:
+            continue
+        try:
+            records = [r for r in (parse_report(line, prefix)[0] for line in file_lines(fd)) if r]
+        finally:
+            os.close(fd)
         if records:
             break
     if len(records) > most > 0:
@@ -741,13 +1239,21 @@ def history(args):
     print(json.dumps(records))
 
 
-def write_atomic(path, text):
-    tmp = "%s.tmp.%d" % (path, os.getpid())
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def file_lines(fd, block=1 << 20):
+    """The lines of a file within the report line limit; longer ones are skipped without
+    ever being held whole."""
+    summary = {"offset": 0, "skipping": False, "skipped": dict.fromkeys(SKIP_KEYS, 0)}
+    while True:
+        os.lseek(fd, summary["offset"], os.SEEK_SET)
+        chunk = read_fd(fd, block)
+        before = summary["offset"]
+        for line in _new_lines(summary, chunk, b""):
+            yield line
+        if len(chunk) < block:
+            rest = chunk[summary["offset"] - before:]
+            if rest and len(rest) <= protocol.REPORT_LINE_BYTES and not summary["skipping"]:
+                yield rest  # a last line without its newline
+            return
 
 
 if __name__ == "__main__":

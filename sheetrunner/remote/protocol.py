@@ -132,6 +132,17 @@ def runs_dir(ns_root, host):
     return os.path.join(ns_root, "hosts", host, "runs")
 
 
+# Limits on what a job writes into its attempt directory, shared by the agent (which skips
+# or cuts what is over them, and says so in the probe) and sheetrunner.job (which trims a
+# report before writing it, so a job never loses a report without a word in its log).
+REPORT_LINE_BYTES = 65536  # one metrics report (a metrics.jsonl line, without its newline)
+MAX_REPORT_KEYS = 200  # names in one report (step and time included); the rest are cut
+METRIC_NAME_CHARS = 128  # a longer metric name is left out
+# Modes of everything sheetrunner creates on a host, whatever the umask: only this user.
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
 # The environment a job sees (docs/remote-layout.md).
 ENV_RUN_ID = "SHEETRUNNER_RUN_ID"
 ENV_ATTEMPT = "SHEETRUNNER_ATTEMPT"
