@@ -226,7 +226,7 @@ class Daemon:
             self.store.record_outcome(run.run_id, run.attempt, outcome, result.detail, self.clock())
             log.info("launched run=%s attempt=%s host=%s accelerators=%s argv=%s",
                      run.run_id, run.attempt, launch.host, ",".join(launch.accelerators) or "-",
-                     describe_argv(spec))
+                     _clip(describe_argv(spec)))
             launched.append(run.run_id)
         return launched
 
@@ -329,6 +329,14 @@ def _attempts_to_probe(runs: dict[str, Run]) -> dict[str, set[tuple[str, int]]]:
         if run.status.is_live and run.host:
             wanted.setdefault(run.host, set()).add((run.run_id, run.attempt))
     return wanted
+
+
+LOGGED_ARGV_CHARS = 500
+
+
+def _clip(text: str, limit: int = LOGGED_ARGV_CHARS) -> str:
+    """Row data in a log line, bounded: a 1 MB cell must not make a 1 MB log line."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
 def _runs_to_ask(known: dict[str, Run], experiments: list[Experiment]) -> list[str]:
