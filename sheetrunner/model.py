@@ -27,6 +27,7 @@ class Status(enum.StrEnum):
     FAILED = "failed"
     STOPPED = "stopped"
     HELD = "held"
+    UNPLACEABLE = "unplaceable"  # no configured host could ever take it (rechecked each cycle)
     INVALID = "invalid"
     DUPLICATE = "duplicate"
 
@@ -58,6 +59,7 @@ STATUS_COLOURS: dict[Status, str] = {
     Status.FAILED: "F4CCCC",
     Status.STOPPED: "999999",
     Status.HELD: "999999",
+    Status.UNPLACEABLE: "F4CCCC",
     Status.INVALID: "F4CCCC",
     Status.DUPLICATE: "D9EAD3",
 }

@@ -24,6 +24,7 @@ class HostCapacity:
     slots: int = 1  # CPU-only runs at once
     reachable: bool = True
     draining: bool = False  # takes no new runs
+    known: bool = True  # its accelerators are known (an "auto" host not yet probed: not)
 
     def matches(self, where: str | None) -> bool:
         return where is None or where == self.name or where in self.labels
@@ -97,6 +98,24 @@ def _take(run: Run, host: HostCapacity, free: dict[str, _Free]) -> tuple[str, ..
     given = tuple(space.accelerators[: run.gpus])
     del space.accelerators[: run.gpus]
     return given
+
+
+def never_fits(run: Run, hosts: list[HostCapacity]) -> str | None:
+    """Why no configured host could ever take this run (None: one could, now or later).
+    A host whose accelerators are not known yet (counted on first probe) might."""
+    matching = [h for h in hosts if h.matches(run.where)]
+    if not matching:
+        named = ", ".join(sorted(h.name for h in hosts)) or "none"
+        return f"no host is named or labelled {run.where!r} (hosts: {named}); fix the where cell"
+    if any(not h.known for h in matching):
+        return None
+    if run.gpus == 0 and not any(h.slots > 0 for h in matching):
+        return "no matching host has CPU slots (slots = 0); ask for gpus or add slots"
+    most = max(len(h.accelerators) for h in matching)
+    if run.gpus > most:
+        return (f"needs {run.gpus} accelerators on one host; the largest matching host has "
+                f"{most}; lower gpus or add a bigger host")
+    return None
 
 
 def _why_waiting(run: Run, hosts: list[HostCapacity]) -> str:

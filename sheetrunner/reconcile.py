@@ -23,7 +23,7 @@ from .model import (
     Run,
     Status,
 )
-from .placement import HostCapacity, Placement
+from .placement import HostCapacity, Placement, never_fits
 from .remote.protocol import new_run_id
 
 
@@ -206,7 +206,8 @@ class _Cycle:
         self._apply_action(exp.action, run)
 
     def _rerun(self, exp: Experiment, old: Run) -> None:
-        if old.status.is_live or old.status in (Status.QUEUED, Status.RETRYING, Status.HELD):
+        if old.status.is_live or old.status in (Status.QUEUED, Status.RETRYING, Status.HELD,
+                                                Status.UNPLACEABLE):
             self._stop(old, "replaced by a rerun")
         new = self.matcher.new_run(exp, Status.QUEUED)
         self.out.events.extend(Event(*e) for e in self.matcher.events)
@@ -220,7 +221,8 @@ class _Cycle:
         if action == Action.STOP and run.status not in (Status.STOPPED, Status.SUCCEEDED,
                                                         Status.FAILED, Status.DUPLICATE):
             self._stop(run, "stopped: the row's action is stop")
-        elif action == Action.HOLD and run.status in (Status.QUEUED, Status.RETRYING):
+        elif action == Action.HOLD and run.status in (Status.QUEUED, Status.RETRYING,
+                                                      Status.UNPLACEABLE):
             run.status, run.message = Status.HELD, "held: the row's action is hold"
         elif action in (Action.RUN, Action.RERUN) and run.status == Status.HELD:
             run.status, run.message = Status.QUEUED, ""
@@ -346,9 +348,16 @@ class _Cycle:
     # -- 4. placement ------------------------------------------------------------------------
 
     def place(self, hosts: list[HostCapacity]) -> None:
-        """Waiting runs, highest priority first then row order, onto free accelerators."""
+        """Waiting runs, highest priority first then row order, onto free accelerators. A run
+        no configured host could ever take is `unplaceable` (until the config changes)."""
         placement = Placement(hosts, self.runs.values())
         for run in sorted(self._waiting(), key=lambda r: (-r.priority, r.row, r.created_at)):
+            never = never_fits(run, hosts)
+            if never is not None:
+                run.status, run.message = Status.UNPLACEABLE, never
+                continue
+            if run.status == Status.UNPLACEABLE:
+                run.status, run.message = Status.QUEUED, ""
             found = placement.take(run)
             if isinstance(found, str):
                 run.message = found
@@ -357,7 +366,7 @@ class _Cycle:
 
     def _waiting(self) -> Iterable[Run]:
         for run in self.runs.values():
-            if run.status == Status.QUEUED or (
+            if run.status in (Status.QUEUED, Status.UNPLACEABLE) or (
                 run.status == Status.RETRYING and (run.next_attempt_at or self.now) <= self.now
             ):
                 yield run

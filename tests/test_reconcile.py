@@ -51,7 +51,7 @@ class World:
     def step(self, experiments: list[Experiment] | None, advance_s: float = 5) -> Plan:
         self.now += timedelta(seconds=advance_s)
         hosts = [HostCapacity(h.name, h.labels, h.accelerators, h.busy, h.slots,
-                              h.name not in self.down, h.draining) for h in self.hosts]
+                              h.name not in self.down, h.draining, h.known) for h in self.hosts]
         self.last = plan(experiments, self.runs, self.observe(), hosts, self.policy, self.now)
         self.runs.update(self.last.runs)
         for kill in self.last.kills:
@@ -310,7 +310,7 @@ def test_cpu_runs_take_slots():
 def test_a_run_too_big_for_any_host_says_so():
     world = World([gpu_host(n=2)])
     world.step([exp(gpus=4)])
-    assert "largest has 2" in world.only_run().message
+    assert "largest matching host has 2" in world.only_run().message
 
 
 def test_an_unreachable_host_marks_its_runs_lost_and_waits_by_default():
@@ -539,3 +539,34 @@ def test_a_lost_store_and_a_row_showing_a_live_status_waits_for_its_host():
     run = p.runs["abcdef01-x1"]
     assert run.status == Status.LOST and run.attempt == 2 and not p.launches
     assert run.kept_cells["metrics"] == "acc=0.5"
+
+
+# -- rows no host could ever take ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("row, reason", [
+    (exp(gpus=8), "needs 8 accelerators"),
+    (exp(where="nowhere"), "no host is named or labelled 'nowhere'"),
+])
+def test_a_row_no_host_could_ever_take_is_unplaceable_and_says_why(row, reason):
+    world = World([gpu_host(n=2)])
+    world.step([row])
+    run = world.only_run()
+    assert run.status == Status.UNPLACEABLE and reason in run.message
+    assert not world.last.launches
+
+
+def test_an_unplaceable_row_runs_once_a_host_that_fits_joins():
+    world = World([gpu_host(n=2)])
+    e = exp(gpus=4)
+    world.step([e])
+    assert world.only_run().status == Status.UNPLACEABLE
+    world.hosts.append(gpu_host("big", n=8))  # the config gained a host
+    world.step([claimed(world, e)])
+    assert world.only_run().status == Status.LAUNCHING and world.only_run().host == "big"
+
+
+def test_an_auto_host_not_probed_yet_makes_nothing_unplaceable():
+    world = World([HostCapacity("a", accelerators=(), known=False)])
+    world.step([exp(gpus=4)])
+    assert world.only_run().status == Status.QUEUED

@@ -325,8 +325,9 @@ def capacity(config: HostConfig, seen: HostObservation | None) -> HostCapacity:
     else:
         ids = tuple(str(i) for i in range(int(config.accelerators)))
     busy = tuple(a.index for a in observed if a.foreign)
+    known = config.accelerators != "auto" or reachable  # "auto" counts only once probed
     return HostCapacity(config.name, config.labels, ids, busy, config.slots, reachable,
-                        config.drain)
+                        config.drain, known)
 
 
 def launch_spec(run: Run, job: JobConfig, host: HostConfig, workdir: str | None) -> dict:

@@ -20,8 +20,8 @@ from .table import RowInsert, Table
 
 SWEEP_COLUMN = "sweep"
 # The summary's colour: the most pressing status among the children.
-COLOUR_ORDER = (Status.FAILED, Status.INVALID, Status.RETRYING, Status.STALLED, Status.LOST,
-                Status.RUNNING, Status.LAUNCHING, Status.QUEUED, Status.HELD, Status.STOPPED,
+COLOUR_ORDER = (Status.FAILED, Status.INVALID, Status.UNPLACEABLE, Status.RETRYING,
+                Status.STALLED, Status.LOST, Status.RUNNING, Status.LAUNCHING, Status.QUEUED, Status.HELD, Status.STOPPED,
                 Status.SUCCEEDED, Status.DUPLICATE)
 
 
