@@ -33,7 +33,7 @@ from .pool.hosts import HostAgent, Pool, describe_argv, launch_spec
 from .pool.local import LocalTransport
 from .pool.transport import Transport
 from .reconcile import Kill, Launch, Plan
-from .sheet import guard
+from .sheet import expansion, guard
 from .sheet import schema as rows
 from .sheet.render import SheetView
 from .sheet.table import SheetBackend, SheetWrite, Table
@@ -103,7 +103,8 @@ class Daemon:
         report.acting = True
         self._use_namespace(table)
         known = self.store.runs()
-        plain = [e for e in experiments if not e.is_sweep] if experiments is not None else None
+        plain = ([e for e in expansion.with_sweep_actions(experiments) if not e.is_sweep]
+                 if experiments is not None else None)
         observed = self.pool.probe_all(_attempts_to_probe(known), now,
                                        runs=_runs_to_ask(known, plain or []))
         self.store.save_hosts(observed.values())

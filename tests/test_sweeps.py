@@ -87,3 +87,45 @@ def _first_acting_cycle(daemon) -> None:
         if daemon.cycle().acting:
             return
     raise AssertionError("the daemon never took the sheet's lease")
+
+
+def test_stop_hold_and_run_on_a_sweep_row_apply_to_its_children(tmp_path):
+    path = tmp_path / "experiments.xlsx"
+    write_workbook(path, HEADER, [["fake", "1..3", 0.01, None, 0, "hold"]])
+    daemon = build(local_config(tmp_path))
+    try:
+        _first_acting_cycle(daemon)
+        rows = cycle_until(daemon, lambda rows: len(rows) == 4 and all(
+            r.get("status") == "held" for r in rows[1:]))
+        assert rows[0]["status"] == "sweep: 3 rows" or "held" in rows[0]["status"]
+        _set_action(path, 2, "run")  # the sweep row: its children start
+        cycle_until(daemon, lambda rows: all(r.get("status") == "succeeded" for r in rows[1:]))
+        _set_action(path, 2, "stop")  # finished children stay as they are
+        daemon.cycle()
+        assert [r["status"] for r in read_workbook(path)[1:]] == ["succeeded"] * 3
+    finally:
+        daemon.close()
+
+
+def test_stop_on_a_sweep_row_stops_its_running_children(tmp_path):
+    path = tmp_path / "experiments.xlsx"
+    write_workbook(path, HEADER, [["fake", "200, 201", 0.1, None, 0]])
+    daemon = build(local_config(tmp_path))
+    try:
+        cycle_until(daemon, lambda rows: len(rows) == 3 and all(
+            r.get("status") == "running" for r in rows[1:]))
+        _set_action(path, 2, "stop")
+        rows = cycle_until(daemon, lambda rows: all(r.get("status") == "stopped" for r in rows[1:]))
+        assert "stop" in rows[1]["message"]
+    finally:
+        daemon.close()
+
+
+def _set_action(path, row: int, action: str) -> None:
+    import openpyxl
+
+    book = openpyxl.load_workbook(path)
+    sheet = book.worksheets[0]
+    col = [c.value for c in sheet[1]].index("action") + 1
+    sheet.cell(row=row, column=col).value = action
+    book.save(path)

@@ -9,11 +9,12 @@ the sweep row's status summarises its children: `3/12 running, 9 queued`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from ..model import STATUS_COLOURS, Experiment, Status
+from ..model import STATUS_COLOURS, Action, Experiment, Status
 from .schema import PARAM_PREFIX, USER_COLUMNS, cell_text, param_columns, user_cells
 from .sweeps import SWEEP_ID_PREFIX
 from .table import RowInsert, Table
@@ -33,7 +34,9 @@ def expand(table: Table, parent: Experiment) -> tuple[dict[str, Any], RowInsert]
     """The sweep row's own cells and the child rows to insert under it."""
     sid = sweep_id(parent)
     users = [h for h in table.header if h in USER_COLUMNS or h in param_columns(table.header)]
-    base = {name: table.value(parent.row, name) for name in users}
+    # The sweep row's action is not copied: it applies to the children from the sweep row
+    # (with_sweep_actions), so that changing it there reaches all of them.
+    base = {name: table.value(parent.row, name) for name in users if name != "action"}
     children = []
     for combo in parent.children:
         child = dict(base)
@@ -75,3 +78,16 @@ def sweep_values(
         if cell_text(table.value(parent.row, "status")).strip() != text:
             fills[parent.row] = colour
     return values, fills, inserts
+
+
+SWEEP_ACTIONS = (Action.STOP, Action.HOLD, Action.RERUN)
+
+
+def with_sweep_actions(experiments: list[Experiment]) -> list[Experiment]:
+    """A sweep row's `stop`, `hold` or `rerun` applies to every row expanded from it (a
+    person acts on the sweep, not on its 48 children). `run` or an empty action on the
+    sweep row leaves each child to its own action cell, which expansion leaves empty."""
+    acting = {e.run_id: e.action for e in experiments
+              if e.is_sweep and e.run_id and e.action in SWEEP_ACTIONS}
+    return [dataclasses.replace(e, action=acting[e.sweep_id]) if e.sweep_id in acting else e
+            for e in experiments]
