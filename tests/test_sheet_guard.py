@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -93,7 +94,11 @@ def owned_for(config: SheetConfig) -> set[str]:
     return {n for n in names if n not in USER_COLUMNS and not n.startswith("--")}
 
 
-@settings(max_examples=250, derandomize=True, deadline=None, database=None,
+# CI runs a fixed set; SHEETRUNNER_FUZZ=N runs N random examples (the longer mode).
+FUZZ = int(os.environ.get("SHEETRUNNER_FUZZ", "0") or 0)
+
+
+@settings(max_examples=FUZZ or 250, derandomize=not FUZZ, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(cycles(), st.lists(HEADER_NAMES, max_size=4))
 def test_after_render_and_guard_no_user_cell_and_no_foreign_tab_is_written(cycle, junk):
