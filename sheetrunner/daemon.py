@@ -63,6 +63,32 @@ class CycleReport:
     unfinished: int = 0  # runs or rows still to finish (queued, running, retrying, ...)
 
 
+PROBLEMS = ("failed", "invalid", "unplaceable")
+EXIT_ROWS_FAILED = 3
+
+
+@dataclass
+class Outcome:
+    """The end of `daemon --exit-when-done`: counts by status, and the rows that did not make it.
+    Its exit code is 0 when no row failed, is invalid or unplaceable, else 3."""
+
+    rows: list[tuple[int, str, str]]  # (row, status, message)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_ROWS_FAILED if any(s in PROBLEMS for _, s, _ in self.rows) else 0
+
+    def lines(self) -> list[str]:
+        counts: dict[str, int] = {}
+        for _, status, _ in self.rows:
+            counts[status] = counts.get(status, 0) + 1
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda i: -i[1]))
+        lines = [f"done: {summary or 'no rows'}"]
+        lines += [f"row {row} {status}: {_clip(message, 300)}"
+                  for row, status, message in sorted(self.rows) if status in PROBLEMS]
+        return lines
+
+
 class Daemon:
     """One sheet, one pool, one store; `cycle()` is the whole job."""
 
@@ -82,6 +108,8 @@ class Daemon:
             lease_seconds(config.daemon.poll_interval_s), take_over, store.namespace)
         self.fatal: SheetOwned | None = None  # why the daemon stopped on its own
         self._said: set[str] = set()  # sheet problems already logged
+        self._shown: dict[int, str] = {}  # row -> run id, as the last cycle matched them
+        self.exit_code = 0  # what `daemon --exit-when-done` exits with (see Outcome)
 
     # -- one cycle ----------------------------------------------------------------------------
 
@@ -110,7 +138,11 @@ class Daemon:
         self.store.save_hosts(observed.values())
         plan = reconcile.plan(plain, known, observed, self.pool.capacities(), self.policy, now)
         self.store.save_runs(plan.runs.values(), [(e.run_id, e.kind, e.detail) for e in plan.events], now)
+        if plain is not None:
+            self.store.save_noted_rows(_noted_rows(plain, plan))
         runs = {**known, **plan.runs}
+        if plain is not None:
+            self._shown = dict(plan.rows)
         report.killed, report.launched = self._act(plan, runs, now)
         self._archive_logs(known, plan)
         if table is not None and experiments is not None:
@@ -289,7 +321,10 @@ class Daemon:
                 log.exception("cycle crashed, retried next cycle")
                 return
             if exit_when_done and report.sheet_ok and report.unfinished == 0:
-                log.info("nothing queued, running or retrying: exiting")
+                outcome = self.outcome()
+                for line in outcome.lines():
+                    log.info("%s", line)
+                self.exit_code = outcome.exit_code
                 stop.set()
                 scheduler.shutdown(wait=False)
 
@@ -308,7 +343,14 @@ class Daemon:
             pass
         if self.fatal is not None:
             raise self.fatal
-        return 0
+        return self.exit_code
+
+    def outcome(self) -> Outcome:
+        """How the sheet's rows ended, as the last cycle saw them."""
+        runs = self.store.runs()
+        shown = [runs[run_id] for _, run_id in sorted(self._shown.items()) if run_id in runs]
+        return Outcome([(r.row, r.status.value, r.message) for r in shown]
+                       + [(n["row"], n["status"], n["message"]) for n in self.store.noted_rows()])
 
     def close(self) -> None:
         """Hand the sheet back (a daemon started next need not wait for the lease to end),
@@ -352,6 +394,15 @@ def _unfinished(runs: Iterable[Run], plan: Plan) -> int:
     """Runs the sheet shows that are not finished yet (for --exit-when-done)."""
     shown = set(plan.rows.values())
     return sum(1 for r in runs if r.run_id in shown and r.status in UNFINISHED)
+
+
+def _noted_rows(experiments: list[Experiment], plan: Plan) -> list[dict]:
+    """Rows that have no run this cycle (invalid ones), for `ps`."""
+    by_row = {e.row: e for e in experiments}
+    return [{"row": row, "job": by_row[row].job if row in by_row else "",
+             "params": [list(p) for p in by_row[row].params] if row in by_row else [],
+             "status": status.value, "message": message}
+            for row, (status, message) in sorted(plan.notes.items())]
 
 
 def _unexpanded(experiments: list[Experiment]) -> int:

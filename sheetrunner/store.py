@@ -49,6 +49,10 @@ CREATE TABLE IF NOT EXISTS hosts (
     name TEXT PRIMARY KEY,
     data TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS noted_rows (
+    row INTEGER PRIMARY KEY,
+    data TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -128,6 +132,21 @@ class Store:
                 "INSERT INTO events (at, run_id, kind, detail) VALUES (?, ?, ?, ?)",
                 [(at, run_id, kind, detail) for run_id, kind, detail in events],
             )
+
+    # -- rows with no run (invalid), as the last cycle saw them: for `ps` ---------------------
+
+    def save_noted_rows(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Replace the rows that have no run: `row`, `job`, `params`, `status`, `message`."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM noted_rows")
+            self._db.executemany("INSERT OR REPLACE INTO noted_rows (row, data) VALUES (?, ?)",
+                                 [(r["row"], json.dumps(r)) for r in rows])
+
+    def noted_rows(self) -> list[dict[str, Any]]:
+        with self._lock:
+            found = self._db.execute("SELECT data FROM noted_rows ORDER BY row").fetchall()
+        return [json.loads(r[0]) for r in found]
 
     # -- attempts: the launch journal ----------------------------------------------------------
 

@@ -178,6 +178,21 @@ def test_cli_daemon_exit_when_done_and_ps(tmp_path):
     assert '"status": "succeeded"' in ps.stdout
 
 
+def test_exit_when_done_sums_up_and_exits_3_when_a_row_failed(tmp_path):
+    write_workbook(tmp_path / "experiments.xlsx", HEADER,
+                   [["fake", 1, 0.01, None, 0], ["fake", 1, 0.01, 4, 0], ["nope", 1, 0.01, None, 0],
+                    ["fake", 1, 0.01, None, 64]])
+    local_config(tmp_path, retries=0)
+    cfg = str(tmp_path / "sheetrunner.toml")
+    done = subprocess.run([sys.executable, "-m", "sheetrunner.cli", "daemon", "-c", cfg,
+                           "--exit-when-done"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, done.stderr
+    log = " ".join(done.stderr.split())
+    assert "done: " in log and "1 succeeded" in log and "1 failed" in log and "1 invalid" in log
+    assert "1 unplaceable" in log
+    assert "row 3 failed" in log and "row 4 invalid" in log and "row 5 unplaceable" in log
+
+
 def test_cli_daemon_finishes_its_cycle_and_exits_cleanly_on_sigterm(tmp_path):
     write_workbook(tmp_path / "experiments.xlsx", HEADER, [["fake", 100, 0.1, None, 0]])
     local_config(tmp_path)

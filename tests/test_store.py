@@ -281,3 +281,12 @@ def test_store_shared_by_eight_threads_loses_nothing(tmp_path: Path) -> None:
         mine = [e[1] for e in events if e[2] == "queued" and e[3] == f"t{t}"]
         assert mine == [f"t{t}-{i}" for i in range(per_thread)]
     store.close()
+
+
+def test_rows_without_a_run_are_replaced_as_a_whole_each_cycle(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.sqlite")
+    store.save_noted_rows([{"row": 3, "job": "x", "params": [["lr", "0.1"]], "status": "invalid",
+                            "message": "unknown job"}])
+    store.save_noted_rows([{"row": 5, "job": "y", "params": [], "status": "invalid", "message": "m"}])
+    assert [r["row"] for r in store.noted_rows()] == [5]
+    store.close()
