@@ -24,6 +24,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerThreads
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from . import reconcile, views
+from . import config as config_module
 from .config import Config, HostConfig
 from .errors import SheetError, SheetOwned, SheetrunnerError, SheetUnavailable, TransportError
 from .log_archive import ARCHIVED_BYTES, LogArchive
@@ -110,6 +111,7 @@ class Daemon:
         self._said: set[str] = set()  # sheet problems already logged
         self._shown: dict[int, str] = {}  # row -> run id, as the last cycle matched them
         self.exit_code = 0  # what `daemon --exit-when-done` exits with (see Outcome)
+        self._reload_requested = threading.Event()  # SIGHUP: reload the config between cycles
 
     # -- one cycle ----------------------------------------------------------------------------
 
@@ -306,6 +308,9 @@ class Daemon:
         def job() -> None:
             if stop.is_set():
                 return
+            if self._reload_requested.is_set():
+                self._reload_requested.clear()
+                self.reload()
             try:
                 report = self.cycle()
             except SheetOwned as exc:
@@ -338,12 +343,37 @@ class Daemon:
                           misfire_grace_time=max(1, int(self.config.daemon.poll_interval_s)))
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGHUP, lambda *_: self._reload_requested.set())
         scheduler.start()
         with self._cycle_lock:  # let a cycle in progress finish
             pass
         if self.fatal is not None:
             raise self.fatal
         return self.exit_code
+
+    def reload(self) -> bool:
+        """Read the config file again (SIGHUP), between cycles. A config that fails to load
+        is refused with its error and the old one kept; hosts and jobs added, removed or
+        changed take effect from the next cycle. The sheet and the state directory are the
+        daemon's identity: changing them needs a restart."""
+        try:
+            new = config_module.load(self.config.path)
+        except SheetrunnerError as exc:
+            log.error("config not reloaded, the running one stays: %s", exc)
+            return False
+        if new.sheet != self.config.sheet or new.daemon.state_dir != self.config.daemon.state_dir:
+            log.error("config not reloaded: [sheet] and [daemon] state_dir change only with a "
+                      "restart of the daemon")
+            return False
+        with self._cycle_lock:
+            self.pool.replace_agents([
+                self.pool.agents[h.name] if h.name in self.pool.agents
+                and self.pool.agents[h.name].config == h and new.ssh == self.config.ssh
+                else HostAgent(h, transport_for(new, h), new.daemon.probe_timeout_s)
+                for h in new.hosts])
+            self.config, self.policy, self.view = new, policy_from(new), SheetView(new.sheet)
+        log.info("config reloaded from %s: %d hosts, %d jobs", new.path, len(new.hosts), len(new.jobs))
+        return True
 
     def outcome(self) -> Outcome:
         """How the sheet's rows ended, as the last cycle saw them."""

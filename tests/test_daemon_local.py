@@ -14,7 +14,7 @@ from pathlib import Path
 import helpers
 import openpyxl
 import pytest
-from helpers import HEADER, cycle_until, fill_of, local_config, read_workbook, write_workbook
+from helpers import FAKE_JOB, HEADER, cycle_until, fill_of, local_config, read_workbook, write_workbook
 
 from sheetrunner.daemon import Daemon, build
 from sheetrunner.model import STATUS_COLOURS, Status
@@ -191,6 +191,41 @@ def test_exit_when_done_sums_up_and_exits_3_when_a_row_failed(tmp_path):
     assert "done: " in log and "1 succeeded" in log and "1 failed" in log and "1 invalid" in log
     assert "1 unplaceable" in log
     assert "row 3 failed" in log and "row 4 invalid" in log and "row 5 unplaceable" in log
+
+
+def test_sighup_reloads_the_config_and_a_bad_one_is_refused(tmp_path):
+    write_workbook(tmp_path / "experiments.xlsx", HEADER, [["later", 1, 0.01, None, 0]])
+    local_config(tmp_path)
+    cfg = tmp_path / "sheetrunner.toml"
+    good = cfg.read_text()
+    daemon = subprocess.Popen([sys.executable, "-m", "sheetrunner.cli", "daemon", "-c", str(cfg)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_rows(tmp_path, lambda rows: rows[0].get("status") == "invalid")
+        cfg.write_text(good + "\n[daemon.nonsense]\n")  # a bad edit: refused, the old config stays
+        daemon.send_signal(signal.SIGHUP)
+        time.sleep(2)
+        assert daemon.poll() is None
+        later = good.replace("[jobs.fake]", f'[jobs.later]\ncommand = ["{sys.executable}", "{FAKE_JOB}"]\n\n[jobs.fake]')
+        cfg.write_text(later)  # a job added: the row runs without a restart
+        daemon.send_signal(signal.SIGHUP)
+        _wait_rows(tmp_path, lambda rows: rows[0].get("status") == "succeeded")
+    finally:
+        daemon.terminate()
+        _, err = daemon.communicate(timeout=30)
+    assert "config not reloaded" in err and "config reloaded" in err
+
+
+def _wait_rows(tmp_path: Path, done, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if done(read_workbook(tmp_path / "experiments.xlsx")):
+                return
+        except Exception:  # caught mid-save
+            pass
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
 
 
 def test_cli_daemon_finishes_its_cycle_and_exits_cleanly_on_sigterm(tmp_path):

@@ -246,6 +246,19 @@ class Pool:
             del self.down_since[agent.name]
         return observation_from_probe(agent.name, facts, now)
 
+    def replace_agents(self, agents: list[HostAgent]) -> None:
+        """The hosts of a reloaded config: agents kept, added or dropped (their connections
+        closed), all in this sheet's namespace."""
+        keep = {id(a) for a in agents}
+        for old in self.agents.values():
+            if id(old) not in keep:
+                old.transport.close()
+        self.agents = {a.name: a for a in agents}
+        if self.namespace:
+            self.set_namespace(self.namespace)
+        self.last = {n: o for n, o in self.last.items() if n in self.agents}
+        self.down_since = {n: t for n, t in self.down_since.items() if n in self.agents}
+
     def capacities(self) -> list[HostCapacity]:
         return [capacity(a.config, self.last.get(name)) for name, a in self.agents.items()]
 
