@@ -23,8 +23,8 @@ from pathlib import Path
 from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerThreads
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from . import reconcile, views
 from . import config as config_module
+from . import reconcile, views
 from .config import Config, HostConfig
 from .errors import SheetError, SheetOwned, SheetrunnerError, SheetUnavailable, TransportError
 from .log_archive import ARCHIVED_BYTES, LogArchive

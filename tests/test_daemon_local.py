@@ -14,7 +14,15 @@ from pathlib import Path
 import helpers
 import openpyxl
 import pytest
-from helpers import FAKE_JOB, HEADER, cycle_until, fill_of, local_config, read_workbook, write_workbook
+from helpers import (
+    FAKE_JOB,
+    HEADER,
+    cycle_until,
+    fill_of,
+    local_config,
+    read_workbook,
+    write_workbook,
+)
 
 from sheetrunner.daemon import Daemon, build
 from sheetrunner.model import STATUS_COLOURS, Status
