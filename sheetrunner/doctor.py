@@ -7,11 +7,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from .config import Config, HostConfig
-from .daemon import open_pool, open_sheet
-from .sheet import schema
+from .daemon import job_workdir, open_pool, open_sheet
 from .errors import HostKeyError, HostUnreachable, SheetError, TransportError
+from .model import Run, Status
+from .placement import never_fits
 from .pool.accelerators import is_tpu, tpu_chips
-from .pool.hosts import HostAgent, observation_from_probe
+from .pool.hosts import HostAgent, capacity, observation_from_probe
+from .sheet import schema
+from .sheet.table import Table
 
 MIN_FREE_DISK_GIB = 5.0
 
@@ -23,20 +26,38 @@ class Check:
     ok: bool
     detail: str = ""
     fix: str = ""
+    warning: bool = False  # not ok, but nothing stops working (doctor still exits 0)
 
 
 def run_checks(config: Config) -> Iterator[Check]:
+    """Every check, each said once (a problem seen from two sides is one line)."""
+    said: set[tuple[str, str, str]] = set()
+    for check in _all_checks(config):
+        if (check.subject, check.what, check.detail) not in said:
+            said.add((check.subject, check.what, check.detail))
+            yield check
+
+
+def _all_checks(config: Config) -> Iterator[Check]:
     yield Check("config", "loads and validates", True, str(config.path))
-    yield from _sheet(config)
+    table = None
+    for check in _sheet(config):
+        if isinstance(check, Table):
+            table = check
+        else:
+            yield check
     pool = open_pool(config)
+    seen: dict[str, dict] = {}
     try:
         for agent in pool.agents.values():
-            yield from _host(agent)
+            yield from _host(agent, config, seen)
     finally:
         pool.close()
+    if table is not None:
+        yield from _rows_no_host_takes(config, table, seen)
 
 
-def _sheet(config: Config) -> Iterator[Check]:
+def _sheet(config: Config) -> Iterator[Check | Table]:
     where = str(config.sheet.path or config.sheet.url)
     try:
         table = open_sheet(config).read()
@@ -51,6 +72,23 @@ def _sheet(config: Config) -> Iterator[Check]:
     yield Check("sheet", "can be read", True, f"{where}: {len(table.rows)} rows")
     for line in schema.header_problems(table):
         yield Check("sheet", "parameter columns", False, line, "rename or delete the column")
+    yield table
+
+
+def _rows_no_host_takes(config: Config, table: Table, seen: dict[str, dict]) -> Iterator[Check]:
+    """Rows that would be `unplaceable`: no configured host could ever take them."""
+    hosts = [capacity(h, observation_from_probe(h.name, seen[h.name], datetime.now(UTC))
+                      if h.name in seen else None) for h in config.hosts]
+    for exp in schema.parse_table(table, config.jobs):
+        if exp.error or exp.is_sweep:
+            continue
+        shape = Run(run_id="", key=exp.key, job=exp.job, params=exp.params, gpus=exp.gpus,
+                    where=exp.where, status=Status.QUEUED, created_at=datetime.now(UTC),
+                    updated_at=datetime.now(UTC))
+        reason = never_fits(shape, hosts)
+        if reason is not None:
+            yield Check("sheet", f"row {exp.row} can run somewhere", False, reason,
+                        "change the row's gpus or where, or add a host that fits")
 
 
 def _sheet_fix(config: Config) -> str:
@@ -60,7 +98,7 @@ def _sheet_fix(config: Config) -> str:
             "API, and check [sheet] credentials (README, Google Sheets section)")
 
 
-def _host(agent: HostAgent) -> Iterator[Check]:
+def _host(agent: HostAgent, config: Config, seen: dict[str, dict]) -> Iterator[Check]:
     name = agent.name
     try:
         facts = agent.facts()
@@ -75,9 +113,36 @@ def _host(agent: HostAgent) -> Iterator[Check]:
         yield Check(name, "python3 runs the agent", False, str(exc),
                     f"install python3 on {name}, or set python = \"/path/to/python3\" in its [[hosts]]")
         return
+    seen[name] = facts
     yield Check(name, "reachable, agent runs", True, f"boot {facts.get('boot_id', '?')[:8]}")
     yield _disk(agent.config, facts)
     yield _accelerators(agent.config, facts)
+    yield from _programs(agent, config)
+
+
+def _programs(agent: HostAgent, config: Config) -> Iterator[Check]:
+    """Each job's program and script exist on the host, in the job's workdir."""
+    jobs = sorted(config.jobs)
+    asked = [{"workdir": job_workdir(config, job, agent.config),
+              "argv": [agent.config.python if p == "{python}" else p for p in config.jobs[job].command]}
+             for job in jobs]
+    try:
+        answers = agent.programs(asked)
+    except TransportError as exc:
+        yield Check(agent.name, "jobs' programs exist", False, str(exc), "")
+        return
+    for job, want, answer in zip(jobs, asked, answers, strict=False):
+        workdir = want["workdir"] or "~"
+        if not answer.get("workdir_exists"):
+            yield Check(agent.name, f"job {job}: workdir exists", False, workdir,
+                        f"create {workdir} on {agent.name} (a checkout of the job's code), or fix "
+                        f"[jobs.{job}] workdir")
+        elif answer.get("missing"):
+            yield Check(agent.name, f"job {job}: program exists", False,
+                        f"missing in {workdir}: {', '.join(answer['missing'])}",
+                        f"put the job's code on {agent.name}, or fix [jobs.{job}] command")
+        else:
+            yield Check(agent.name, f"job {job}: program exists", True, workdir)
 
 
 def _ssh_fix(host: HostConfig) -> str:
@@ -107,7 +172,8 @@ def _accelerators(host: HostConfig, facts: dict) -> Check:
         return Check(host.name, "GPUs seen", ok, detail,
                      "" if ok else "install the NVIDIA driver (nvidia-smi), or set accelerators = 0")
     count = int(wanted)
-    ok = not seen or len(seen) >= count
-    return Check(host.name, "accelerators", ok,
+    agree = not seen or len(seen) == count
+    return Check(host.name, "accelerators", agree,
                  f"config says {count}; nvidia-smi shows {len(seen) if seen else 'none'}",
-                 "" if ok else f"set accelerators = {len(seen)} (or \"auto\") for {host.name}")
+                 "" if agree else f"set accelerators = {len(seen)} (or \"auto\") for {host.name}",
+                 warning=not agree)

@@ -166,6 +166,10 @@ class HostAgent:
         for checks made before the sheet's namespace is known."""
         return json.loads(self._call(["facts", self.config.root]))
 
+    def programs(self, jobs: list[dict]) -> list[dict]:
+        """For each {"workdir", "argv"}: whether the workdir exists and which items are missing."""
+        return json.loads(self._call(["programs"], json.dumps(jobs).encode()))
+
     def launch(self, spec: dict) -> LaunchResult:
         out = json.loads(self._call(self._where("launch"), json.dumps(spec).encode()))
         return LaunchResult(bool(out.get("launched")), out.get("reason") or out.get("dir", ""))

@@ -34,6 +34,7 @@ REFUSED_EXIT = 3
 USAGE = """usage: agent.pyz COMMAND ...
   probe    NS_ROOT HOST                      request on stdin
   facts    ROOT                              the host alone, no runs
+  programs                                   which programs exist (request on stdin)
   launch   NS_ROOT HOST                      spec on stdin
   kill     NS_ROOT HOST RUN_ID ATTEMPT [GRACE_S]
   tail     NS_ROOT HOST RUN_ID ATTEMPT SIZE|+OFFSET
@@ -46,7 +47,8 @@ class Refused(Exception):
 
 
 def main(argv):
-    handlers = {"probe": probe, "facts": facts, "launch": launch, "supervise": supervise,
+    handlers = {"probe": probe, "facts": facts, "programs": programs, "launch": launch,
+                "supervise": supervise,
                 "kill": kill, "tail": tail, "history": history}
     if len(argv) < 2 or argv[1] not in handlers:
         sys.exit(USAGE)
@@ -963,6 +965,31 @@ def facts(args):
     root = os.path.expanduser(args[0])
     make_dirs(root)
     print(json.dumps(host_facts(root, boot_id(), set())))
+
+
+def programs(args):
+    """Whether each job's program and script exist on this host (`sheetrunner doctor`):
+    stdin holds [{"workdir": ..., "argv": [...]}, ...]; for each, the items that are
+    missing: the program (looked up on PATH unless it has a slash) and any item naming a
+    .py or .sh file, relative to the workdir. Nothing is run."""
+    found = []
+    for job in json.loads(sys.stdin.read(1 << 20) or "[]"):
+        workdir = os.path.expanduser(job.get("workdir") or "~")
+        argv = [str(a) for a in job.get("argv", [])]
+        missing = []
+        if argv and not _program_exists(argv[0], workdir):
+            missing.append(argv[0])
+        for item in argv[1:]:
+            if item.endswith((".py", ".sh")) and not os.path.isfile(os.path.join(workdir, item)):
+                missing.append(item)
+        found.append({"workdir_exists": os.path.isdir(workdir), "missing": missing})
+    print(json.dumps(found))
+
+
+def _program_exists(program, workdir):
+    if "/" in program:
+        return os.access(os.path.join(workdir, os.path.expanduser(program)), os.X_OK)
+    return shutil.which(program) is not None
 
 
 def host_facts(where, boot, sessions):
