@@ -23,6 +23,10 @@ from .config_checks import (
     keep,
     known_keys,
     non_negative_int,
+    notify_command,
+    notify_events,
+    notify_max_per_hour,
+    notify_webhook,
     opt_str,
     positive,
     resolve,
@@ -100,6 +104,30 @@ class HostConfig:
 
 
 @dataclass(frozen=True)
+class NotifyConfig:
+    """`[notify]`: where the daemon announces runs that ended and sweeps that finished
+    (sheetrunner/notify.py, docs/notifications.md). Disabled unless webhook or command is set."""
+
+    # A credential (whoever has it can post to the channel): kept out of repr, logs and
+    # errors; log `webhook_host` instead.
+    webhook: str | None = field(default=None, repr=False)
+    command: tuple[str, ...] = ()  # argv; the message is appended as one more item
+    on: tuple[str, ...] = checks.NOTIFY_DEFAULT_EVENTS
+    max_per_hour: int = 30  # messages (one per cycle at most); beyond, dropped and logged
+    timeout_s: float = 10.0  # per attempt, for the webhook and the command alike
+    workdir: Path | None = None  # where the command runs: the config file's directory
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.webhook or self.command)
+
+    @property
+    def webhook_host(self) -> str:
+        """The only part of the webhook that may be logged."""
+        return checks.url_host(self.webhook) if self.webhook else ""
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     sheet: SheetConfig
@@ -108,13 +136,14 @@ class Config:
     jobs: dict[str, JobConfig]
     hosts: tuple[HostConfig, ...]
     ssh: SshConfig
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
 
     @property
     def base_dir(self) -> Path:
         return self.path.parent
 
 
-TOP_KEYS = {"sheet", "daemon", "defaults", "jobs", "hosts", "ssh"}
+TOP_KEYS = {"sheet", "daemon", "defaults", "jobs", "hosts", "ssh", "notify"}
 
 
 def load(path: str | Path) -> Config:
@@ -145,6 +174,7 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
         jobs=_jobs(_table(raw, "jobs")),
         hosts=_hosts(raw.get("hosts", []), base),
         ssh=_ssh(raw.get("ssh", {})),
+        notify=_notify(raw.get("notify"), base),
     )
     _check_local_workdirs(config)
     return config
@@ -374,3 +404,31 @@ def _ssh(raw: dict[str, Any]) -> SshConfig:
         keepalive_s=positive("ssh.keepalive", raw.get("keepalive", 15), "15"),
         config_file=opt_str("ssh.config_file", raw.get("config_file", "~/.ssh/config")),
     )
+
+
+NOTIFY_KEYS = {"webhook", "command", "on", "max_per_hour", "timeout"}
+
+
+def _notify(raw: Any, base: Path) -> NotifyConfig:
+    """`[notify]`; absent: no notifications. The webhook's value never appears in an error."""
+    if raw is None:
+        return NotifyConfig()
+    expect("notify", raw, dict, 'a table [notify] with webhook = "https://hooks.slack.com/..."')
+    known_keys("notify", raw, NOTIFY_KEYS)
+    webhook = notify_webhook("notify.webhook", raw["webhook"]) if "webhook" in raw else None
+    command = notify_command("notify.command", raw.get("command"))
+    if webhook is None and not command:
+        raise ConfigError(
+            '[notify] needs `webhook` (e.g. webhook = "https://hooks.slack.com/services/...") '
+            'and/or `command` (e.g. command = ["notify-send", "sheetrunner"]); remove the table '
+            "to send no notifications"
+        )
+    return NotifyConfig(
+        webhook=webhook,
+        command=command,
+        on=notify_events("notify.on", raw.get("on", list(checks.NOTIFY_DEFAULT_EVENTS))),
+        max_per_hour=notify_max_per_hour("notify.max_per_hour", raw.get("max_per_hour", 30)),
+        timeout_s=positive("notify.timeout", raw.get("timeout", 10), "10"),
+        workdir=base,
+    )
+

@@ -249,3 +249,90 @@ def local_workdir(where: str, workdir: str | None, resolved: Path, host: str) ->
             f"{host!r} starts the job (a relative workdir is relative to the config file's "
             f'directory); create it or fix the path, e.g. workdir = "."'
         )
+
+
+# -- [notify] -----------------------------------------------------------------------------------
+
+# What `[notify] on` may list: every final status (its sheet text) and a finished sweep.
+NOTIFY_EVENTS = ("succeeded", "failed", "stopped", "invalid", "duplicate", "sweep-finished")
+NOTIFY_DEFAULT_EVENTS = ("failed", "sweep-finished")
+NOTIFY_WEBHOOK_EXAMPLE = 'webhook = "https://hooks.slack.com/services/T000/B000/XXXX"'
+# More than one message a second is no rate limit at all.
+NOTIFY_MAX_PER_HOUR = 3600
+
+
+def url_host(url: str) -> str:
+    """The host of a URL, the only part of a webhook that may be shown (its path is the secret)."""
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url).hostname or "?"
+    except ValueError:
+        return "?"
+
+
+def notify_webhook(where: str, value: Any) -> str:
+    """An http(s) URL with a host. The value is a credential: no error message repeats it."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where} must be a non-empty string (an http(s) URL); e.g. "
+                          f"{NOTIFY_WEBHOOK_EXAMPLE}")
+    if value != value.strip() or any(ord(c) < 33 or ord(c) == 127 for c in value):
+        raise ConfigError(f"{where} holds spaces or control characters (the value is not shown: "
+                          f"it is a credential); paste the URL alone, e.g. {NOTIFY_WEBHOOK_EXAMPLE}")
+    try:
+        parts = urlsplit(value)
+        host, _port = parts.hostname, parts.port  # .port raises on a bad port
+    except ValueError:
+        host, parts = None, None
+    if parts is None or parts.scheme not in ("https", "http") or not host:
+        raise ConfigError(f"{where} is not an http(s) URL with a host (the value is not shown: "
+                          f"it is a credential); e.g. {NOTIFY_WEBHOOK_EXAMPLE}")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(f"{where} holds a user name or password before its host; webhooks carry "
+                          f"their secret in the path, e.g. {NOTIFY_WEBHOOK_EXAMPLE}")
+    return value
+
+
+def notify_command(where: str, value: Any) -> tuple[str, ...]:
+    """An argv list; the message is appended as its last item (never through a shell)."""
+    example = '["notify-send", "sheetrunner"]'
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} = {value!r}; expected a list of strings (argv, no shell), "
+                          f"e.g. command = {example}")
+    if not value or not value[0]:
+        raise ConfigError(f"{where} names no program; e.g. command = {example}")
+    if any("\0" in item for item in value):
+        raise ConfigError(f"{where} holds a NUL character, which no argv item can; "
+                          f"e.g. command = {example}")
+    return tuple(value)
+
+
+def notify_events(where: str, value: Any) -> tuple[str, ...]:
+    """The events that send a notification: final statuses and "sweep-finished"."""
+    allowed = ", ".join(NOTIFY_EVENTS)
+    example = 'on = ["failed", "sweep-finished"]'
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} = {value!r}; expected a list of strings, e.g. {example}; "
+                          f"the allowed values are: {allowed}")
+    if not value:
+        raise ConfigError(f"{where} is empty, so nothing would ever be sent; list what to "
+                          f"announce, e.g. {example} (the allowed values are: {allowed}), or "
+                          f"remove [notify]")
+    for item in value:
+        if item not in NOTIFY_EVENTS:
+            shown = item if len(item) <= 40 else item[:40] + "…"
+            raise ConfigError(f"{where}: {shown!r} is not an event sheetrunner announces; the "
+                              f"allowed values are: {allowed}; e.g. {example}")
+    return tuple(dict.fromkeys(value))  # each once, in the order given
+
+
+def notify_max_per_hour(where: str, value: Any) -> int:
+    count = non_negative_int(where, value, "30")
+    if not 1 <= count <= NOTIFY_MAX_PER_HOUR:
+        raise ConfigError(f"{where} = {count}; expected a whole number from 1 to "
+                          f"{NOTIFY_MAX_PER_HOUR} (messages an hour), e.g. max_per_hour = 30")
+    return count

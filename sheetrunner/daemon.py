@@ -29,6 +29,7 @@ from .config import Config, HostConfig
 from .errors import SheetError, SheetOwned, SheetrunnerError, SheetUnavailable, TransportError
 from .log_archive import ARCHIVED_BYTES, LogArchive
 from .model import Experiment, Run, Status
+from .notify import Notifier, sheet_label
 from .ownership import Ownership, lease_seconds, this_daemon
 from .pool.hosts import HostAgent, Pool, describe_argv, launch_spec
 from .pool.local import LocalTransport
@@ -112,6 +113,7 @@ class Daemon:
         self._shown: dict[int, str] = {}  # row -> run id, as the last cycle matched them
         self.exit_code = 0  # what `daemon --exit-when-done` exits with (see Outcome)
         self._reload_requested = threading.Event()  # SIGHUP: reload the config between cycles
+        self.notifier = Notifier(config.notify, label=sheet_label(config.sheet))
 
     # -- one cycle ----------------------------------------------------------------------------
 
@@ -146,6 +148,7 @@ class Daemon:
         if plain is not None:
             self._shown = dict(plan.rows)
         report.killed, report.launched = self._act(plan, runs, now)
+        self.notifier.cycle(self.notifier.notices(known, runs, experiments))
         self._archive_logs(known, plan)
         if table is not None and experiments is not None:
             report.cells_written = self._write_sheet(table, experiments, plan, runs, now, turn.tab)
@@ -372,6 +375,9 @@ class Daemon:
                 else HostAgent(h, transport_for(new, h), new.daemon.probe_timeout_s)
                 for h in new.hosts])
             self.config, self.policy, self.view = new, policy_from(new), SheetView(new.sheet)
+            if new.notify != self.notifier.config:
+                self.notifier.close()
+                self.notifier = Notifier(new.notify, label=sheet_label(new.sheet))
         log.info("config reloaded from %s: %d hosts, %d jobs", new.path, len(new.hosts), len(new.jobs))
         return True
 
@@ -392,6 +398,7 @@ class Daemon:
                     self.sheet.write(SheetWrite(meta=tab, meta_expect=self.ownership.last_meta))
                 except SheetError as exc:
                     log.info("lease not handed back (it ends by itself): %s", exc)
+        self.notifier.close()
         self.pool.close()
         self.store.close()
 

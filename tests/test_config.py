@@ -422,3 +422,98 @@ def test_unreadable_config_is_a_config_error(tmp_path: Path, kind: str) -> None:
         path.write_bytes(b'[sheet]\npath = "caf\xe9.xlsx"\n')
     with pytest.raises(ConfigError, match="sheetrunner.toml"):
         config.load(path)
+
+
+# -- [notify] -----------------------------------------------------------------------------------
+
+WEBHOOK = "https://hooks.slack.com/services/T000/B000/s3cr3tT0k3n"
+
+
+def test_notify_every_key_parses(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, SHEET + JOBS + HOSTS + textwrap.dedent(f"""
+        [notify]
+        webhook = "{WEBHOOK}"
+        command = ["notify-send", "sheetrunner"]
+        on = ["failed", "succeeded", "sweep-finished", "failed"]
+        max_per_hour = 12
+        timeout = 2.5
+    """)))
+    assert cfg.notify == config.NotifyConfig(
+        webhook=WEBHOOK, command=("notify-send", "sheetrunner"),
+        on=("failed", "succeeded", "sweep-finished"), max_per_hour=12, timeout_s=2.5,
+        workdir=tmp_path.resolve(),
+    )
+    assert cfg.notify.enabled and cfg.notify.webhook_host == "hooks.slack.com"
+    # the webhook is a credential: not in the config's repr (which a traceback or log may show)
+    assert "s3cr3t" not in repr(cfg) and "s3cr3t" not in str(cfg.notify)
+
+
+def test_notify_defaults_and_absence(tmp_path: Path) -> None:
+    assert config.load(write(tmp_path, MINIMAL)).notify == config.NotifyConfig()
+    assert not config.NotifyConfig().enabled
+    cfg = config.load(write(tmp_path, MINIMAL + '\n[notify]\ncommand = ["notify-send"]\n'))
+    notify = cfg.notify
+    assert notify.enabled and notify.webhook is None and notify.webhook_host == ""
+    assert notify.on == ("failed", "sweep-finished")
+    assert notify.max_per_hour == 30 and notify.timeout_s == 10.0
+    # a plain-http webhook (a local relay) is allowed
+    cfg = config.load(write(tmp_path, MINIMAL + '\n[notify]\nwebhook = "http://127.0.0.1:8080/h"\n'))
+    assert cfg.notify.webhook_host == "127.0.0.1" and cfg.notify.command == ()
+
+
+NOTIFY = SHEET + JOBS + HOSTS + "[notify]\n"
+NOTIFY_HOOK = NOTIFY + f'webhook = "{WEBHOOK}"\n'
+ALLOWED = "succeeded, failed, stopped, invalid, duplicate, sweep-finished"
+
+NOTIFY_BAD = {
+    "unknown key": (NOTIFY_HOOK + "url = 1\n", ["notify.url", "webhook", "max_per_hour"]),
+    "neither webhook nor command": (NOTIFY + "max_per_hour = 3\n",
+                                    ["[notify]", "webhook", "command", "remove the table"]),
+    "a typo in on": (NOTIFY_HOOK + 'on = ["failed", "sweep-finshed"]\n',
+                     ["notify.on", "'sweep-finshed'", ALLOWED]),
+    "a live status in on": (NOTIFY_HOOK + 'on = ["running"]\n', ["notify.on", "'running'", ALLOWED]),
+    "on not a list": (NOTIFY_HOOK + 'on = "failed"\n', ["notify.on", "list of strings", ALLOWED]),
+    "on empty": (NOTIFY_HOOK + "on = []\n", ["notify.on", "empty", ALLOWED]),
+    "command a string": (NOTIFY + 'command = "notify-send hi"\n',
+                         ["notify.command", "list of strings", '["notify-send", "sheetrunner"]']),
+    "command empty": (NOTIFY + 'command = [""]\n', ["notify.command", "names no program"]),
+    "max_per_hour zero": (NOTIFY_HOOK + "max_per_hour = 0\n",
+                          ["notify.max_per_hour", "from 1 to 3600", "max_per_hour = 30"]),
+    "max_per_hour fractional": (NOTIFY_HOOK + "max_per_hour = 2.5\n", ["notify.max_per_hour"]),
+    "timeout negative": (NOTIFY_HOOK + "timeout = -1\n", ["notify.timeout", "timeout = 10"]),
+    "timeout infinite": (NOTIFY_HOOK + "timeout = inf\n", ["notify.timeout", "finite"]),
+    "notify not a table": ('notify = "x"\n' + SHEET + JOBS + HOSTS,
+                           ["notify", "wrong type", "[notify]"]),
+}
+
+
+@pytest.mark.parametrize("text,fragments", list(NOTIFY_BAD.values()), ids=list(NOTIFY_BAD))
+def test_bad_notify_names_the_key_and_the_fix(tmp_path: Path, text: str,
+                                              fragments: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, text))
+    for fragment in fragments:
+        assert fragment in str(info.value), f"{fragment!r} not in {str(info.value)!r}"
+
+
+@pytest.mark.parametrize("url", [
+    "hooks.slack.com/services/T000/B000/s3cr3tT0k3n",  # no scheme
+    "ftp://hooks.slack.com/services/T000/B000/s3cr3tT0k3n",
+    "https:///services/T000/B000/s3cr3tT0k3n",  # no host
+    " https://hooks.slack.com/services/T000/B000/s3cr3tT0k3n",
+    "https://hooks.slack.com/services/T000/B000/s3cr3tT0k3n\\n",
+    "https://hooks.slack.com:99999/services/T000/B000/s3cr3tT0k3n",  # a bad port
+    "https://user:s3cr3tT0k3n@hooks.slack.com/x",
+])
+def test_a_bad_webhook_is_refused_without_repeating_it(tmp_path: Path, url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, NOTIFY + f'webhook = "{url}"\n'))
+    message = str(info.value)
+    assert "notify.webhook" in message and "https://hooks.slack.com/services/" in message
+    assert "s3cr3t" not in message and "T000/B000/s3" not in message
+
+
+@pytest.mark.parametrize("value", ["3", "true", '""'])
+def test_a_webhook_of_the_wrong_type_is_refused(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match="notify.webhook .*non-empty string"):
+        config.load(write(tmp_path, NOTIFY + f"webhook = {value}\n"))

@@ -236,6 +236,24 @@ def _wait_rows(tmp_path: Path, done, timeout_s: float = 30) -> None:
         time.sleep(0.2)
 
 
+def test_a_failed_row_is_announced_by_the_notify_command(tmp_path):
+    said = tmp_path / "said.txt"
+    script = tmp_path / "say.py"
+    script.write_text(f"import sys\nopen({str(said)!r}, 'a').write(sys.argv[-1] + '\\n')\n")
+    write_workbook(tmp_path / "experiments.xlsx", HEADER,
+                   [["fake", 1, 0.01, None, 0], ["fake", 1, 0.01, 5, 0]])
+    daemon = build(local_config(tmp_path, retries=0, extra=f"""
+        [notify]
+        command = ["{sys.executable}", "{script}"]
+    """))
+    try:
+        cycle_until(daemon, lambda rows: [r.get("status") for r in rows] == ["succeeded", "failed"])
+    finally:
+        daemon.close()
+    text = said.read_text()
+    assert "failed" in text and "row 3" in text and "succeeded" not in text
+
+
 def test_cli_daemon_finishes_its_cycle_and_exits_cleanly_on_sigterm(tmp_path):
     write_workbook(tmp_path / "experiments.xlsx", HEADER, [["fake", 100, 0.1, None, 0]])
     local_config(tmp_path)
@@ -349,12 +367,30 @@ def test_a_sigkilled_daemon_restarted_adopts_its_running_jobs(tmp_path):
 
 
 @pytest.mark.torch
+def committed_example_workbook(repo: Path) -> bytes:
+    """examples/local/experiments.xlsx as committed (HEAD), never the work tree's copy,
+    which `make demo` fills in and a person may edit. Outside a git checkout (an
+    unpacked sdist) the file on disk is the only copy there is."""
+    path = "examples/local/experiments.xlsx"
+    try:
+        inside = subprocess.run(["git", "-C", str(repo), "rev-parse", "--is-inside-work-tree"],
+                                capture_output=True, text=True).stdout.strip() == "true"
+    except FileNotFoundError:  # no git at all
+        inside = False
+    if not inside:
+        return (repo / path).read_bytes()
+    return subprocess.run(["git", "-C", str(repo), "show", f"HEAD:{path}"],
+                          capture_output=True, check=True).stdout
+
+
 def test_the_example_finishes_every_row_green_with_metrics(tmp_path):
-    """What `make demo` runs, on a copy of examples/local, with --exit-when-done."""
+    """What `make demo` runs, on a copy of examples/local (its workbook as committed, so a
+    `make demo` before `make test` changes nothing here), with --exit-when-done."""
     repo = Path(__file__).resolve().parents[1]
     example = tmp_path / "examples" / "local"
     shutil.copytree(repo / "examples" / "local", example,
-                    ignore=shutil.ignore_patterns(".state", ".~lock*"))
+                    ignore=shutil.ignore_patterns(".state", ".~lock*", "~$*"))
+    (example / "experiments.xlsx").write_bytes(committed_example_workbook(repo))
     (tmp_path / "jobs").symlink_to(repo / "jobs")  # workdir = "../.." is the repository root
     done = subprocess.run([sys.executable, "-m", "sheetrunner.cli", "daemon", "-c",
                            str(example / "sheetrunner.toml"), "--exit-when-done"],
