@@ -1,7 +1,8 @@
 """The commands. Thin: parse arguments, call the package, print with rich.
 
 This is the only module that sets up logging and knows exit codes:
-0 success, 1 an operation failed, 2 a usage or config error.
+0 success, 1 an operation failed, 2 a usage or config error, 141 output closed early
+(`sheetrunner ps --json | head -1`).
 """
 
 from __future__ import annotations
@@ -9,23 +10,39 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.highlighter import NullHighlighter
 from rich.logging import RichHandler
-from rich.markup import escape
 from rich.text import Text
 
+from . import __version__, views
 from . import config as config_module
-from . import views
 from .daemon import DaemonLock, build, open_pool, open_store
 from .errors import ConfigError, SheetrunnerError, TransportError
 
 DEFAULT_CONFIG = "sheetrunner.toml"
+CONFIG_VARIABLE = "SHEETRUNNER_CONFIG"
+EXIT_PIPE_CLOSED = 128 + signal.SIGPIPE
+
+DESCRIPTION = """\
+Type a row into a spreadsheet (which job, its parameters, how many GPUs) and it runs on
+your machines. sheetrunner starts each row on a free host, restarts what crashed or hung,
+and writes status, metrics and a colour back into the row."""
+
+EPILOG = f"""\
+config: -c PATH, else ${CONFIG_VARIABLE}, else ./{DEFAULT_CONFIG}, else the nearest
+{DEFAULT_CONFIG} in a parent directory. Start with `sheetrunner init`, then
+`sheetrunner daemon`. Run `sheetrunner COMMAND --help` for a command's options."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,13 +50,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose)
     console = Console()
     try:
-        return args.func(args, console)
+        code = args.func(args, console)
+        sys.stdout.flush()  # a closed pipe shows here, not in the flush at exit
+        return code
     except ConfigError as exc:
         _print_error(console, "config error", exc)
         return 2
     except SheetrunnerError as exc:
         _print_error(console, "error", exc)
         return 1
+    except BrokenPipeError:
+        return _pipe_closed()
+
+
+def _pipe_closed() -> int:
+    """The reader went away (`| head`): not an error worth a traceback. Whatever is still
+    buffered for stdout goes nowhere, so the flush at exit cannot complain either."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_PIPE_CLOSED
+
+
+def version() -> str:
+    """The installed distribution's version; the package's own constant when running from a
+    source tree that was never installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("sheetrunner")
+    except PackageNotFoundError:
+        return __version__
 
 
 def _print_error(console: Console, label: str, exc: BaseException) -> None:
@@ -49,41 +91,119 @@ def _print_error(console: Console, label: str, exc: BaseException) -> None:
                   soft_wrap=True)
 
 
+def _say(console: Console, text: str) -> None:
+    """Print text as it is: paths and cells may hold `[...]`, which is not markup here."""
+    console.print(Text(text), highlight=False, soft_wrap=True)
+
+
+# -- where the config is -------------------------------------------------------------------------
+
+
+def find_config(given: str | None, environ: Mapping[str, str] | None = None,
+                cwd: Path | None = None) -> Path:
+    """The config a command uses: `-c`, else $SHEETRUNNER_CONFIG, else ./sheetrunner.toml,
+    else the nearest sheetrunner.toml above (like git finds its repository), so commands
+    work from any directory of a project. None found: a ConfigError saying where it looked."""
+    environ = os.environ if environ is None else environ
+    if given:
+        return Path(given)
+    if environ.get(CONFIG_VARIABLE):
+        return Path(environ[CONFIG_VARIABLE])
+    cwd = (cwd or Path.cwd()).resolve()
+    candidates = [folder / DEFAULT_CONFIG for folder in (cwd, *cwd.parents)]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"no config found; looked at: -c (not given), ${CONFIG_VARIABLE} (not set), "
+        + ", ".join(str(c) for c in candidates)
+        + "; pass -c PATH, or create one here with `sheetrunner init`")
+
+
+def _load(args: argparse.Namespace) -> config_module.Config:
+    return config_module.load(find_config(args.config))
+
+
+# -- arguments -------------------------------------------------------------------------------------
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sheetrunner", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="sheetrunner", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"sheetrunner {version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    def command(name: str, func, help: str) -> argparse.ArgumentParser:
+    def command(name: str, func, help: str, config_help: str = "config file (TOML); default: "
+                f"${CONFIG_VARIABLE}, ./{DEFAULT_CONFIG} or the nearest one above"):
         p = sub.add_parser(name, help=help, description=help)
-        p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (TOML)")
+        p.add_argument("-c", "--config", help=config_help)
         p.set_defaults(func=func)
         return p
 
-    p = command("daemon", cmd_daemon, "poll the sheet and run its rows until stopped")
+    p = command("daemon", cmd_daemon, "run the sheet: start its rows, watch them, write back "
+                "their status, until stopped (Ctrl-C)")
     p.add_argument("--exit-when-done", action="store_true",
                    help="exit 0 once no row is queued, running or retrying")
     p.add_argument("--take-over", action="store_true",
                    help="take the sheet from the daemon holding its lease (make sure it is gone)")
-    p = command("once", cmd_once, "run one cycle and exit")
+    p = command("once", cmd_once, "do what the daemon does once (start, check, write back), "
+                "then exit")
     p.add_argument("--take-over", action="store_true",
                    help="take the sheet from the daemon holding its lease (make sure it is gone)")
-    p = command("ps", cmd_ps, "list runs from the state store")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--all", action="store_true", help="also runs no row shows any more")
-    p = command("logs", cmd_logs, "print a run's log")
-    p.add_argument("run_id")
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing as it grows")
+    _ps_arguments(command("ps", cmd_ps, "list the runs and the rows that cannot run: status, "
+                          "parameters, host, metrics, why"))
+    p = command("logs", cmd_logs, "print a run's output (what its job printed)")
+    p.add_argument("run_id", metavar="RUN_ID", help="the id from the sheet's id column or `ps`")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="keep printing as it grows, until the attempt ends")
+    p.add_argument("-n", "--lines", type=_positive, metavar="LINES",
+                   help="only the last LINES lines")
     p.add_argument("--attempt", type=int, help="attempt number (default: the newest)")
-    p = command("pool", cmd_pool, "the hosts, their accelerators and which run holds each")
+    p = command("pool", cmd_pool, "show the hosts: reachable or not, each GPU's memory and use, "
+                "which run holds it")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    command("doctor", cmd_doctor, "check the config, the sheet and every host; say what to fix")
-    p = command("plot", cmd_plot, "a metric's curve for runs, as a PNG or in the terminal")
+    p = command("top", cmd_top, "the pool and the runs, live, full screen (reads the state only; "
+                "q quits)")
+    p.add_argument("-n", "--interval", type=float, default=2.0, help="seconds between refreshes")
+    command("doctor", cmd_doctor, "check the config, the sheet and every host, and say what "
+            "to fix")
+    p = command("plot", cmd_plot, "draw a metric's curve for one or more runs, as a PNG or in "
+                "the terminal")
     p.add_argument("run_ids", nargs="+", metavar="RUN_ID")
     p.add_argument("--metric", help="metric to draw (default: the first reported besides step)")
     p.add_argument("-o", "--output", help="write a PNG here instead of drawing in the terminal")
-    p = command("init", cmd_init, "write a starter config and workbook, or prepare a sheet")
+    command("init", cmd_init, "create a starter config, job and workbook, or prepare a sheet "
+            "(header row, dropdowns)",
+            config_help=f"config file to write or use (default: ./{DEFAULT_CONFIG})")
     return parser
+
+
+def _ps_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--all", action="store_true", help="also runs no row shows any more")
+    for flag, what in (("status", "status (queued, running, failed, invalid, ...)"),
+                       ("job", "job"), ("sweep", "sweep id (the sweep column)"),
+                       ("host", "host")):
+        p.add_argument(f"--{flag}", action="append", default=[], metavar=flag.upper(),
+                       help=f"only these: a {what}; repeat it or separate values by commas")
+    p.add_argument("--watch", type=_positive_float, metavar="SECONDS",
+                   help="redraw every SECONDS until Ctrl-C")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -124,7 +244,7 @@ def _log_handler(stream) -> logging.Handler:
 
 
 def cmd_daemon(args: argparse.Namespace, console: Console) -> int:
-    config = config_module.load(args.config)
+    config = _load(args)
     lock = DaemonLock(config.daemon.state_dir).acquire()
     daemon = build(config, take_over=args.take_over)
     try:
@@ -135,7 +255,7 @@ def cmd_daemon(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_once(args: argparse.Namespace, console: Console) -> int:
-    config = config_module.load(args.config)
+    config = _load(args)
     lock = DaemonLock(config.daemon.state_dir).acquire()
     daemon = build(config, take_over=args.take_over)
     try:
@@ -145,32 +265,68 @@ def cmd_once(args: argparse.Namespace, console: Console) -> int:
     finally:
         daemon.close()
         lock.release()
-    console.print(
-        f"launched {len(report.launched)}, killed {len(report.killed)}, "
-        f"cells written {report.cells_written}, unfinished {report.unfinished}"
-        + ("" if report.sheet_ok else " (sheet unreachable)")
-    )
+    _say(console,
+         f"launched {len(report.launched)}, killed {len(report.killed)}, "
+         f"cells written {report.cells_written}, unfinished {report.unfinished}"
+         + ("" if report.sheet_ok else " (sheet unreachable)"))
     return 0
 
 
+# -- ps ------------------------------------------------------------------------------------------
+
+
 def cmd_ps(args: argparse.Namespace, console: Console) -> int:
-    config = config_module.load(args.config)
+    config = _load(args)
+    if args.watch:
+        return _watch(lambda: ps_view(config, args, console), args.watch, console)
+    if args.json:
+        print(json.dumps(ps_entries(config, args), indent=2))
+    else:
+        console.print(ps_view(config, args, console))
+    return 0
+
+
+def ps_entries(config, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """What `ps` lists, read fresh from the store: runs and the rows without one, filtered."""
     store = open_store(config)
     try:
-        runs = sorted(store.runs().values(), key=lambda r: (r.row, r.created_at))
+        runs = list(store.runs().values())
+        noted = getattr(store, "noted_rows", lambda: [])()  # rows with no run, once the store has them
     finally:
         store.close()
     if not args.all:
         runs = [r for r in runs if r.replaced_by is None]
-    if args.json:
-        print(json.dumps([views.run_json(r) for r in runs], indent=2))
-    else:
-        console.print(views.runs_table(runs))
-    return 0
+    keep = views.ps_filter(args.status, args.job, args.sweep, args.host)
+    return [e for e in views.ps_entries(runs, noted) if keep(e)]
+
+
+def ps_view(config, args: argparse.Namespace, console: Console):
+    """The table `ps` prints, and `ps --watch` redraws."""
+    return views.ps_table(ps_entries(config, args), console)
+
+
+def _watch(render: Callable[[], Any], every_s: float, console: Console) -> int:
+    """Redraw `render()` in place every `every_s` seconds until Ctrl-C."""
+    from rich.live import Live
+
+    try:
+        with Live(render(), console=console, auto_refresh=False) as live:
+            while True:
+                time.sleep(every_s)
+                live.update(render(), refresh=True)
+    except KeyboardInterrupt:
+        return 0
+
+
+# -- logs ------------------------------------------------------------------------------------------
+
+# An attempt in one of these states writes no more output.
+ENDED_STATES = frozenset({"exited", "lost", "missing"})
+FOLLOW_INTERVAL_S = 1.0
 
 
 def cmd_logs(args: argparse.Namespace, console: Console) -> int:
-    config = config_module.load(args.config)
+    config = _load(args)
     store = open_store(config)
     run = store.run(args.run_id)
     hosts = {a["attempt"]: a["host"] for a in store.attempts(args.run_id)}
@@ -178,25 +334,52 @@ def cmd_logs(args: argparse.Namespace, console: Console) -> int:
     store.close()
     if run is None or not run.attempt:
         raise SheetrunnerError(f"no launched run {args.run_id!r}; `sheetrunner ps` lists the runs")
-    attempt = args.attempt or run.attempt
+    attempt = chosen_attempt(run.run_id, args.attempt, run.attempt, hosts)
     host = hosts.get(attempt, run.host or "")
+    out = sys.stdout.buffer
     pool = open_pool(config, namespace)
     try:
         agent = pool.agents.get(host)
         if agent is not None and args.follow:
-            return _follow(agent, run.run_id, attempt)
+            return follow(agent, run.run_id, attempt, out, args.lines)
         if agent is not None:
-            sys.stdout.buffer.write(agent.tail(run.run_id, attempt))
+            out.write(last_lines(_tail(agent, run.run_id, attempt, args.lines), args.lines))
             return 0
         reason = f"{host} is not in the config any more"
     except TransportError as exc:
         reason = f"{host} cannot be reached: {exc}"
     finally:
         pool.close()
-    return _archived_log(config, run.run_id, attempt, reason, console)
+    return _archived_log(config, run.run_id, attempt, reason, args.lines)
 
 
-def _archived_log(config, run_id: str, attempt: int, reason: str, console: Console) -> int:
+def chosen_attempt(run_id: str, asked: int | None, newest: int, hosts: Mapping[int, str]) -> int:
+    """The attempt `logs` shows: the newest, or the one asked for if the run has it."""
+    if asked is None:
+        return newest
+    known = sorted(set(hosts) | {newest})
+    if asked not in known:
+        raise SheetrunnerError(
+            f"run {run_id} has no attempt {asked}; its attempts: "
+            + ", ".join(str(a) for a in known))
+    return asked
+
+
+def _tail(agent, run_id: str, attempt: int, lines: int | None) -> bytes:
+    """The log's end: the last 64 KiB, more when many lines are asked for."""
+    return agent.tail(run_id, attempt, size=max(65536, (lines or 0) * 1024))
+
+
+def last_lines(data: bytes, lines: int | None) -> bytes:
+    """The last `lines` lines of `data` (all of it when None); a final line without its
+    newline counts as a line."""
+    if lines is None:
+        return data
+    parts = data.splitlines(keepends=True)
+    return b"".join(parts[-lines:])
+
+
+def _archived_log(config, run_id: str, attempt: int, reason: str, lines: int | None) -> int:
     from .log_archive import LogArchive
 
     data = LogArchive(config.daemon.state_dir).read(run_id, attempt)
@@ -204,28 +387,71 @@ def _archived_log(config, run_id: str, attempt: int, reason: str, console: Conso
         raise SheetrunnerError(f"the log of run {run_id} attempt {attempt} is on {reason}, "
                                "and no copy was kept (only ended attempts are archived)")
     Console(stderr=True, soft_wrap=True).print(
-        f"[yellow]{escape(reason)}; showing the copy kept when the attempt ended[/]",
+        Text(f"{reason}; showing the copy kept when the attempt ended", style="yellow"),
         highlight=False)
-    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.write(last_lines(data, lines))
     return 0
 
 
-def _follow(agent, run_id: str, attempt: int) -> int:
-    offset = 0
+def follow(agent, run_id: str, attempt: int, out, lines: int | None = None,
+           sleep: Callable[[float], None] = time.sleep) -> int:
+    """Print the log as it grows, and return once the attempt has ended and everything it
+    wrote is printed (or on Ctrl-C). With `lines`, start from the last `lines` lines."""
     try:
+        offset = _skip_to_last_lines(agent, run_id, attempt, out, lines) if lines else 0
         while True:
-            data = agent.tail(run_id, attempt, offset=offset)
-            sys.stdout.buffer.write(data)
-            sys.stdout.flush()
-            offset += len(data)
-            if not data:
-                time.sleep(1.0)
+            ended = attempt_state(agent, run_id, attempt) in ENDED_STATES
+            offset = _drain(agent, run_id, attempt, out, offset)
+            if ended:  # looked at before draining: nothing can follow what was drained
+                return 0
+            sleep(FOLLOW_INTERVAL_S)
     except KeyboardInterrupt:
         return 0
 
 
+def _drain(agent, run_id: str, attempt: int, out, offset: int) -> int:
+    """Print what the log holds from `offset` on; the offset after it."""
+    while data := agent.tail(run_id, attempt, offset=offset):
+        out.write(data)
+        out.flush()
+        offset += len(data)
+    return offset
+
+
+def _skip_to_last_lines(agent, run_id: str, attempt: int, out, lines: int) -> int:
+    """Read the log to its current end, print its last `lines` lines; the end's offset."""
+    offset, kept = 0, deque(maxlen=lines + 1)
+    pending = b""
+    while data := agent.tail(run_id, attempt, offset=offset):
+        offset += len(data)
+        parts = (pending + data).split(b"\n")
+        pending = parts.pop()
+        kept.extend(p + b"\n" for p in parts)
+    if pending:
+        kept.append(pending)
+    out.write(b"".join(list(kept)[-lines:]))
+    out.flush()
+    return offset
+
+
+def attempt_state(agent, run_id: str, attempt: int) -> str | None:
+    """What the attempt's host says of it (running, exited, lost, missing, ...); None when
+    the host cannot say right now (keep following: it may answer next time)."""
+    try:
+        facts = agent.probe({(run_id, attempt)})
+    except (TransportError, ValueError):
+        return None
+    for seen in facts.get("attempts", []):
+        if seen.get("run_id") == run_id and seen.get("attempt") == attempt:
+            return str(seen.get("state"))
+    return "missing"
+
+
+# -- pool, doctor --------------------------------------------------------------------------------
+
+
 def cmd_pool(args: argparse.Namespace, console: Console) -> int:
-    config = config_module.load(args.config)
+    config = _load(args)
     store = open_store(config)
     runs = list(store.runs().values())
     namespace = store.last_namespace()
@@ -244,8 +470,6 @@ def cmd_pool(args: argparse.Namespace, console: Console) -> int:
 
 
 def _probe_for_view(pool, runs):
-    from datetime import UTC, datetime
-
     wanted: dict[str, set[tuple[str, int]]] = {}
     for run in runs:
         if run.status.is_live and run.host:
@@ -253,45 +477,60 @@ def _probe_for_view(pool, runs):
     return pool.probe_all(wanted, datetime.now(UTC))
 
 
+def cmd_top(args: argparse.Namespace, console: Console) -> int:
+    from .top import run_top
+
+    return run_top(_load(args), console, args.interval)
+
+
 def cmd_doctor(args: argparse.Namespace, console: Console) -> int:
     from .doctor import run_checks
 
     failed = 0
-    for check in run_checks(config_module.load(args.config)):
-        mark = "[green]ok[/]  " if check.ok else "[red]FAIL[/]"
+    for check in run_checks(_load(args)):
+        mark = ("[green]ok[/]  " if check.ok else "[yellow]warn[/]" if check.warning
+                else "[red]FAIL[/]")
         console.print(Text.from_markup(mark).append(f" {check.subject}: {check.what} — {check.detail}"),
                       highlight=False)
         if not check.ok:
-            failed += 1
-            console.print(Text(f"      fix: {check.fix}"), highlight=False)
+            failed += 0 if check.warning else 1
+            if check.fix:
+                console.print(Text(f"      fix: {check.fix}"), highlight=False)
     return 1 if failed else 0
+
+
+# -- plot ------------------------------------------------------------------------------------------
 
 
 def cmd_plot(args: argparse.Namespace, console: Console) -> int:
     from . import plot
 
-    config = config_module.load(args.config)
-    histories = _histories(config, args.run_ids)
+    config = _load(args)
+    histories, params = _histories(config, args.run_ids)
     metric = args.metric or next(
         iter(plot.metrics_in([r for records in histories.values() for r in records])), None)
     if metric is None:
         raise SheetrunnerError("these runs reported no metrics yet")
-    curves = {run_id: plot.series(records, metric) for run_id, records in histories.items()}
+    names = plot.labels(params)
+    curves = {names[run_id]: plot.series(records, metric) for run_id, records in histories.items()}
     if args.output:
-        console.print(f"wrote {plot.write_png(curves, metric, Path(args.output))}")
-    else:
-        console.print(Text(metric, style="bold"))
-        for line in plot.text_lines(curves, metric):
-            console.print(Text(line), highlight=False)
+        _say(console, f"wrote {plot.write_png(curves, metric, Path(args.output))}")
+        return 0
+    bounds = plot.scale(curves)
+    scale = f" (one scale for all runs: {bounds[0]:.4g} to {bounds[1]:.4g})" if bounds else ""
+    console.print(Text(metric, style="bold").append(scale, style=""), highlight=False)
+    for line in plot.text_lines(curves, metric):
+        _say(console, line)
     return 0
 
 
-def _histories(config, run_ids: list[str]) -> dict[str, list[dict]]:
-    """Each run's reports, fetched from its host (the newest attempt)."""
+def _histories(config, run_ids: list[str]) -> tuple[dict[str, list[dict]], dict[str, Any]]:
+    """Each run's reports, fetched from its host (the newest attempt), and its parameters."""
     store = open_store(config)
     runs = {run_id: store.run(run_id) for run_id in run_ids}
     namespace = store.last_namespace()
     store.close()
+    params = {run_id: run.params if run else None for run_id, run in runs.items()}
     pool = open_pool(config, namespace)
     try:
         found = {}
@@ -299,18 +538,21 @@ def _histories(config, run_ids: list[str]) -> dict[str, list[dict]]:
             if run is None or not run.host or run.host not in pool.agents:
                 raise SheetrunnerError(f"no launched run {run_id!r}; `sheetrunner ps` lists the runs")
             found[run_id] = pool.agents[run.host].history(run_id, run.attempt)
-        return found
+        return found, params
     except TransportError as exc:
         raise SheetrunnerError(f"could not fetch metrics: {exc}") from None
     finally:
         pool.close()
 
 
+# -- init ------------------------------------------------------------------------------------------
+
+
 def cmd_init(args: argparse.Namespace, console: Console) -> int:
     from .starter import initialize
 
-    for line in initialize(Path(args.config)):
-        console.print(Text(line), highlight=False)
+    for line in initialize(Path(args.config or DEFAULT_CONFIG)):
+        _say(console, line)
     return 0
 
 

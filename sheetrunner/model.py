@@ -142,6 +142,7 @@ class Run:
     # shown as they were until the run has values of its own, never blanked.
     kept_cells: dict[str, str] = field(default_factory=dict)
     released: bool = False  # stopped because its row was deleted: no new row takes it back
+    sweep_id: str = ""  # the sweep its row was expanded from (for ps and notifications)
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,14 @@
-"""`sheetrunner plot`: a metric's curve for one or more runs, as a PNG or in the terminal."""
+"""`sheetrunner plot`: a metric's curve for one or more runs, as a PNG or in the terminal.
+
+Runs are named by their parameters (`lr=0.1 seed=0`): that is what a person compares, and
+what they typed into the sheet; the run id is only the fallback."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from .sheet.table import Sparkline
+from .sheet.table import SPARK_BLOCKS
 
 Series = list[tuple[float, float]]  # (step, value)
 
@@ -24,6 +27,18 @@ def metrics_in(records: list[dict]) -> list[str]:
     names = {k for r in records for k, v in r.items()
              if isinstance(v, int | float) and not isinstance(v, bool)}
     return sorted(names - {"step", "time"})
+
+
+def labels(runs: Mapping[str, Iterable[tuple[str, str]] | None]) -> dict[str, str]:
+    """run id -> its legend label: its parameters, or its id when it has none (or the store
+    does not know it). Two runs with the same parameters (a rerun) get their id added."""
+    named = {run_id: " ".join(f"{n}={v}" for n, v in params or ()) or run_id
+             for run_id, params in runs.items()}
+    counts: dict[str, int] = {}
+    for label in named.values():
+        counts[label] = counts.get(label, 0) + 1
+    return {run_id: label if counts[label] == 1 or label == run_id else f"{label} ({run_id})"
+            for run_id, label in named.items()}
 
 
 def write_png(curves: Mapping[str, Series], metric: str, path: Path) -> Path:
@@ -48,16 +63,33 @@ def write_png(curves: Mapping[str, Series], metric: str, path: Path) -> Path:
     return path
 
 
+def scale(curves: Mapping[str, Series]) -> tuple[float, float] | None:
+    """The lowest and highest value over every run: the one scale all lines are drawn on,
+    so a higher line means a higher value whichever run it belongs to."""
+    values = [y for points in curves.values() for _, y in points]
+    return (min(values), max(values)) if values else None
+
+
 def text_lines(curves: Mapping[str, Series], metric: str, width: int = 60) -> list[str]:
-    """A sparkline per run with its last, lowest and highest value: for the terminal."""
+    """A sparkline per run, all on one scale, with its last, lowest and highest value."""
+    bounds = scale(curves)
+    pad = max((len(label) for label in curves), default=0)
     lines = []
     for label, points in curves.items():
-        if not points:
-            lines.append(f"{label}  (no {metric} reported)")
+        if not points or bounds is None:
+            lines.append(f"{label.ljust(pad)}  (no {metric} reported)")
             continue
         ys = [y for _, y in points]
         count = min(width, len(ys))
-        thinned = tuple(ys[i * len(ys) // count] for i in range(count))
-        drawn = Sparkline(thinned, "", 0).text()
-        lines.append(f"{label}  {drawn}  last={ys[-1]:.4g} min={min(ys):.4g} max={max(ys):.4g}")
+        thinned = [ys[i * len(ys) // count] for i in range(count)]
+        drawn = sparkline(thinned, *bounds)
+        lines.append(f"{label.ljust(pad)}  {drawn}  last={ys[-1]:.4g} min={min(ys):.4g} "
+                     f"max={max(ys):.4g}")
     return lines
+
+
+def sparkline(values: Iterable[float], low: float, high: float) -> str:
+    """Blocks from ▁ (`low`) to █ (`high`)."""
+    span = (high - low) or 1.0
+    top = len(SPARK_BLOCKS) - 1
+    return "".join(SPARK_BLOCKS[round((v - low) / span * top)] for v in values)

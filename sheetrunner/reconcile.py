@@ -175,6 +175,7 @@ class _Cycle:
         rerun = exp.action == Action.RERUN and run.last_action != Action.RERUN
         run.last_action = exp.action
         run.priority, run.where, run.retries = exp.priority, exp.where, self._retries(exp)
+        run.sweep_id = exp.sweep_id
         if not run.status.is_live:
             run.gpus = exp.gpus  # takes effect at the next launch
         if exp.error:

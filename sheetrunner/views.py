@@ -1,12 +1,20 @@
-"""How runs (and later the pool) look to a person: rich tables, and the same data as JSON."""
+"""How runs and the pool look to a person: rich tables, and the same data as JSON.
+
+`ps` works from one list of entries (dicts, the JSON form): runs and the rows that have no
+run (invalid, unplaceable) alike, so filtering, the table and `--json` never disagree."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
+from rich import box
+from rich.cells import cell_len
+from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 from .config import HostConfig
 from .model import Accelerator, HostObservation, Run, Status
@@ -18,32 +26,181 @@ STATUS_STYLES = {
     Status.SUCCEEDED: "green", Status.RETRYING: "dark_orange", Status.STALLED: "yellow",
     Status.LOST: "yellow", Status.FAILED: "red", Status.STOPPED: "grey50",
     Status.HELD: "grey50", Status.INVALID: "red", Status.DUPLICATE: "green",
+    Status.UNPLACEABLE: "red",
 }
+STYLE_OF_STATUS = {status.value: style for status, style in STATUS_STYLES.items()}
+
+
+def format_moment(moment: datetime | None, tz: tzinfo | None = None) -> str:
+    """A time to the minute with its zone (`2026-11-29 14:05 UTC`, `... 15:05 CET`), so a
+    time read on a server in another zone, or pasted into a chat, is not misread.
+    `tz`: the zone to show it in (default: this machine's)."""
+    if moment is None:
+        return ""
+    if moment.tzinfo is None:  # the store writes aware times; be safe with naive ones
+        moment = moment.replace(tzinfo=UTC)
+    local = moment.astimezone(tz)
+    zone = local.tzname() or ""
+    if not zone.isalpha():  # a zone without a name ("+01", "UTC+01:00"): its offset
+        offset = local.strftime("%z")
+        zone = f"{offset[:3]}:{offset[3:5]}"
+    return f"{local:%Y-%m-%d %H:%M} {zone}"
+
+
+def params_text(params: Iterable[Iterable[str]]) -> str:
+    """A run's parameters as a person reads them on the command line: `lr=0.1 seed=0`."""
+    return " ".join(f"{name}={value}" for name, value in params)
+
+
+# -- ps: runs and rows without a run ------------------------------------------------------------
 
 
 def run_json(run: Run, now: datetime | None = None) -> dict[str, Any]:
     now = now or datetime.now(UTC)
     return {
         "id": run.run_id, "row": run.row, "job": run.job, "params": dict(run.params),
+        "sweep": getattr(run, "sweep_id", "") or "",  # the store keeps it once it is wired
         "status": run.status.value, "host": run.host, "attempt": run.attempt,
-        "accelerators": list(run.accelerators), "elapsed": format_elapsed(run, now),
+        "accelerators": list(run.accelerators),
+        "started": run.attempt_started_at.isoformat() if run.attempt_started_at else None,
+        "elapsed": format_elapsed(run, now),
         "metrics": run.metrics, "message": run.message, "log": run.log_path,
     }
 
 
-def runs_table(runs: list[Run], now: datetime | None = None) -> Table:
+def noted_json(noted: Mapping[str, Any]) -> dict[str, Any]:
+    """A row the store noted without a run (`store.noted_rows()`: invalid, unplaceable), in
+    the same shape as a run so `ps` lists it in place, with the reason in `message`."""
+    return {
+        "id": None, "row": noted.get("row") or 0, "job": noted.get("job") or "",
+        "params": {str(n): str(v) for n, v in noted.get("params") or ()},
+        "sweep": noted.get("sweep") or "", "status": str(noted.get("status") or ""),
+        "host": None, "attempt": 0, "accelerators": [], "started": None, "elapsed": "",
+        "metrics": {}, "message": noted.get("message") or "", "log": "",
+    }
+
+
+def ps_entries(runs: Iterable[Run], noted: Iterable[Mapping[str, Any]],
+               now: datetime | None = None) -> list[dict[str, Any]]:
+    """Runs and noted rows together, in sheet order."""
     now = now or datetime.now(UTC)
-    table = Table(title=f"{len(runs)} runs", title_justify="left")
-    for column in ("id", "row", "job", "status", "host", "attempt", "elapsed", "metrics", "message"):
-        table.add_column(column, overflow="fold")
-    for run in runs:
-        table.add_row(
-            run.run_id, str(run.row or ""), run.job,
-            f"[{STATUS_STYLES[run.status]}]{run.status.value}[/]",
-            run.host or "", str(run.attempt or ""), format_elapsed(run, now),
-            format_metrics(run.metrics), run.message,
-        )
+    entries = [run_json(r, now) for r in runs] + [noted_json(n) for n in noted]
+    return sorted(entries, key=lambda e: (e["row"] or 0, e["id"] is None, e["id"] or ""))
+
+
+def ps_filter(status: Iterable[str] = (), job: Iterable[str] = (), sweep: Iterable[str] = (),
+              host: Iterable[str] = ()) -> Callable[[dict[str, Any]], bool]:
+    """The entries `ps --status/--job/--sweep/--host` keep: each given filter must match one of
+    its values (`--status failed,lost` or the flag twice)."""
+    wanted = {"status": _values(status), "job": _values(job), "sweep": _values(sweep),
+              "host": _values(host)}
+
+    def keep(entry: dict[str, Any]) -> bool:
+        return all(not values or (entry[key] or "") in values for key, values in wanted.items())
+
+    return keep
+
+
+def _values(given: Iterable[str]) -> set[str]:
+    return {v.strip() for item in given for v in item.split(",") if v.strip()}
+
+
+# The columns of `ps`, most important first: on a narrow console the last ones go first.
+PS_COLUMNS = ("id", "status", "row", "params", "message", "metrics", "elapsed", "host",
+              "job", "sweep", "started", "attempt")
+READABLE_MESSAGE = 24  # characters
+NO_WRAP = {"id", "status", "row", "attempt", "host"}  # names: split, they could not be copied
+
+
+def ps_table(entries: list[dict[str, Any]], console: Console, tz: tzinfo | None = None) -> Table:
+    """The entries as a table that fits the console: the least important columns are dropped
+    until no word has to be split (ids, host names and statuses are never broken), and the
+    room left is shared out so long cells wrap between words."""
+    cells = [_ps_cells(e, tz) for e in entries]
+    columns = [c for c in PS_COLUMNS if c in ("id", "status") or any(row[c] for row in cells)]
+    while True:
+        table = _ps_table(entries, cells, columns)
+        if _fit(console, table, cells, columns) or len(columns) <= 2:
+            return table
+        columns.pop()
+
+
+def _fit(console: Console, table: Table, cells: list[dict[str, str]], columns: list[str]) -> bool:
+    """Give each column a fixed width between its longest word and its longest cell so the
+    table fits the console; False if even the longest words do not fit. (Left to itself, rich
+    narrows a column below its longest word and cuts that word.)"""
+    words = {c: _widest(c, cells, whole=c in NO_WRAP) for c in columns}
+    most = {c: _widest(c, cells, whole=True) for c in columns}
+    # The reason a row waits or failed is worth a readable column, more than the last columns.
+    least = {c: max(words[c], min(most[c], READABLE_MESSAGE)) if c == "message" else words[c]
+             for c in columns}
+    spare = console.width - _min_width(console, table) - sum(least[c] - words[c] for c in columns)
+    if spare < 0:
+        return False
+    widths = dict(least)
+    growing = [c for c in columns if widths[c] < most[c]]
+    while spare > 0 and growing:  # one character at a time to each column that wants more
+        for name in list(growing):
+            if spare == 0:
+                break
+            widths[name] += 1
+            spare -= 1
+            if widths[name] >= most[name]:
+                growing.remove(name)
+    for column, name in zip(table.columns, columns, strict=True):
+        column.width = widths[name]
+    return True
+
+
+def _widest(column: str, cells: list[dict[str, str]], whole: bool) -> int:
+    """The column's widest cell (`whole`) or widest word, its header included."""
+    texts = [column, *(row[column] for row in cells)]
+    if whole:
+        return max(cell_len(t) for t in texts)
+    return max((cell_len(w) for t in texts for w in t.split()), default=1)
+
+
+def _ps_cells(entry: dict[str, Any], tz: tzinfo | None) -> dict[str, str]:
+    started = datetime.fromisoformat(entry["started"]) if entry["started"] else None
+    return {
+        "id": entry["id"] or "", "status": entry["status"], "row": str(entry["row"] or ""),
+        "params": params_text(entry["params"].items()),
+        "message": entry["message"].strip().split("\n", 1)[0],  # the reason; --json has all
+        "metrics": format_metrics(entry["metrics"]), "elapsed": entry["elapsed"],
+        "host": entry["host"] or "", "job": entry["job"], "sweep": entry["sweep"],
+        "started": format_moment(started, tz), "attempt": str(entry["attempt"] or ""),
+    }
+
+
+def _ps_table(entries: list[dict[str, Any]], cells: list[dict[str, str]],
+              columns: list[str]) -> Table:
+    ran = sum(1 for e in entries if e["id"])
+    title = f"{ran} runs" + (f", {len(entries) - ran} rows without a run" if ran < len(entries) else "")
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for name in columns:
+        table.add_column(name, no_wrap=name in NO_WRAP, overflow="ellipsis")
+    for row in cells:
+        table.add_row(*[_ps_cell(name, row[name]) for name in columns])
     return table
+
+
+def _ps_cell(column: str, value: str) -> Text:
+    """Cells are plain text (a cell of the sheet is never markup); the status in its colour."""
+    style = STYLE_OF_STATUS.get(value, "") if column == "status" else ""
+    return Text(value, style=style)
+
+
+def _min_width(console: Console, table: Table) -> int:
+    """The narrowest the table can be without splitting a word (unbounded by the console,
+    which would clamp the answer to its own width)."""
+    unbounded = console.options.update(max_width=1 << 16)
+    return Measurement.get(console, unbounded, table).minimum
+
+
+def runs_table(runs: list[Run], now: datetime | None = None, console: Console | None = None,
+               tz: tzinfo | None = None) -> Table:
+    """The runs alone, as `ps` shows them."""
+    return ps_table(ps_entries(runs, (), now), console or Console(), tz)
 
 
 # -- the pool ----------------------------------------------------------------------------------
@@ -96,12 +253,12 @@ def _accelerator_json(host: HostConfig, acc: Accelerator, held: dict[tuple[str, 
     }
 
 
-def pool_rows(entries: list[dict[str, Any]]) -> list[list[Any]]:
+def pool_rows(entries: list[dict[str, Any]], tz: tzinfo | None = None) -> list[list[Any]]:
     """The same view as plain rows: the `pool` command's table and the sheet's pool tab."""
     rows: list[list[Any]] = [["host", "state", "accelerator", "memory", "util", "run", "load",
                               "disk free"]]
     for e in entries:
-        state = "up" if e["reachable"] else f"down since {e['unreachable_since'] or '?'}"
+        state = "up" if e["reachable"] else f"down since {_since(e['unreachable_since'], tz)}"
         state += ", draining" if e["draining"] else ""
         host_cells = [e["host"], state]
         tail = ["" if e["load"] is None else f"{e['load']:.1f}",
@@ -111,6 +268,10 @@ def pool_rows(entries: list[dict[str, Any]]) -> list[list[Any]]:
             first = host_cells if i == 0 else ["", ""]
             rows.append([*first, *_acc_cells(acc, e), *(tail if i == 0 else ["", ""])])
     return rows
+
+
+def _since(iso: str | None, tz: tzinfo | None) -> str:
+    return format_moment(datetime.fromisoformat(iso), tz) if iso else "?"
 
 
 def _acc_cells(acc: dict[str, Any] | None, entry: dict[str, Any]) -> list[str]:
@@ -126,12 +287,12 @@ def _acc_cells(acc: dict[str, Any] | None, entry: dict[str, Any]) -> list[str]:
     return [f"{acc['index']}: {acc['name']}".rstrip(": "), memory, util, holder]
 
 
-def pool_table(entries: list[dict[str, Any]]) -> Table:
-    header, *rows = pool_rows(entries)
+def pool_table(entries: list[dict[str, Any]], tz: tzinfo | None = None) -> Table:
+    header, *rows = pool_rows(entries, tz)
     table = Table(title=f"{len(entries)} hosts", title_justify="left")
     for name in header:
         table.add_column(name, overflow="fold")
     for row in rows:
         style = "red" if str(row[1]).startswith("down") else None
-        table.add_row(*[str(c) for c in row], style=style)
+        table.add_row(*[Text(str(c)) for c in row], style=style)  # cells are text, not markup
     return table

@@ -59,6 +59,7 @@ def full_run(run_id: str = "r-0001", **changes) -> Run:
         replaced_by="r-0002",
         kept_cells={"metrics": "acc=0.9", "started": "2026-01-01 10:00:00"},
         released=True,
+        sweep_id="sweep-1a2b3c4d",
     )
     return replace(run, **changes)
 
