@@ -291,7 +291,7 @@ def ps_entries(config, args: argparse.Namespace) -> list[dict[str, Any]]:
     store = open_store(config)
     try:
         runs = list(store.runs().values())
-        noted = getattr(store, "noted_rows", lambda: [])()  # rows with no run, once the store has them
+        noted: list[dict] = store.noted_rows()  # rows with no run (invalid ones)
     finally:
         store.close()
     if not args.all:
@@ -420,7 +420,7 @@ def _drain(agent, run_id: str, attempt: int, out, offset: int) -> int:
 
 def _skip_to_last_lines(agent, run_id: str, attempt: int, out, lines: int) -> int:
     """Read the log to its current end, print its last `lines` lines; the end's offset."""
-    offset, kept = 0, deque(maxlen=lines + 1)
+    offset, kept = 0, deque[bytes](maxlen=lines + 1)
     pending = b""
     while data := agent.tail(run_id, attempt, offset=offset):
         offset += len(data)

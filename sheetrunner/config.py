@@ -190,7 +190,7 @@ def _check_local_workdirs(config: Config) -> None:
         return
     for job in config.jobs.values():
         if job.workdir is not None:
-            resolved = Path(job_workdir(config, job.name, local))
+            resolved = Path(job_workdir(config, job.name, local) or config.base_dir)
             checks.local_workdir(f"jobs.{job.name}.workdir", job.workdir, resolved, local.name)
 
 

@@ -132,7 +132,7 @@ def _programs(agent: HostAgent, config: Config) -> Iterator[Check]:
         yield Check(agent.name, "jobs' programs exist", False, str(exc), "")
         return
     for job, want, answer in zip(jobs, asked, answers, strict=False):
-        workdir = want["workdir"] or "~"
+        workdir = str(want["workdir"] or "~")
         if not answer.get("workdir_exists"):
             yield Check(agent.name, f"job {job}: workdir exists", False, workdir,
                         f"create {workdir} on {agent.name} (a checkout of the job's code), or fix "

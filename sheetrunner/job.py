@@ -175,7 +175,8 @@ def _fit_line(record: dict[str, Any]) -> tuple[str, list[str]]:
     if len(line.encode()) <= REPORT_LINE_BYTES and len(record) <= MAX_REPORT_KEYS and all(
             len(name) <= METRIC_NAME_CHARS for name in record):
         return line, []
-    kept, dropped = {}, []
+    kept: dict = {}
+    dropped: list = []
     size = 2  # the braces
     for name, value in record.items():
         item = len(json.dumps({name: value}).encode()) - 2 + (2 if kept else 0)

@@ -100,7 +100,7 @@ def initialize(path: Path) -> Iterator[str]:
     sheet = open_sheet(config)
     sheet.initialize(starter_header(EXAMPLE_PARAMS), sorted(config.jobs))
     if creating:
-        follow_umask(Path(book))
+        follow_umask(Path(book or ""))
         if "train" in config.jobs:
             sheet.write(SheetWrite(inserts=[RowInsert(after_row=1, rows=STARTER_ROWS)]))
     where = book or config.sheet.url

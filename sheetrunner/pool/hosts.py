@@ -296,7 +296,8 @@ def _accelerator(gpu: dict) -> Accelerator:
 
 
 def _attempt(seen: dict, now: datetime) -> AttemptObservation:
-    spec = seen.get("spec") if isinstance(seen.get("spec"), dict) else {}
+    found = seen.get("spec")
+    spec: dict = found if isinstance(found, dict) else {}
     return AttemptObservation(
         run_id=seen["run_id"],
         attempt=int(seen["attempt"]),

@@ -16,7 +16,7 @@ at once cannot both believe they won.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -108,7 +108,7 @@ def tab_rows(namespace: str, source: str, lease: Lease) -> list[list[str]]:
     ]
 
 
-def meta_from_rows(rows: list[list[object]]) -> dict[str, str]:
+def meta_from_rows(rows: Sequence[Sequence[object]]) -> dict[str, str]:
     """The tab's cells as key -> value text (what backends put in `Table.meta`)."""
     found: dict[str, str] = {}
     for row in rows:
