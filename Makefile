@@ -1,3 +1,5 @@
+# Every target runs in the project's .venv (created by scripts/install.sh with
+# $(PYTHON), default python3, the first time; reused after that).
 .PHONY: demo test demo-reset lint
 
 demo:        ## run the example rows on this machine (Ctrl-C to stop)
@@ -10,5 +12,5 @@ demo-reset:  ## put the example workbook back as committed and forget its runs
 	git checkout -- examples/local/experiments.xlsx
 	rm -rf examples/local/.state
 
-lint:
-	ruff check . && ruff format --check sheetrunner
+lint:        ## ruff check . and mypy (not run by CI yet)
+	scripts/lint.sh

@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
-# The tests: installs what they need on a fresh machine, then runs pytest.
+# The tests: installs what they need on a fresh machine, then runs pytest in .venv.
+#   - OpenSSH's sshd binary (scripts/install-sshd.sh, only if /usr/sbin/sshd is missing;
+#     apt-get, its service never started): the SSH tests start their own sshd processes
+#   - .venv with torch==2.13.0 (CPU) and sheetrunner[jobs,test] (scripts/install.sh)
 # Extra arguments go to pytest (e.g. scripts/test.sh -k reconcile).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -x /usr/sbin/sshd ]; then  # the SSH tests start real OpenSSH servers
-    sudo_=""; [ "$(id -u)" = 0 ] || sudo_="sudo"
-    $sudo_ apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq openssh-server openssh-client >/dev/null
-fi
+scripts/install-sshd.sh
 scripts/install.sh "jobs,test"
-exec python3 -m pytest -q "$@"
+exec "${SHEETRUNNER_VENV:-.venv}/bin/python" -m pytest -q "$@"

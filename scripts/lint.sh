@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Lint: ruff (the version pinned in the test extra) and mypy, from .venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install.sh test
+venv="${SHEETRUNNER_VENV:-.venv}"
+status=0
+"$venv/bin/ruff" check . || status=1
+"$venv/bin/mypy" || status=1
+exit "$status"
