@@ -12,5 +12,5 @@ demo-reset:  ## put the example workbook back as committed and forget its runs
 	git checkout -- examples/local/experiments.xlsx
 	rm -rf examples/local/.state
 
-lint:        ## ruff check . and mypy (not run by CI yet)
+lint:        ## ruff check ., ruff format --check sheetrunner and mypy (CI runs it)
 	scripts/lint.sh

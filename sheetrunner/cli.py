@@ -87,8 +87,9 @@ def version() -> str:
 def _print_error(console: Console, label: str, exc: BaseException) -> None:
     """The message as plain text: `[jobs.x]` or a cell's text is shown, never read as markup,
     and never broken across lines, so a path in it can be copied."""
-    console.print(Text.assemble((f"{label}:", "red"), " ", str(exc)), highlight=False,
-                  soft_wrap=True)
+    console.print(
+        Text.assemble((f"{label}:", "red"), " ", str(exc)), highlight=False, soft_wrap=True
+    )
 
 
 def _say(console: Console, text: str) -> None:
@@ -99,8 +100,9 @@ def _say(console: Console, text: str) -> None:
 # -- where the config is -------------------------------------------------------------------------
 
 
-def find_config(given: str | None, environ: Mapping[str, str] | None = None,
-                cwd: Path | None = None) -> Path:
+def find_config(
+    given: str | None, environ: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> Path:
     """The config a command uses: `-c`, else $SHEETRUNNER_CONFIG, else ./sheetrunner.toml,
     else the nearest sheetrunner.toml above (like git finds its repository), so commands
     work from any directory of a project. None found: a ConfigError saying where it looked."""
@@ -117,7 +119,8 @@ def find_config(given: str | None, environ: Mapping[str, str] | None = None,
     raise ConfigError(
         f"no config found; looked at: -c (not given), ${CONFIG_VARIABLE} (not set), "
         + ", ".join(str(c) for c in candidates)
-        + "; pass -c PATH, or create one here with `sheetrunner init`")
+        + "; pass -c PATH, or create one here with `sheetrunner init`"
+    )
 
 
 def _load(args: argparse.Namespace) -> config_module.Config:
@@ -129,67 +132,115 @@ def _load(args: argparse.Namespace) -> config_module.Config:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sheetrunner", description=DESCRIPTION, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="sheetrunner",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"sheetrunner {version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    def command(name: str, func, help: str, config_help: str = "config file (TOML); default: "
-                f"${CONFIG_VARIABLE}, ./{DEFAULT_CONFIG} or the nearest one above"):
+    def command(
+        name: str,
+        func,
+        help: str,
+        config_help: str = "config file (TOML); default: "
+        f"${CONFIG_VARIABLE}, ./{DEFAULT_CONFIG} or the nearest one above",
+    ):
         p = sub.add_parser(name, help=help, description=help)
         p.add_argument("-c", "--config", help=config_help)
         p.set_defaults(func=func)
         return p
 
-    p = command("daemon", cmd_daemon, "run the sheet: start its rows, watch them, write back "
-                "their status, until stopped (Ctrl-C)")
-    p.add_argument("--exit-when-done", action="store_true",
-                   help="exit 0 once no row is queued, running or retrying")
-    p.add_argument("--take-over", action="store_true",
-                   help="take the sheet from the daemon holding its lease (make sure it is gone)")
-    p = command("once", cmd_once, "do what the daemon does once (start, check, write back), "
-                "then exit")
-    p.add_argument("--take-over", action="store_true",
-                   help="take the sheet from the daemon holding its lease (make sure it is gone)")
-    _ps_arguments(command("ps", cmd_ps, "list the runs and the rows that cannot run: status, "
-                          "parameters, host, metrics, why"))
+    p = command(
+        "daemon",
+        cmd_daemon,
+        "run the sheet: start its rows, watch them, write back "
+        "their status, until stopped (Ctrl-C)",
+    )
+    p.add_argument(
+        "--exit-when-done",
+        action="store_true",
+        help="exit 0 once no row is queued, running or retrying",
+    )
+    p.add_argument(
+        "--take-over",
+        action="store_true",
+        help="take the sheet from the daemon holding its lease (make sure it is gone)",
+    )
+    p = command(
+        "once", cmd_once, "do what the daemon does once (start, check, write back), then exit"
+    )
+    p.add_argument(
+        "--take-over",
+        action="store_true",
+        help="take the sheet from the daemon holding its lease (make sure it is gone)",
+    )
+    _ps_arguments(
+        command(
+            "ps",
+            cmd_ps,
+            "list the runs and the rows that cannot run: status, parameters, host, metrics, why",
+        )
+    )
     p = command("logs", cmd_logs, "print a run's output (what its job printed)")
     p.add_argument("run_id", metavar="RUN_ID", help="the id from the sheet's id column or `ps`")
-    p.add_argument("-f", "--follow", action="store_true",
-                   help="keep printing as it grows, until the attempt ends")
-    p.add_argument("-n", "--lines", type=_positive, metavar="LINES",
-                   help="only the last LINES lines")
+    p.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing as it grows, until the attempt ends",
+    )
+    p.add_argument(
+        "-n", "--lines", type=_positive, metavar="LINES", help="only the last LINES lines"
+    )
     p.add_argument("--attempt", type=int, help="attempt number (default: the newest)")
-    p = command("pool", cmd_pool, "show the hosts: reachable or not, each GPU's memory and use, "
-                "which run holds it")
+    p = command(
+        "pool",
+        cmd_pool,
+        "show the hosts: reachable or not, each GPU's memory and use, which run holds it",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = command("top", cmd_top, "the pool and the runs, live, full screen (reads the state only; "
-                "q quits)")
+    p = command(
+        "top", cmd_top, "the pool and the runs, live, full screen (reads the state only; q quits)"
+    )
     p.add_argument("-n", "--interval", type=float, default=2.0, help="seconds between refreshes")
-    command("doctor", cmd_doctor, "check the config, the sheet and every host, and say what "
-            "to fix")
-    p = command("plot", cmd_plot, "draw a metric's curve for one or more runs, as a PNG or in "
-                "the terminal")
+    command("doctor", cmd_doctor, "check the config, the sheet and every host, and say what to fix")
+    p = command(
+        "plot", cmd_plot, "draw a metric's curve for one or more runs, as a PNG or in the terminal"
+    )
     p.add_argument("run_ids", nargs="+", metavar="RUN_ID")
     p.add_argument("--metric", help="metric to draw (default: the first reported besides step)")
     p.add_argument("-o", "--output", help="write a PNG here instead of drawing in the terminal")
-    command("init", cmd_init, "create a starter config, job and workbook, or prepare a sheet "
-            "(header row, dropdowns)",
-            config_help=f"config file to write or use (default: ./{DEFAULT_CONFIG})")
+    command(
+        "init",
+        cmd_init,
+        "create a starter config, job and workbook, or prepare a sheet (header row, dropdowns)",
+        config_help=f"config file to write or use (default: ./{DEFAULT_CONFIG})",
+    )
     return parser
 
 
 def _ps_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--all", action="store_true", help="also runs no row shows any more")
-    for flag, what in (("status", "status (queued, running, failed, invalid, ...)"),
-                       ("job", "job"), ("sweep", "sweep id (the sweep column)"),
-                       ("host", "host")):
-        p.add_argument(f"--{flag}", action="append", default=[], metavar=flag.upper(),
-                       help=f"only these: a {what}; repeat it or separate values by commas")
-    p.add_argument("--watch", type=_positive_float, metavar="SECONDS",
-                   help="redraw every SECONDS until Ctrl-C")
+    for flag, what in (
+        ("status", "status (queued, running, failed, invalid, ...)"),
+        ("job", "job"),
+        ("sweep", "sweep id (the sweep column)"),
+        ("host", "host"),
+    ):
+        p.add_argument(
+            f"--{flag}",
+            action="append",
+            default=[],
+            metavar=flag.upper(),
+            help=f"only these: a {what}; repeat it or separate values by commas",
+        )
+    p.add_argument(
+        "--watch", type=_positive_float, metavar="SECONDS", help="redraw every SECONDS until Ctrl-C"
+    )
 
 
 def _positive(text: str) -> int:
@@ -207,8 +258,9 @@ def _positive_float(text: str) -> float:
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        handlers=[_log_handler(sys.stderr)])
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, handlers=[_log_handler(sys.stderr)]
+    )
     for noisy in ("apscheduler", "paramiko", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -234,8 +286,12 @@ def _log_handler(stream) -> logging.Handler:
     rich's highlighter takes time quadratic in a line's length, and lines carry row data."""
     if stream.isatty():
         handler: logging.Handler = RichHandler(
-            console=Console(file=stream), show_path=False, markup=False,
-            highlighter=NullHighlighter(), keywords=[])
+            console=Console(file=stream),
+            show_path=False,
+            markup=False,
+            highlighter=NullHighlighter(),
+            keywords=[],
+        )
         handler.setFormatter(logging.Formatter("%(message)s"))
         return handler
     handler = logging.StreamHandler(stream)
@@ -265,10 +321,12 @@ def cmd_once(args: argparse.Namespace, console: Console) -> int:
     finally:
         daemon.close()
         lock.release()
-    _say(console,
-         f"launched {len(report.launched)}, killed {len(report.killed)}, "
-         f"cells written {report.cells_written}, unfinished {report.unfinished}"
-         + ("" if report.sheet_ok else " (sheet unreachable)"))
+    _say(
+        console,
+        f"launched {len(report.launched)}, killed {len(report.killed)}, "
+        f"cells written {report.cells_written}, unfinished {report.unfinished}"
+        + ("" if report.sheet_ok else " (sheet unreachable)"),
+    )
     return 0
 
 
@@ -361,7 +419,8 @@ def chosen_attempt(run_id: str, asked: int | None, newest: int, hosts: Mapping[i
     if asked not in known:
         raise SheetrunnerError(
             f"run {run_id} has no attempt {asked}; its attempts: "
-            + ", ".join(str(a) for a in known))
+            + ", ".join(str(a) for a in known)
+        )
     return asked
 
 
@@ -384,17 +443,26 @@ def _archived_log(config, run_id: str, attempt: int, reason: str, lines: int | N
 
     data = LogArchive(config.daemon.state_dir).read(run_id, attempt)
     if data is None:
-        raise SheetrunnerError(f"the log of run {run_id} attempt {attempt} is on {reason}, "
-                               "and no copy was kept (only ended attempts are archived)")
+        raise SheetrunnerError(
+            f"the log of run {run_id} attempt {attempt} is on {reason}, "
+            "and no copy was kept (only ended attempts are archived)"
+        )
     Console(stderr=True, soft_wrap=True).print(
         Text(f"{reason}; showing the copy kept when the attempt ended", style="yellow"),
-        highlight=False)
+        highlight=False,
+    )
     sys.stdout.buffer.write(last_lines(data, lines))
     return 0
 
 
-def follow(agent, run_id: str, attempt: int, out, lines: int | None = None,
-           sleep: Callable[[float], None] = time.sleep) -> int:
+def follow(
+    agent,
+    run_id: str,
+    attempt: int,
+    out,
+    lines: int | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
     """Print the log as it grows, and return once the attempt has ended and everything it
     wrote is printed (or on Ctrl-C). With `lines`, start from the last `lines` lines."""
     try:
@@ -488,10 +556,13 @@ def cmd_doctor(args: argparse.Namespace, console: Console) -> int:
 
     failed = 0
     for check in run_checks(_load(args)):
-        mark = ("[green]ok[/]  " if check.ok else "[yellow]warn[/]" if check.warning
-                else "[red]FAIL[/]")
-        console.print(Text.from_markup(mark).append(f" {check.subject}: {check.what} — {check.detail}"),
-                      highlight=False)
+        mark = (
+            "[green]ok[/]  " if check.ok else "[yellow]warn[/]" if check.warning else "[red]FAIL[/]"
+        )
+        console.print(
+            Text.from_markup(mark).append(f" {check.subject}: {check.what} — {check.detail}"),
+            highlight=False,
+        )
         if not check.ok:
             failed += 0 if check.warning else 1
             if check.fix:
@@ -508,7 +579,8 @@ def cmd_plot(args: argparse.Namespace, console: Console) -> int:
     config = _load(args)
     histories, params = _histories(config, args.run_ids)
     metric = args.metric or next(
-        iter(plot.metrics_in([r for records in histories.values() for r in records])), None)
+        iter(plot.metrics_in([r for records in histories.values() for r in records])), None
+    )
     if metric is None:
         raise SheetrunnerError("these runs reported no metrics yet")
     names = plot.labels(params)
@@ -536,7 +608,9 @@ def _histories(config, run_ids: list[str]) -> tuple[dict[str, list[dict]], dict[
         found = {}
         for run_id, run in runs.items():
             if run is None or not run.host or run.host not in pool.agents:
-                raise SheetrunnerError(f"no launched run {run_id!r}; `sheetrunner ps` lists the runs")
+                raise SheetrunnerError(
+                    f"no launched run {run_id!r}; `sheetrunner ps` lists the runs"
+                )
             found[run_id] = pool.agents[run.host].history(run_id, run.attempt)
         return found, params
     except TransportError as exc:

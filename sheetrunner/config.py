@@ -158,7 +158,9 @@ def load(path: str | Path) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read the config file {path}: {exc}; point -c at a UTF-8 TOML file") from None
+        raise ConfigError(
+            f"cannot read the config file {path}: {exc}; point -c at a UTF-8 TOML file"
+        ) from None
     return parse(raw, path)
 
 
@@ -196,7 +198,9 @@ def _check_local_workdirs(config: Config) -> None:
 
 def _table(raw: dict[str, Any], key: str) -> dict[str, Any]:
     if key not in raw:
-        raise ConfigError(f"[{key}] is missing; see examples/local/sheetrunner.toml for a full config")
+        raise ConfigError(
+            f"[{key}] is missing; see examples/local/sheetrunner.toml for a full config"
+        )
     return expect(key, raw[key], dict, "a table like [sheet]")
 
 
@@ -204,15 +208,24 @@ def _sheet(raw: dict[str, Any], base: Path) -> SheetConfig:
     known_keys(
         "sheet",
         raw,
-        {"path", "url", "key", "worksheet", "credentials", "endpoint", "pool_tab", "metric_columns",
-         "curve"},
+        {
+            "path",
+            "url",
+            "key",
+            "worksheet",
+            "credentials",
+            "endpoint",
+            "pool_tab",
+            "metric_columns",
+            "curve",
+        },
     )
     path = opt_str("sheet.path", raw.get("path"))
     url = opt_str("sheet.url", raw.get("url")) or opt_str("sheet.key", raw.get("key"))
     if bool(path) == bool(url):
         raise ConfigError(
-            "[sheet] needs exactly one of `path` (a local workbook, e.g. path = \"experiments.xlsx\") "
-            "or `url` (a Google Sheet, e.g. url = \"https://docs.google.com/spreadsheets/d/KEY/edit\")"
+            '[sheet] needs exactly one of `path` (a local workbook, e.g. path = "experiments.xlsx") '
+            'or `url` (a Google Sheet, e.g. url = "https://docs.google.com/spreadsheets/d/KEY/edit")'
         )
     columns = raw.get("metric_columns", [])
     expect_list_of_str("sheet.metric_columns", columns, '["acc", "loss"]')
@@ -220,9 +233,12 @@ def _sheet(raw: dict[str, Any], base: Path) -> SheetConfig:
     workbook = resolve(base, path) if path else None
     if workbook is not None:
         checks.existing_file_with_suffix(
-            "sheet.path", workbook, ".xlsx",
+            "sheet.path",
+            workbook,
+            ".xlsx",
             'point it at an .xlsx workbook, e.g. path = "experiments.xlsx" '
-            "(`sheetrunner init -c CONFIG` creates one where none exists)")
+            "(`sheetrunner init -c CONFIG` creates one where none exists)",
+        )
     worksheet = opt_str("sheet.worksheet", raw.get("worksheet"))
     if worksheet is not None:
         checks.tab_name("sheet.worksheet", worksheet, 'worksheet = "experiments"')
@@ -243,17 +259,25 @@ def _sheet(raw: dict[str, Any], base: Path) -> SheetConfig:
 
 def _daemon(raw: dict[str, Any], base: Path) -> DaemonConfig:
     expect("daemon", raw, dict, "a table [daemon]")
-    keys = {"poll_interval", "state_dir", "on_host_lost", "host_lost_timeout", "probe_timeout",
-            "max_parallel_hosts"}
+    keys = {
+        "poll_interval",
+        "state_dir",
+        "on_host_lost",
+        "host_lost_timeout",
+        "probe_timeout",
+        "max_parallel_hosts",
+    }
     known_keys("daemon", raw, keys)
     policy = raw.get("on_host_lost", "wait")
     if policy not in ("wait", "requeue"):
         raise ConfigError(
-            f"daemon.on_host_lost = {policy!r} is not allowed; use \"wait\" (keep a run on an "
-            "unreachable host until it is proven gone) or \"requeue\" (start it elsewhere after "
+            f'daemon.on_host_lost = {policy!r} is not allowed; use "wait" (keep a run on an '
+            'unreachable host until it is proven gone) or "requeue" (start it elsewhere after '
             "host_lost_timeout seconds)"
         )
-    state_dir = resolve(base, opt_str("daemon.state_dir", raw.get("state_dir")) or ".sheetrunner-state")
+    state_dir = resolve(
+        base, opt_str("daemon.state_dir", raw.get("state_dir")) or ".sheetrunner-state"
+    )
     checks.directory_or_absent("daemon.state_dir", state_dir, 'state_dir = ".sheetrunner-state"')
     return DaemonConfig(
         poll_interval_s=positive("daemon.poll_interval", raw.get("poll_interval", 15), "15"),
@@ -263,7 +287,9 @@ def _daemon(raw: dict[str, Any], base: Path) -> DaemonConfig:
             "daemon.host_lost_timeout", raw.get("host_lost_timeout", 300), "300"
         ),
         probe_timeout_s=positive("daemon.probe_timeout", raw.get("probe_timeout", 30), "30"),
-        max_parallel_hosts=at_least_one("daemon.max_parallel_hosts", raw.get("max_parallel_hosts", 16)),
+        max_parallel_hosts=at_least_one(
+            "daemon.max_parallel_hosts", raw.get("max_parallel_hosts", 16)
+        ),
     )
 
 
@@ -294,8 +320,19 @@ def _job(name: str, raw: Any) -> JobConfig:
     where = f"jobs.{name}"
     check_name("job name", where, name)
     expect(where, raw, dict, f'[jobs.{name}] with command = ["python3", "train.py"]')
-    known_keys(where, raw, {"command", "workdir", "env", "keep_checkpoints", "best_metric",
-                             "best_mode", "checkpoint_root"})
+    known_keys(
+        where,
+        raw,
+        {
+            "command",
+            "workdir",
+            "env",
+            "keep_checkpoints",
+            "best_metric",
+            "best_mode",
+            "checkpoint_root",
+        },
+    )
     command = raw.get("command")
     if not command:
         raise ConfigError(f'{where}.command is missing; e.g. command = ["python3", "train.py"]')
@@ -320,19 +357,35 @@ def _job(name: str, raw: Any) -> JobConfig:
     )
 
 
-HOST_KEYS = {"name", "local", "address", "user", "port", "identity", "labels", "accelerators",
-             "slots", "root", "python", "drain"}
+HOST_KEYS = {
+    "name",
+    "local",
+    "address",
+    "user",
+    "port",
+    "identity",
+    "labels",
+    "accelerators",
+    "slots",
+    "root",
+    "python",
+    "drain",
+}
 
 
 def _hosts(raw: Any, base: Path) -> tuple[HostConfig, ...]:
     expect("hosts", raw, list, '[[hosts]] tables, e.g.\n[[hosts]]\nname = "local"\nlocal = true')
     if not raw:
-        raise ConfigError('no [[hosts]] declared; add e.g.\n[[hosts]]\nname = "local"\nlocal = true')
+        raise ConfigError(
+            'no [[hosts]] declared; add e.g.\n[[hosts]]\nname = "local"\nlocal = true'
+        )
     hosts = tuple(_host(i, spec, base) for i, spec in enumerate(raw))
     names = [h.name for h in hosts]
     for name in names:
         if names.count(name) > 1:
-            raise ConfigError(f"hosts: the name {name!r} is used twice; every host needs its own name")
+            raise ConfigError(
+                f"hosts: the name {name!r} is used twice; every host needs its own name"
+            )
     return hosts
 
 
@@ -353,8 +406,9 @@ def _host(index: int, raw: Any, base: Path) -> HostConfig:
     if local:
         root = str(resolve(base, root))
     port = raw.get("port")
-    if port is not None and (isinstance(port, bool) or not isinstance(port, int)
-                             or not 0 < port < 65536):
+    if port is not None and (
+        isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536
+    ):
         raise ConfigError(f"{where}.port = {port!r}; use a TCP port number, e.g. port = 22")
     python = opt_str(f"{where}.python", raw.get("python"))
     drain = raw.get("drain", False)
@@ -377,10 +431,14 @@ def _host(index: int, raw: Any, base: Path) -> HostConfig:
 
 def _accelerators(where: str, value: Any) -> int | str:
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ConfigError(f'{where} = {value!r}; use a count (8), "auto" or a TPU kind ("tpu-v4-8")')
+        raise ConfigError(
+            f'{where} = {value!r}; use a count (8), "auto" or a TPU kind ("tpu-v4-8")'
+        )
     if isinstance(value, int):
         if value < 0:
-            raise ConfigError(f"{where} = {value}; a count cannot be negative, e.g. accelerators = 8")
+            raise ConfigError(
+                f"{where} = {value}; a count cannot be negative, e.g. accelerators = 8"
+            )
         return value
     if value == "auto" or is_tpu(value):
         return value
@@ -389,13 +447,16 @@ def _accelerators(where: str, value: Any) -> int | str:
 
 def _ssh(raw: dict[str, Any]) -> SshConfig:
     expect("ssh", raw, dict, "a table [ssh]")
-    known_keys("ssh", raw, {"known_hosts", "host_key_policy", "connect_timeout", "keepalive",
-                             "config_file"})
+    known_keys(
+        "ssh",
+        raw,
+        {"known_hosts", "host_key_policy", "connect_timeout", "keepalive", "config_file"},
+    )
     policy = raw.get("host_key_policy", "reject")
     if policy not in ("reject", "accept-new"):
         raise ConfigError(
-            f"ssh.host_key_policy = {policy!r}; use \"reject\" (unknown host keys are refused) or "
-            "\"accept-new\" (trust a host's key the first time, then pin it)"
+            f'ssh.host_key_policy = {policy!r}; use "reject" (unknown host keys are refused) or '
+            '"accept-new" (trust a host\'s key the first time, then pin it)'
         )
     return SshConfig(
         known_hosts=opt_str("ssh.known_hosts", raw.get("known_hosts")) or "~/.ssh/known_hosts",
@@ -431,4 +492,3 @@ def _notify(raw: Any, base: Path) -> NotifyConfig:
         timeout_s=positive("notify.timeout", raw.get("timeout", 10), "10"),
         workdir=base,
     )
-

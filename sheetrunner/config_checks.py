@@ -45,14 +45,18 @@ def expect(where: str, value: Any, kind: type, example: str) -> Any:
 
 def expect_list_of_str(where: str, value: Any, example: str) -> None:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{where} = {value!r}; expected a list of strings, e.g. {where.split('.')[-1]} = {example}")
+        raise ConfigError(
+            f"{where} = {value!r}; expected a list of strings, e.g. {where.split('.')[-1]} = {example}"
+        )
 
 
 def opt_str(where: str, value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value:
-        raise ConfigError(f'{where} = {value!r}; expected a non-empty string, e.g. {where.split(".")[-1]} = "..."')
+        raise ConfigError(
+            f'{where} = {value!r}; expected a non-empty string, e.g. {where.split(".")[-1]} = "..."'
+        )
     return value
 
 
@@ -66,13 +70,17 @@ def positive(where: str, value: Any, example: str) -> float:
             f"(about 31 years), e.g. {key} = {example}"
         )
     if not number or value <= 0:
-        raise ConfigError(f"{where} = {value!r}; expected a positive number of seconds, e.g. {key} = {example}")
+        raise ConfigError(
+            f"{where} = {value!r}; expected a positive number of seconds, e.g. {key} = {example}"
+        )
     return float(value)
 
 
 def non_negative_int(where: str, value: Any, example: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{where} = {value!r}; expected a whole number ≥ 0, e.g. {where.split('.')[-1]} = {example}")
+        raise ConfigError(
+            f"{where} = {value!r}; expected a whole number ≥ 0, e.g. {where.split('.')[-1]} = {example}"
+        )
     return value
 
 
@@ -127,11 +135,19 @@ def directory_or_absent(where: str, path: Path, example: str) -> None:
                 continue
             is_dir = candidate.is_dir()
         except OSError as exc:
-            raise ConfigError(f"{where}: cannot look at {candidate}: {exc}; e.g. {example}") from None
+            raise ConfigError(
+                f"{where}: cannot look at {candidate}: {exc}; e.g. {example}"
+            ) from None
         if is_dir:
             return
-        what = "is not a directory" if candidate == path else f"cannot be created: {candidate} is a file"
-        raise ConfigError(f"{where} = {str(path)!r} {what}; point it at a directory, e.g. {example}")
+        what = (
+            "is not a directory"
+            if candidate == path
+            else f"cannot be created: {candidate} is a file"
+        )
+        raise ConfigError(
+            f"{where} = {str(path)!r} {what}; point it at a directory, e.g. {example}"
+        )
 
 
 def _same_tab(a: str, b: str) -> bool:
@@ -184,30 +200,39 @@ def metric_columns(where: str, names: Sequence[str]) -> None:
     from .sheet.render import CURVE_COLUMN
 
     example = '["acc", "loss"]'
-    taken = {**{c: "a column you fill in" for c in (*USER_COLUMNS, SWEEP_COLUMN)},
-             **{c: "a column sheetrunner writes" for c in (*OWNED_COLUMNS, CURVE_COLUMN)}}
+    taken = {
+        **{c: "a column you fill in" for c in (*USER_COLUMNS, SWEEP_COLUMN)},
+        **{c: "a column sheetrunner writes" for c in (*OWNED_COLUMNS, CURVE_COLUMN)},
+    }
     seen: set[str] = set()
     for name in names:
         if not name.strip():
-            raise ConfigError(f"{where} holds an empty name; every metric needs one, e.g. {where.split('.')[-1]} = {example}")
+            raise ConfigError(
+                f"{where} holds an empty name; every metric needs one, e.g. {where.split('.')[-1]} = {example}"
+            )
         if name != name.strip():
-            raise ConfigError(f"{where}: {name!r} has spaces at either end, which a header loses; "
-                              f"write {name.strip()!r}")
+            raise ConfigError(
+                f"{where}: {name!r} has spaces at either end, which a header loses; "
+                f"write {name.strip()!r}"
+            )
         if name in seen:
-            raise ConfigError(f"{where}: {name!r} is listed twice; list each metric once, e.g. {example}")
+            raise ConfigError(
+                f"{where}: {name!r} is listed twice; list each metric once, e.g. {example}"
+            )
         seen.add(name)
         if name.startswith(PARAM_PREFIX):
             raise ConfigError(
                 f"{where}: {name!r} starts with {PARAM_PREFIX!r}, which marks a parameter column "
-                f"you fill in; name the metric without it, e.g. {name[len(PARAM_PREFIX):]!r}"
+                f"you fill in; name the metric without it, e.g. {name[len(PARAM_PREFIX) :]!r}"
             )
         if name in taken:
             raise ConfigError(
                 f"{where}: {name!r} is {taken[name]}, not a metric column; rename the metric, "
                 f"e.g. {where.split('.')[-1]} = {example}"
             )
-    derived = {column: name for name in names
-               for column in metric_column_names([name]) if column != name}
+    derived = {
+        column: name for name in names for column in metric_column_names([name]) if column != name
+    }
     for name in names:
         if name in derived:
             raise ConfigError(
@@ -276,22 +301,29 @@ def notify_webhook(where: str, value: Any) -> str:
     from urllib.parse import urlsplit
 
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{where} must be a non-empty string (an http(s) URL); e.g. "
-                          f"{NOTIFY_WEBHOOK_EXAMPLE}")
+        raise ConfigError(
+            f"{where} must be a non-empty string (an http(s) URL); e.g. {NOTIFY_WEBHOOK_EXAMPLE}"
+        )
     if value != value.strip() or any(ord(c) < 33 or ord(c) == 127 for c in value):
-        raise ConfigError(f"{where} holds spaces or control characters (the value is not shown: "
-                          f"it is a credential); paste the URL alone, e.g. {NOTIFY_WEBHOOK_EXAMPLE}")
+        raise ConfigError(
+            f"{where} holds spaces or control characters (the value is not shown: "
+            f"it is a credential); paste the URL alone, e.g. {NOTIFY_WEBHOOK_EXAMPLE}"
+        )
     try:
         parts = urlsplit(value)
         host, _port = parts.hostname, parts.port  # .port raises on a bad port
     except ValueError:
         host, parts = None, None
     if parts is None or parts.scheme not in ("https", "http") or not host:
-        raise ConfigError(f"{where} is not an http(s) URL with a host (the value is not shown: "
-                          f"it is a credential); e.g. {NOTIFY_WEBHOOK_EXAMPLE}")
+        raise ConfigError(
+            f"{where} is not an http(s) URL with a host (the value is not shown: "
+            f"it is a credential); e.g. {NOTIFY_WEBHOOK_EXAMPLE}"
+        )
     if parts.username is not None or parts.password is not None:
-        raise ConfigError(f"{where} holds a user name or password before its host; webhooks carry "
-                          f"their secret in the path, e.g. {NOTIFY_WEBHOOK_EXAMPLE}")
+        raise ConfigError(
+            f"{where} holds a user name or password before its host; webhooks carry "
+            f"their secret in the path, e.g. {NOTIFY_WEBHOOK_EXAMPLE}"
+        )
     return value
 
 
@@ -301,13 +333,16 @@ def notify_command(where: str, value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{where} = {value!r}; expected a list of strings (argv, no shell), "
-                          f"e.g. command = {example}")
+        raise ConfigError(
+            f"{where} = {value!r}; expected a list of strings (argv, no shell), "
+            f"e.g. command = {example}"
+        )
     if not value or not value[0]:
         raise ConfigError(f"{where} names no program; e.g. command = {example}")
     if any("\0" in item for item in value):
-        raise ConfigError(f"{where} holds a NUL character, which no argv item can; "
-                          f"e.g. command = {example}")
+        raise ConfigError(
+            f"{where} holds a NUL character, which no argv item can; e.g. command = {example}"
+        )
     return tuple(value)
 
 
@@ -316,23 +351,31 @@ def notify_events(where: str, value: Any) -> tuple[str, ...]:
     allowed = ", ".join(NOTIFY_EVENTS)
     example = 'on = ["failed", "sweep-finished"]'
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{where} = {value!r}; expected a list of strings, e.g. {example}; "
-                          f"the allowed values are: {allowed}")
+        raise ConfigError(
+            f"{where} = {value!r}; expected a list of strings, e.g. {example}; "
+            f"the allowed values are: {allowed}"
+        )
     if not value:
-        raise ConfigError(f"{where} is empty, so nothing would ever be sent; list what to "
-                          f"announce, e.g. {example} (the allowed values are: {allowed}), or "
-                          f"remove [notify]")
+        raise ConfigError(
+            f"{where} is empty, so nothing would ever be sent; list what to "
+            f"announce, e.g. {example} (the allowed values are: {allowed}), or "
+            f"remove [notify]"
+        )
     for item in value:
         if item not in NOTIFY_EVENTS:
             shown = item if len(item) <= 40 else item[:40] + "…"
-            raise ConfigError(f"{where}: {shown!r} is not an event sheetrunner announces; the "
-                              f"allowed values are: {allowed}; e.g. {example}")
+            raise ConfigError(
+                f"{where}: {shown!r} is not an event sheetrunner announces; the "
+                f"allowed values are: {allowed}; e.g. {example}"
+            )
     return tuple(dict.fromkeys(value))  # each once, in the order given
 
 
 def notify_max_per_hour(where: str, value: Any) -> int:
     count = non_negative_int(where, value, "30")
     if not 1 <= count <= NOTIFY_MAX_PER_HOUR:
-        raise ConfigError(f"{where} = {count}; expected a whole number from 1 to "
-                          f"{NOTIFY_MAX_PER_HOUR} (messages an hour), e.g. max_per_hour = 30")
+        raise ConfigError(
+            f"{where} = {count}; expected a whole number from 1 to "
+            f"{NOTIFY_MAX_PER_HOUR} (messages an hour), e.g. max_per_hour = 30"
+        )
     return count

@@ -45,8 +45,9 @@ log = logging.getLogger(__name__)
 
 ENDED = frozenset({Status.SUCCEEDED, Status.FAILED, Status.RETRYING, Status.STOPPED})
 
-UNFINISHED = frozenset({Status.QUEUED, Status.LAUNCHING, Status.RUNNING, Status.RETRYING,
-                        Status.STALLED, Status.LOST})
+UNFINISHED = frozenset(
+    {Status.QUEUED, Status.LAUNCHING, Status.RUNNING, Status.RETRYING, Status.STALLED, Status.LOST}
+)
 
 
 def utc_now() -> datetime:
@@ -86,16 +87,26 @@ class Outcome:
             counts[status] = counts.get(status, 0) + 1
         summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda i: -i[1]))
         lines = [f"done: {summary or 'no rows'}"]
-        lines += [f"row {row} {status}: {_clip(message, 300)}"
-                  for row, status, message in sorted(self.rows) if status in PROBLEMS]
+        lines += [
+            f"row {row} {status}: {_clip(message, 300)}"
+            for row, status, message in sorted(self.rows)
+            if status in PROBLEMS
+        ]
         return lines
 
 
 class Daemon:
     """One sheet, one pool, one store; `cycle()` is the whole job."""
 
-    def __init__(self, config: Config, sheet: SheetBackend, pool: Pool, store: Store,
-                 clock: Callable[[], datetime] = utc_now, take_over: bool = False):
+    def __init__(
+        self,
+        config: Config,
+        sheet: SheetBackend,
+        pool: Pool,
+        store: Store,
+        clock: Callable[[], datetime] = utc_now,
+        take_over: bool = False,
+    ):
         self.config = config
         self.sheet = sheet
         self.pool = pool
@@ -107,7 +118,10 @@ class Daemon:
         self._cycle_lock = threading.Lock()
         self.ownership = Ownership(
             this_daemon(Path(config.daemon.state_dir)),
-            lease_seconds(config.daemon.poll_interval_s), take_over, store.namespace)
+            lease_seconds(config.daemon.poll_interval_s),
+            take_over,
+            store.namespace,
+        )
         self.fatal: SheetOwned | None = None  # why the daemon stopped on its own
         self._said: set[str] = set()  # sheet problems already logged
         self._shown: dict[int, str] = {}  # row -> run id, as the last cycle matched them
@@ -135,13 +149,19 @@ class Daemon:
         report.acting = True
         self._use_namespace(table)
         known = self.store.runs()
-        plain = ([e for e in expansion.with_sweep_actions(experiments) if not e.is_sweep]
-                 if experiments is not None else None)
-        observed = self.pool.probe_all(_attempts_to_probe(known), now,
-                                       runs=_runs_to_ask(known, plain or []))
+        plain = (
+            [e for e in expansion.with_sweep_actions(experiments) if not e.is_sweep]
+            if experiments is not None
+            else None
+        )
+        observed = self.pool.probe_all(
+            _attempts_to_probe(known), now, runs=_runs_to_ask(known, plain or [])
+        )
         self.store.save_hosts(observed.values())
         plan = reconcile.plan(plain, known, observed, self.pool.capacities(), self.policy, now)
-        self.store.save_runs(plan.runs.values(), [(e.run_id, e.kind, e.detail) for e in plan.events], now)
+        self.store.save_runs(
+            plan.runs.values(), [(e.run_id, e.kind, e.detail) for e in plan.events], now
+        )
         if plain is not None:
             self.store.save_noted_rows(_noted_rows(plain, plan))
         runs = {**known, **plan.runs}
@@ -185,8 +205,12 @@ class Daemon:
             return None, None
         problem = rows.header_problem(table)
         if problem is not None:
-            self._say_once("sheet header", problem, logging.ERROR,
-                           "runs go on; nothing is claimed, stopped or written until it is fixed")
+            self._say_once(
+                "sheet header",
+                problem,
+                logging.ERROR,
+                "runs go on; nothing is claimed, stopped or written until it is fixed",
+            )
             return table, None
         for line in rows.header_problems(table):
             self._say_once("sheet header", line, logging.WARNING)
@@ -211,7 +235,9 @@ class Daemon:
             try:
                 data = agent.tail(run.run_id, before.attempt, ARCHIVED_BYTES)
             except TransportError as exc:
-                log.info("log of run=%s attempt=%s not archived: %s", run.run_id, before.attempt, exc)
+                log.info(
+                    "log of run=%s attempt=%s not archived: %s", run.run_id, before.attempt, exc
+                )
                 continue
             self.archive.save(run.run_id, before.attempt, data)
 
@@ -222,10 +248,13 @@ class Daemon:
             return [], []
         with ThreadPoolExecutor(max_workers=min(self.pool.max_parallel, len(hosts))) as ex:
             done = list(ex.map(lambda host: self._act_on_host(host, plan, runs, now), hosts))
-        return [r for killed, _ in done for r in killed], [r for _, launched in done for r in launched]
+        return [r for killed, _ in done for r in killed], [
+            r for _, launched in done for r in launched
+        ]
 
-    def _act_on_host(self, host: str, plan: Plan, runs: dict[str, Run],
-                     now: datetime) -> tuple[list[str], list[str]]:
+    def _act_on_host(
+        self, host: str, plan: Plan, runs: dict[str, Run], now: datetime
+    ) -> tuple[list[str], list[str]]:
         killed = self._kill([k for k in plan.kills if k.host == host])
         return killed, self._launch([x for x in plan.launches if x.host == host], runs, now)
 
@@ -238,12 +267,25 @@ class Daemon:
             try:
                 state = agent.kill(kill.run_id, kill.attempt)
             except TransportError as exc:
-                log.warning("kill failed run=%s attempt=%s host=%s: %s (retried next cycle)",
-                            kill.run_id, kill.attempt, kill.host, exc)
+                log.warning(
+                    "kill failed run=%s attempt=%s host=%s: %s (retried next cycle)",
+                    kill.run_id,
+                    kill.attempt,
+                    kill.host,
+                    exc,
+                )
                 continue
-            log.info("killed run=%s attempt=%s host=%s reason=%s state=%s",
-                     kill.run_id, kill.attempt, kill.host, kill.reason, state)
-            self.store.log_event(kill.run_id, "killed", f"attempt={kill.attempt} {kill.reason}", self.clock())
+            log.info(
+                "killed run=%s attempt=%s host=%s reason=%s state=%s",
+                kill.run_id,
+                kill.attempt,
+                kill.host,
+                kill.reason,
+                state,
+            )
+            self.store.log_event(
+                kill.run_id, "killed", f"attempt={kill.attempt} {kill.reason}", self.clock()
+            )
             done.append(kill.run_id)
         return done
 
@@ -252,8 +294,12 @@ class Daemon:
         for launch in launches:
             run = runs[launch.run_id]
             agent = self.pool.agents[launch.host]
-            spec = launch_spec(run, self.config.jobs[run.job], agent.config,
-                               job_workdir(self.config, run.job, agent.config))
+            spec = launch_spec(
+                run,
+                self.config.jobs[run.job],
+                agent.config,
+                job_workdir(self.config, run.job, agent.config),
+            )
             self.store.record_intent(run, now)  # journal before acting
             try:
                 result = agent.launch(spec)
@@ -262,24 +308,43 @@ class Daemon:
                 continue
             outcome = "sent" if result.launched else "already-claimed"
             self.store.record_outcome(run.run_id, run.attempt, outcome, result.detail, self.clock())
-            log.info("launched run=%s attempt=%s host=%s accelerators=%s argv=%s",
-                     run.run_id, run.attempt, launch.host, ",".join(launch.accelerators) or "-",
-                     _clip(describe_argv(spec)))
+            log.info(
+                "launched run=%s attempt=%s host=%s accelerators=%s argv=%s",
+                run.run_id,
+                run.attempt,
+                launch.host,
+                ",".join(launch.accelerators) or "-",
+                _clip(describe_argv(spec)),
+            )
             launched.append(run.run_id)
         return launched
 
     def _launch_failed(self, run: Run, error: str, now: datetime) -> None:
         """The launch may not have reached the host: queue again; fencing handles a straggler."""
-        log.warning("launch failed run=%s attempt=%s host=%s: %s", run.run_id, run.attempt, run.host, error)
+        log.warning(
+            "launch failed run=%s attempt=%s host=%s: %s", run.run_id, run.attempt, run.host, error
+        )
         self.store.record_outcome(run.run_id, run.attempt, "failed", error, now)
         run.status, run.message = Status.QUEUED, f"launch on {run.host} failed, will retry: {error}"
         self.store.save_runs([run], now=now)
 
-    def _write_sheet(self, table: Table, experiments: list[Experiment], plan: Plan,
-                     runs: dict[str, Run], now: datetime, lease_tab: list[list[str]] | None) -> int:
+    def _write_sheet(
+        self,
+        table: Table,
+        experiments: list[Experiment],
+        plan: Plan,
+        runs: dict[str, Run],
+        now: datetime,
+        lease_tab: list[list[str]] | None,
+    ) -> int:
         change = self.view.change(table, experiments, plan, runs, now, self.side_tabs())
-        change = guard.only_owned(change, table, self.config.sheet.metric_columns,
-                                  guard.own_tabs(self.config.sheet), curve=bool(self.config.sheet.curve))
+        change = guard.only_owned(
+            change,
+            table,
+            self.config.sheet.metric_columns,
+            guard.own_tabs(self.config.sheet),
+            curve=bool(self.config.sheet.curve),
+        )
         change.meta, change.meta_expect = lease_tab, table.meta
         if change.is_empty():
             return 0
@@ -298,7 +363,9 @@ class Daemon:
         if not name:
             return {}
         runs = list(self.store.runs().values())
-        entries = views.pool_json(list(self.config.hosts), self.pool.last, runs, self.pool.down_since)
+        entries = views.pool_json(
+            list(self.config.hosts), self.pool.last, runs, self.pool.down_since
+        )
         return {name: views.pool_rows(entries)}
 
     # -- running for a long time ----------------------------------------------------------------
@@ -337,13 +404,22 @@ class Daemon:
                 scheduler.shutdown(wait=False)
 
         def on_signal(signum: int, _frame: object) -> None:
-            log.info("%s received: finishing the current cycle, then exiting", signal.Signals(signum).name)
+            log.info(
+                "%s received: finishing the current cycle, then exiting",
+                signal.Signals(signum).name,
+            )
             stop.set()
             scheduler.shutdown(wait=False)
 
-        scheduler.add_job(job, "interval", seconds=self.config.daemon.poll_interval_s,
-                          next_run_time=datetime.now(UTC), max_instances=1, coalesce=True,
-                          misfire_grace_time=max(1, int(self.config.daemon.poll_interval_s)))
+        scheduler.add_job(
+            job,
+            "interval",
+            seconds=self.config.daemon.poll_interval_s,
+            next_run_time=datetime.now(UTC),
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=max(1, int(self.config.daemon.poll_interval_s)),
+        )
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGHUP, lambda *_: self._reload_requested.set())
@@ -365,28 +441,39 @@ class Daemon:
             log.error("config not reloaded, the running one stays: %s", exc)
             return False
         if new.sheet != self.config.sheet or new.daemon.state_dir != self.config.daemon.state_dir:
-            log.error("config not reloaded: [sheet] and [daemon] state_dir change only with a "
-                      "restart of the daemon")
+            log.error(
+                "config not reloaded: [sheet] and [daemon] state_dir change only with a "
+                "restart of the daemon"
+            )
             return False
         with self._cycle_lock:
-            self.pool.replace_agents([
-                self.pool.agents[h.name] if h.name in self.pool.agents
-                and self.pool.agents[h.name].config == h and new.ssh == self.config.ssh
-                else HostAgent(h, transport_for(new, h), new.daemon.probe_timeout_s)
-                for h in new.hosts])
+            self.pool.replace_agents(
+                [
+                    self.pool.agents[h.name]
+                    if h.name in self.pool.agents
+                    and self.pool.agents[h.name].config == h
+                    and new.ssh == self.config.ssh
+                    else HostAgent(h, transport_for(new, h), new.daemon.probe_timeout_s)
+                    for h in new.hosts
+                ]
+            )
             self.config, self.policy, self.view = new, policy_from(new), SheetView(new.sheet)
             if new.notify != self.notifier.config:
                 self.notifier.close()
                 self.notifier = Notifier(new.notify, label=sheet_label(new.sheet))
-        log.info("config reloaded from %s: %d hosts, %d jobs", new.path, len(new.hosts), len(new.jobs))
+        log.info(
+            "config reloaded from %s: %d hosts, %d jobs", new.path, len(new.hosts), len(new.jobs)
+        )
         return True
 
     def outcome(self) -> Outcome:
         """How the sheet's rows ended, as the last cycle saw them."""
         runs = self.store.runs()
         shown = [runs[run_id] for _, run_id in sorted(self._shown.items()) if run_id in runs]
-        return Outcome([(r.row, r.status.value, r.message) for r in shown]
-                       + [(n["row"], n["status"], n["message"]) for n in self.store.noted_rows()])
+        return Outcome(
+            [(r.row, r.status.value, r.message) for r in shown]
+            + [(n["row"], n["status"], n["message"]) for n in self.store.noted_rows()]
+        )
 
     def close(self) -> None:
         """Hand the sheet back (a daemon started next need not wait for the lease to end),
@@ -436,10 +523,16 @@ def _unfinished(runs: Iterable[Run], plan: Plan) -> int:
 def _noted_rows(experiments: list[Experiment], plan: Plan) -> list[dict]:
     """Rows that have no run this cycle (invalid ones), for `ps`."""
     by_row = {e.row: e for e in experiments}
-    return [{"row": row, "job": by_row[row].job if row in by_row else "",
-             "params": [list(p) for p in by_row[row].params] if row in by_row else [],
-             "status": status.value, "message": message}
-            for row, (status, message) in sorted(plan.notes.items())]
+    return [
+        {
+            "row": row,
+            "job": by_row[row].job if row in by_row else "",
+            "params": [list(p) for p in by_row[row].params] if row in by_row else [],
+            "status": status.value,
+            "message": message,
+        }
+        for row, (status, message) in sorted(plan.notes.items())
+    ]
 
 
 def _unexpanded(experiments: list[Experiment]) -> int:
@@ -450,8 +543,11 @@ def _unexpanded(experiments: list[Experiment]) -> int:
 def policy_from(config: Config) -> reconcile.Policy:
     d = config.defaults
     return reconcile.Policy(
-        retries=d.retries, hang_timeout_s=d.hang_timeout_s, backoff_s=d.backoff_s,
-        backoff_max_s=d.backoff_max_s, launch_timeout_s=d.launch_timeout_s,
+        retries=d.retries,
+        hang_timeout_s=d.hang_timeout_s,
+        backoff_s=d.backoff_s,
+        backoff_max_s=d.backoff_max_s,
+        launch_timeout_s=d.launch_timeout_s,
         on_host_lost=config.daemon.on_host_lost,
         host_lost_timeout_s=config.daemon.host_lost_timeout_s,
     )
@@ -477,8 +573,12 @@ def open_sheet(config: Config) -> SheetBackend:
         return Workbook(config.sheet.path, config.sheet.worksheet)
     from .sheets.google import GoogleSheet
 
-    return GoogleSheet(config.sheet.url or "", config.sheet.worksheet, config.sheet.credentials,
-                       config.sheet.endpoint)
+    return GoogleSheet(
+        config.sheet.url or "",
+        config.sheet.worksheet,
+        config.sheet.credentials,
+        config.sheet.endpoint,
+    )
 
 
 def transport_for(config: Config, host: HostConfig) -> Transport:
@@ -488,9 +588,15 @@ def transport_for(config: Config, host: HostConfig) -> Transport:
 
     ssh = config.ssh
     return SshTransport(
-        host.name, host.address, host.port, host.user, host.identity,
-        known_hosts=ssh.known_hosts, host_key_policy=ssh.host_key_policy,
-        connect_timeout_s=ssh.connect_timeout_s, keepalive_s=ssh.keepalive_s,
+        host.name,
+        host.address,
+        host.port,
+        host.user,
+        host.identity,
+        known_hosts=ssh.known_hosts,
+        host_key_policy=ssh.host_key_policy,
+        connect_timeout_s=ssh.connect_timeout_s,
+        keepalive_s=ssh.keepalive_s,
         ssh_config=ssh.config_file,
     )
 
@@ -498,8 +604,9 @@ def transport_for(config: Config, host: HostConfig) -> Transport:
 def open_pool(config: Config, namespace: str | None = None) -> Pool:
     """The pool; runs are reachable only once the sheet's namespace is set (the daemon sets
     it when it owns the sheet; the commands take the one the state last used)."""
-    agents = [HostAgent(h, transport_for(config, h), config.daemon.probe_timeout_s)
-              for h in config.hosts]
+    agents = [
+        HostAgent(h, transport_for(config, h), config.daemon.probe_timeout_s) for h in config.hosts
+    ]
     pool = Pool(agents, config.daemon.max_parallel_hosts)
     if namespace:
         pool.set_namespace(namespace)
@@ -535,7 +642,8 @@ class DaemonLock:
             self._file.close()
             raise SheetrunnerError(
                 f"another sheetrunner daemon (pid {holder}) is using {self.path.parent}; stop it "
-                "first, or give this one its own [daemon] state_dir") from None
+                "first, or give this one its own [daemon] state_dir"
+            ) from None
         self._file.seek(0)
         self._file.truncate()
         self._file.write(str(os.getpid()))
@@ -544,4 +652,3 @@ class DaemonLock:
 
     def release(self) -> None:
         self._file.close()
-

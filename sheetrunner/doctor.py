@@ -66,8 +66,13 @@ def _sheet(config: Config) -> Iterator[Check | Table]:
         return
     problem = schema.header_problem(table)
     if problem is not None:
-        yield Check("sheet", "has a header row", False, f"{where}: {problem}",
-                    f"put the header back, or run `sheetrunner init -c {config.path}` to write it")
+        yield Check(
+            "sheet",
+            "has a header row",
+            False,
+            f"{where}: {problem}",
+            f"put the header back, or run `sheetrunner init -c {config.path}` to write it",
+        )
         return
     yield Check("sheet", "can be read", True, f"{where}: {len(table.rows)} rows")
     for line in schema.header_problems(table):
@@ -77,25 +82,47 @@ def _sheet(config: Config) -> Iterator[Check | Table]:
 
 def _rows_no_host_takes(config: Config, table: Table, seen: dict[str, dict]) -> Iterator[Check]:
     """Rows that would be `unplaceable`: no configured host could ever take them."""
-    hosts = [capacity(h, observation_from_probe(h.name, seen[h.name], datetime.now(UTC))
-                      if h.name in seen else None) for h in config.hosts]
+    hosts = [
+        capacity(
+            h,
+            observation_from_probe(h.name, seen[h.name], datetime.now(UTC))
+            if h.name in seen
+            else None,
+        )
+        for h in config.hosts
+    ]
     for exp in schema.parse_table(table, config.jobs):
         if exp.error or exp.is_sweep:
             continue
-        shape = Run(run_id="", key=exp.key, job=exp.job, params=exp.params, gpus=exp.gpus,
-                    where=exp.where, status=Status.QUEUED, created_at=datetime.now(UTC),
-                    updated_at=datetime.now(UTC))
+        shape = Run(
+            run_id="",
+            key=exp.key,
+            job=exp.job,
+            params=exp.params,
+            gpus=exp.gpus,
+            where=exp.where,
+            status=Status.QUEUED,
+            created_at=datetime.now(UTC),
+            updated_at=datetime.now(UTC),
+        )
         reason = never_fits(shape, hosts)
         if reason is not None:
-            yield Check("sheet", f"row {exp.row} can run somewhere", False, reason,
-                        "change the row's gpus or where, or add a host that fits")
+            yield Check(
+                "sheet",
+                f"row {exp.row} can run somewhere",
+                False,
+                reason,
+                "change the row's gpus or where, or add a host that fits",
+            )
 
 
 def _sheet_fix(config: Config) -> str:
     if config.sheet.path:
         return f"create it with `sheetrunner init -c {config.path}` or fix [sheet] path"
-    return ("share the sheet with the service account's e-mail address, enable the Google Sheets "
-            "API, and check [sheet] credentials (README, Google Sheets section)")
+    return (
+        "share the sheet with the service account's e-mail address, enable the Google Sheets "
+        "API, and check [sheet] credentials (README, Google Sheets section)"
+    )
 
 
 def _host(agent: HostAgent, config: Config, seen: dict[str, dict]) -> Iterator[Check]:
@@ -103,15 +130,25 @@ def _host(agent: HostAgent, config: Config, seen: dict[str, dict]) -> Iterator[C
     try:
         facts = agent.facts()
     except HostKeyError as exc:
-        yield Check(name, "host key is known", False, str(exc),
-                    "add the host's key to known_hosts, or set [ssh] host_key_policy = \"accept-new\"")
+        yield Check(
+            name,
+            "host key is known",
+            False,
+            str(exc),
+            'add the host\'s key to known_hosts, or set [ssh] host_key_policy = "accept-new"',
+        )
         return
     except HostUnreachable as exc:
         yield Check(name, "reachable over SSH", False, str(exc), _ssh_fix(agent.config))
         return
     except TransportError as exc:
-        yield Check(name, "python3 runs the agent", False, str(exc),
-                    f"install python3 on {name}, or set python = \"/path/to/python3\" in its [[hosts]]")
+        yield Check(
+            name,
+            "python3 runs the agent",
+            False,
+            str(exc),
+            f'install python3 on {name}, or set python = "/path/to/python3" in its [[hosts]]',
+        )
         return
     seen[name] = facts
     yield Check(name, "reachable, agent runs", True, f"boot {facts.get('boot_id', '?')[:8]}")
@@ -123,9 +160,15 @@ def _host(agent: HostAgent, config: Config, seen: dict[str, dict]) -> Iterator[C
 def _programs(agent: HostAgent, config: Config) -> Iterator[Check]:
     """Each job's program and script exist on the host, in the job's workdir."""
     jobs = sorted(config.jobs)
-    asked = [{"workdir": job_workdir(config, job, agent.config),
-              "argv": [agent.config.python if p == "{python}" else p for p in config.jobs[job].command]}
-             for job in jobs]
+    asked = [
+        {
+            "workdir": job_workdir(config, job, agent.config),
+            "argv": [
+                agent.config.python if p == "{python}" else p for p in config.jobs[job].command
+            ],
+        }
+        for job in jobs
+    ]
     try:
         answers = agent.programs(asked)
     except TransportError as exc:
@@ -134,13 +177,22 @@ def _programs(agent: HostAgent, config: Config) -> Iterator[Check]:
     for job, want, answer in zip(jobs, asked, answers, strict=False):
         workdir = str(want["workdir"] or "~")
         if not answer.get("workdir_exists"):
-            yield Check(agent.name, f"job {job}: workdir exists", False, workdir,
-                        f"create {workdir} on {agent.name} (a checkout of the job's code), or fix "
-                        f"[jobs.{job}] workdir")
+            yield Check(
+                agent.name,
+                f"job {job}: workdir exists",
+                False,
+                workdir,
+                f"create {workdir} on {agent.name} (a checkout of the job's code), or fix "
+                f"[jobs.{job}] workdir",
+            )
         elif answer.get("missing"):
-            yield Check(agent.name, f"job {job}: program exists", False,
-                        f"missing in {workdir}: {', '.join(answer['missing'])}",
-                        f"put the job's code on {agent.name}, or fix [jobs.{job}] command")
+            yield Check(
+                agent.name,
+                f"job {job}: program exists",
+                False,
+                f"missing in {workdir}: {', '.join(answer['missing'])}",
+                f"put the job's code on {agent.name}, or fix [jobs.{job}] command",
+            )
         else:
             yield Check(agent.name, f"job {job}: program exists", True, workdir)
 
@@ -148,14 +200,21 @@ def _programs(agent: HostAgent, config: Config) -> Iterator[Check]:
 def _ssh_fix(host: HostConfig) -> str:
     target = f"{host.user + '@' if host.user else ''}{host.address or host.name}"
     port = f" -p {host.port}" if host.port else ""
-    return f"check that `ssh{port} {target} true` works from this machine (address, port, key, sshd)"
+    return (
+        f"check that `ssh{port} {target} true` works from this machine (address, port, key, sshd)"
+    )
 
 
 def _disk(host: HostConfig, facts: dict) -> Check:
     free = (facts.get("disk_free_bytes") or 0) / 2**30
     ok = free >= MIN_FREE_DISK_GIB
-    return Check(host.name, "disk free in the run directory", ok, f"{free:.1f} GiB at {host.root}",
-                 "" if ok else f"free space under {host.root}, or point root elsewhere")
+    return Check(
+        host.name,
+        "disk free in the run directory",
+        ok,
+        f"{free:.1f} GiB at {host.root}",
+        "" if ok else f"free space under {host.root}, or point root elsewhere",
+    )
 
 
 def _accelerators(host: HostConfig, facts: dict) -> Check:
@@ -164,16 +223,30 @@ def _accelerators(host: HostConfig, facts: dict) -> Check:
     if is_tpu(wanted):
         chips = len(facts.get("tpu_chips", []))
         ok = chips in (0, tpu_chips(str(wanted)))  # 0: the runtime hides its device files
-        return Check(host.name, "TPU chips", ok, f"{chips} /dev/accel* devices for {wanted}",
-                     "" if ok else "check accelerators = in [[hosts]] against the VM's type")
+        return Check(
+            host.name,
+            "TPU chips",
+            ok,
+            f"{chips} /dev/accel* devices for {wanted}",
+            "" if ok else "check accelerators = in [[hosts]] against the VM's type",
+        )
     if wanted == "auto":
         ok = bool(seen)
         detail = facts.get("gpu_error") or f"nvidia-smi shows {len(seen)} GPUs"
-        return Check(host.name, "GPUs seen", ok, detail,
-                     "" if ok else "install the NVIDIA driver (nvidia-smi), or set accelerators = 0")
+        return Check(
+            host.name,
+            "GPUs seen",
+            ok,
+            detail,
+            "" if ok else "install the NVIDIA driver (nvidia-smi), or set accelerators = 0",
+        )
     count = int(wanted)
     agree = not seen or len(seen) == count
-    return Check(host.name, "accelerators", agree,
-                 f"config says {count}; nvidia-smi shows {len(seen) if seen else 'none'}",
-                 "" if agree else f"set accelerators = {len(seen)} (or \"auto\") for {host.name}",
-                 warning=not agree)
+    return Check(
+        host.name,
+        "accelerators",
+        agree,
+        f"config says {count}; nvidia-smi shows {len(seen) if seen else 'none'}",
+        "" if agree else f'set accelerators = {len(seen)} (or "auto") for {host.name}',
+        warning=not agree,
+    )

@@ -58,7 +58,9 @@ DONE_FILE = "DONE"
 INDEX_FILE = "index.json"
 _CKPT_RE = re.compile(r"^ckpt-(\d{8,})\.pt$")
 _TMP_PREFIX = ".tmp-"
-TRIM_WARNINGS = 3  # trimmed reports warned about on stderr; a job trimming every step says it 3 times
+TRIM_WARNINGS = (
+    3  # trimmed reports warned about on stderr; a job trimming every step says it 3 times
+)
 
 
 # --- where am I -------------------------------------------------------------
@@ -172,16 +174,22 @@ def _fit_line(record: dict[str, Any]) -> tuple[str, list[str]]:
     agent skips a longer line and cuts a wider report; doing it here means the job's log
     says so (a report the agent skipped would vanish without a word)."""
     line = json.dumps(record)
-    if len(line.encode()) <= REPORT_LINE_BYTES and len(record) <= MAX_REPORT_KEYS and all(
-            len(name) <= METRIC_NAME_CHARS for name in record):
+    if (
+        len(line.encode()) <= REPORT_LINE_BYTES
+        and len(record) <= MAX_REPORT_KEYS
+        and all(len(name) <= METRIC_NAME_CHARS for name in record)
+    ):
         return line, []
     kept: dict = {}
     dropped: list = []
     size = 2  # the braces
     for name, value in record.items():
         item = len(json.dumps({name: value}).encode()) - 2 + (2 if kept else 0)
-        if (len(name) > METRIC_NAME_CHARS or len(kept) >= MAX_REPORT_KEYS
-                or size + item > REPORT_LINE_BYTES):
+        if (
+            len(name) > METRIC_NAME_CHARS
+            or len(kept) >= MAX_REPORT_KEYS
+            or size + item > REPORT_LINE_BYTES
+        ):
             dropped.append(name)
             continue
         kept[name] = value
@@ -194,7 +202,8 @@ def _warn_trimmed(step: int, dropped: list[str]) -> None:
     sys.stderr.write(
         f"sheetrunner.job: report at step {step}: {len(dropped)} metric(s) left out ({names}); "
         f"a report holds at most {MAX_REPORT_KEYS} names of at most {METRIC_NAME_CHARS} "
-        f"characters in {REPORT_LINE_BYTES // 1024} KiB\n")
+        f"characters in {REPORT_LINE_BYTES // 1024} KiB\n"
+    )
     sys.stderr.flush()
 
 

@@ -37,7 +37,9 @@ FOREIGN_ID_ERROR = (
 )
 
 
-def newest_attempts(observed: Mapping[str, HostObservation]) -> dict[str, tuple[str, AttemptObservation]]:
+def newest_attempts(
+    observed: Mapping[str, HostObservation],
+) -> dict[str, tuple[str, AttemptObservation]]:
     """Run id -> (host, its highest-numbered attempt any reachable host reported)."""
     newest: dict[str, tuple[str, AttemptObservation]] = {}
     for host in observed.values():
@@ -60,19 +62,33 @@ def keepers(experiments: list[Experiment], runs: Mapping[str, Run]) -> list[Expe
         run = runs.get(run_id)
         matching = [e for e in rows if run is not None and e.key == run.key]
         keep[run_id] = (matching or rows)[0].row
-    return [e if not e.run_id or keep[e.run_id] == e.row else dataclasses.replace(e, run_id=None)
-            for e in experiments]
+    return [
+        e if not e.run_id or keep[e.run_id] == e.row else dataclasses.replace(e, run_id=None)
+        for e in experiments
+    ]
 
 
-def run_from_attempt(run_id: str, host: str, seen: AttemptObservation, now: datetime,
-                     retries: int) -> Run:
+def run_from_attempt(
+    run_id: str, host: str, seen: AttemptObservation, now: datetime, retries: int
+) -> Run:
     """A run the store lost, rebuilt from its newest attempt directory: attempt numbers
     continue from there, and the attempts before it count as spent."""
     run = Run(
-        run_id=run_id, key=seen.key, job=seen.job, params=seen.params, gpus=seen.gpus,
-        where=None, status=Status.LAUNCHING, created_at=now, updated_at=now, retries=retries,
-        attempt=seen.attempt, host=host, accelerators=seen.accelerators,
-        crashes=max(0, seen.attempt - 1), started_at=seen.started_at,
+        run_id=run_id,
+        key=seen.key,
+        job=seen.job,
+        params=seen.params,
+        gpus=seen.gpus,
+        where=None,
+        status=Status.LAUNCHING,
+        created_at=now,
+        updated_at=now,
+        retries=retries,
+        attempt=seen.attempt,
+        host=host,
+        accelerators=seen.accelerators,
+        crashes=max(0, seen.attempt - 1),
+        started_at=seen.started_at,
         attempt_started_at=seen.started_at or now,
     )
     return run
@@ -86,10 +102,22 @@ def run_from_row(exp: Experiment, now: datetime, retries: int, hosts: set[str]) 
     attempt = int(shown["attempt"]) if shown.get("attempt", "").isdigit() else 0
     host = shown.get("host") or None
     run = Run(
-        run_id=exp.run_id or "", key=exp.key, job=exp.job, params=exp.params, gpus=exp.gpus,
-        where=exp.where, status=Status.QUEUED, created_at=now, updated_at=now, retries=retries,
-        attempt=attempt, crashes=max(0, attempt - 1), priority=exp.priority, row=exp.row,
-        in_sheet=True, kept_cells={k: v for k, v in shown.items() if k not in ("id", "status")},
+        run_id=exp.run_id or "",
+        key=exp.key,
+        job=exp.job,
+        params=exp.params,
+        gpus=exp.gpus,
+        where=exp.where,
+        status=Status.QUEUED,
+        created_at=now,
+        updated_at=now,
+        retries=retries,
+        attempt=attempt,
+        crashes=max(0, attempt - 1),
+        priority=exp.priority,
+        row=exp.row,
+        in_sheet=True,
+        kept_cells={k: v for k, v in shown.items() if k not in ("id", "status")},
     )
     if status is not None and status.is_final:
         run.status, run.host, run.finished_at = status, host, now
@@ -103,8 +131,14 @@ def run_from_row(exp: Experiment, now: datetime, retries: int, hosts: set[str]) 
 class RowMatcher:
     """Step 1 of a cycle: every row gets its run (or a note), every run its row."""
 
-    def __init__(self, runs: dict[str, Run], by_key: dict[str, list[Run]], now: datetime,
-                 retries: Callable[[Experiment], int], new_id: Callable[[str], str]):
+    def __init__(
+        self,
+        runs: dict[str, Run],
+        by_key: dict[str, list[Run]],
+        now: datetime,
+        retries: Callable[[Experiment], int],
+        new_id: Callable[[str], str],
+    ):
         self.runs = runs
         self.by_key = by_key
         self.now = now
@@ -114,8 +148,13 @@ class RowMatcher:
         self.notes: dict[int, tuple[Status, str]] = {}
         self.events: list[tuple[str, str, str]] = []
 
-    def run_for(self, exp: Experiment, seen: set[str], newest: Mapping[str, tuple[str, AttemptObservation]],
-                hosts: set[str]) -> Run | None:
+    def run_for(
+        self,
+        exp: Experiment,
+        seen: set[str],
+        newest: Mapping[str, tuple[str, AttemptObservation]],
+        hosts: set[str],
+    ) -> Run | None:
         if exp.run_id and exp.run_id in self.runs:
             run = self.runs[exp.run_id]
             while run.replaced_by and run.replaced_by in self.runs:
@@ -127,7 +166,10 @@ class RowMatcher:
         if taken_back is not None:
             return taken_back
         if exp.foreign_id:
-            self.notes[exp.row] = (Status.INVALID, FOREIGN_ID_ERROR.format(text=exp.foreign_id[:40]))
+            self.notes[exp.row] = (
+                Status.INVALID,
+                FOREIGN_ID_ERROR.format(text=exp.foreign_id[:40]),
+            )
             return None
         if exp.error:
             self.notes[exp.row] = (Status.INVALID, exp.error)
@@ -137,13 +179,18 @@ class RowMatcher:
             return self.new_run(exp, Status.DUPLICATE, duplicate_of=done)
         return self.new_run(exp, Status.QUEUED)
 
-    def _rebuild(self, exp: Experiment, newest: Mapping[str, tuple[str, AttemptObservation]],
-                 hosts: set[str]) -> Run:
+    def _rebuild(
+        self, exp: Experiment, newest: Mapping[str, tuple[str, AttemptObservation]], hosts: set[str]
+    ) -> Run:
         run_id = exp.run_id or ""
         if run_id in newest:
             host, seen = newest[run_id]
             run = run_from_attempt(run_id, host, seen, self.now, self.retries(exp))
-            run.key, run.job, run.params = run.key or exp.key, run.job or exp.job, run.params or exp.params
+            run.key, run.job, run.params = (
+                run.key or exp.key,
+                run.job or exp.job,
+                run.params or exp.params,
+            )
             run.where, run.priority, run.row, run.in_sheet = exp.where, exp.priority, exp.row, True
             detail = f"from attempt {seen.attempt} on {host}"
         else:
@@ -157,9 +204,11 @@ class RowMatcher:
         """The newest run of this experiment that no row shows. Taking it back (rather than
         starting a new run, or calling the row a duplicate of its own result) is what keeps
         a row from running twice after a claim was lost or an id erased."""
-        candidates = [r for r in self.by_key.get(key, [])
-                      if r.run_id not in seen and not r.replaced_by and not r.released
-                      and r.key == key]
+        candidates = [
+            r
+            for r in self.by_key.get(key, [])
+            if r.run_id not in seen and not r.replaced_by and not r.released and r.key == key
+        ]
         return max(candidates, key=lambda r: r.created_at) if candidates else None
 
     def _succeeded(self, key: str) -> Run | None:
@@ -170,9 +219,18 @@ class RowMatcher:
 
     def new_run(self, exp: Experiment, status: Status, duplicate_of: Run | None = None) -> Run:
         run = Run(
-            run_id=self._fresh_id(exp.key), key=exp.key, job=exp.job, params=exp.params,
-            gpus=exp.gpus, where=exp.where, status=status, created_at=self.now,
-            updated_at=self.now, retries=self.retries(exp), priority=exp.priority, row=exp.row,
+            run_id=self._fresh_id(exp.key),
+            key=exp.key,
+            job=exp.job,
+            params=exp.params,
+            gpus=exp.gpus,
+            where=exp.where,
+            status=status,
+            created_at=self.now,
+            updated_at=self.now,
+            retries=self.retries(exp),
+            priority=exp.priority,
+            row=exp.row,
             last_action=exp.action,
         )
         if duplicate_of is not None:

@@ -113,9 +113,14 @@ def _finished(children: list[Experiment], runs: Mapping[str, Run]) -> bool:
     return all(s is not None and s in FINAL for s in statuses)
 
 
-def derive_notices(before: Mapping[str, Run], after: Mapping[str, Run],
-                   experiments: Iterable[Experiment], on: Iterable[str],
-                   announced: set[str], open_sweeps: set[str]) -> list[Notice]:
+def derive_notices(
+    before: Mapping[str, Run],
+    after: Mapping[str, Run],
+    experiments: Iterable[Experiment],
+    on: Iterable[str],
+    announced: set[str],
+    open_sweeps: set[str],
+) -> list[Notice]:
     """The notices of one cycle, from the runs before it, the runs after it and the rows read.
 
     - A run whose status became one of the `on` statuses this cycle (a run the cycle created,
@@ -139,8 +144,11 @@ def derive_notices(before: Mapping[str, Run], after: Mapping[str, Run],
             continue  # rebuilt, not new: its end may be old news
         if old is not None and old.status == run.status:
             continue
-        notices.append(Notice(status, run.run_id, rows.get(run.run_id, run.row), run.job,
-                              run.params, run.message))
+        notices.append(
+            Notice(
+                status, run.run_id, rows.get(run.run_id, run.row), run.job, run.params, run.message
+            )
+        )
     notices.sort(key=lambda n: (n.row, n.run_id))
     if SWEEP_FINISHED not in wanted:
         return notices
@@ -164,8 +172,16 @@ def derive_notices(before: Mapping[str, Run], after: Mapping[str, Run],
         summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda x: -x[1]))
         parent = parents.get(sweep_id)
         row = parent.row if parent is not None else min(c.row for c in children)
-        finished.append(Notice(SWEEP_FINISHED, sweep_id, row, children[0].job, (),
-                               f"{len(children)} runs: {summary}"))
+        finished.append(
+            Notice(
+                SWEEP_FINISHED,
+                sweep_id,
+                row,
+                children[0].job,
+                (),
+                f"{len(children)} runs: {summary}",
+            )
+        )
     return notices + sorted(finished, key=lambda n: (n.row, n.run_id))
 
 
@@ -192,8 +208,7 @@ def describe(notice: Notice) -> str:
     return _one_line(line)
 
 
-def compose(notices: list[Notice], label: str = "", dropped: int = 0,
-            max_per_hour: int = 0) -> str:
+def compose(notices: list[Notice], label: str = "", dropped: int = 0, max_per_hour: int = 0) -> str:
     """The text of one cycle's message: a summary line, up to MAX_LISTED notices, the rest
     counted, and how many notices the rate limit dropped since the last message."""
     counts = Counter("sweep finished" if n.event == SWEEP_FINISHED else n.event for n in notices)
@@ -204,8 +219,10 @@ def compose(notices: list[Notice], label: str = "", dropped: int = 0,
     if len(notices) > MAX_LISTED:
         lines.append(f"… and {len(notices) - MAX_LISTED} more")
     if dropped:
-        lines.append(f"({dropped} earlier notices were dropped: at most {max_per_hour} messages "
-                     f"an hour are sent)")
+        lines.append(
+            f"({dropped} earlier notices were dropped: at most {max_per_hour} messages "
+            f"an hour are sent)"
+        )
     return "\n".join(lines)
 
 
@@ -240,9 +257,16 @@ class Notifier:
     A notifier of a config without webhook or command does nothing (and starts no thread),
     so the daemon may always build one."""
 
-    def __init__(self, config: NotifyConfig, label: str = "", *,
-                 clock: Callable[[], float] = time.monotonic, attempts: int = ATTEMPTS,
-                 backoff_s: float = BACKOFF_S, queue_size: int = QUEUE_SIZE):
+    def __init__(
+        self,
+        config: NotifyConfig,
+        label: str = "",
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        attempts: int = ATTEMPTS,
+        backoff_s: float = BACKOFF_S,
+        queue_size: int = QUEUE_SIZE,
+    ):
         self.config = config
         self.label = label
         self.clock = clock
@@ -260,31 +284,44 @@ class Notifier:
         self._secret = _secret_parts(config.webhook)
         if not config.enabled:
             return
-        self._thread = threading.Thread(target=self._send_loop, name="sheetrunner-notify",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._send_loop, name="sheetrunner-notify", daemon=True
+        )
         self._thread.start()
         where = []
         if config.webhook:
             where.append(f"webhook to {config.webhook_host}")
             if config.webhook.lower().startswith("http://"):
-                log.warning("notify.webhook (host %s) uses plain http: the URL, a credential, "
-                            "crosses the network unencrypted; use https", config.webhook_host)
+                log.warning(
+                    "notify.webhook (host %s) uses plain http: the URL, a credential, "
+                    "crosses the network unencrypted; use https",
+                    config.webhook_host,
+                )
         if config.command:
             where.append(f"command {config.command[0]}")
-        log.info("notifications: %s; on %s; at most %d messages an hour", " and ".join(where),
-                 ", ".join(config.on), config.max_per_hour)
+        log.info(
+            "notifications: %s; on %s; at most %d messages an hour",
+            " and ".join(where),
+            ", ".join(config.on),
+            config.max_per_hour,
+        )
 
     # -- called by the daemon -----------------------------------------------------------------
 
-    def notices(self, before: Mapping[str, Run], after: Mapping[str, Run],
-                experiments: Iterable[Experiment] | None) -> list[Notice]:
+    def notices(
+        self,
+        before: Mapping[str, Run],
+        after: Mapping[str, Run],
+        experiments: Iterable[Experiment] | None,
+    ) -> list[Notice]:
         """This cycle's notices: runs `before` and `after` it, and the rows read (None or []
         when the sheet could not be read: then no sweep is judged)."""
         if not self.config.enabled:
             return []
         try:
-            return derive_notices(before, after, experiments or [], self.config.on,
-                                  self._announced, self._open_sweeps)
+            return derive_notices(
+                before, after, experiments or [], self.config.on, self._announced, self._open_sweeps
+            )
         except Exception:  # a notification must never take a cycle down
             log.exception("no notifications this cycle (a bug in sheetrunner.notify)")
             return []
@@ -306,11 +343,19 @@ class Notifier:
         self._thread.join(timeout_s)
         left = self._queue.qsize() + (1 if self._busy.is_set() else 0)
         if self._thread.is_alive() and left:
-            log.warning("%d notification message(s) not sent at exit: the destination did not "
-                        "answer within %.0f s", left, timeout_s)
+            log.warning(
+                "%d notification message(s) not sent at exit: the destination did not "
+                "answer within %.0f s",
+                left,
+                timeout_s,
+            )
         if self._dropped:
-            log.warning("%d notices were dropped by the rate limit (%d messages an hour) and "
-                        "never reported", self._dropped, self.config.max_per_hour)
+            log.warning(
+                "%d notices were dropped by the rate limit (%d messages an hour) and "
+                "never reported",
+                self._dropped,
+                self.config.max_per_hour,
+            )
 
     # -- rate limit and queue -----------------------------------------------------------------
 
@@ -320,17 +365,24 @@ class Notifier:
             self._sent_at.popleft()
         if len(self._sent_at) >= self.config.max_per_hour:
             self._dropped += len(notices)
-            log.warning("notification dropped: %d notice(s) over the rate limit of %d messages "
-                        "an hour (%d dropped since the last message sent)", len(notices),
-                        self.config.max_per_hour, self._dropped)
+            log.warning(
+                "notification dropped: %d notice(s) over the rate limit of %d messages "
+                "an hour (%d dropped since the last message sent)",
+                len(notices),
+                self.config.max_per_hour,
+                self._dropped,
+            )
             return
         text = compose(notices, self.label, self._dropped, self.config.max_per_hour)
         try:
             self._queue.put_nowait(Message(text, len(notices)))
         except queue.Full:
-            log.warning("notification dropped: %d notice(s); %d messages are already waiting "
-                        "for a destination that does not answer", len(notices),
-                        self._queue.maxsize)
+            log.warning(
+                "notification dropped: %d notice(s); %d messages are already waiting "
+                "for a destination that does not answer",
+                len(notices),
+                self._queue.maxsize,
+            )
             return
         self._sent_at.append(now)
         self._dropped = 0
@@ -355,11 +407,15 @@ class Notifier:
 
     def _deliver(self, message: Message) -> None:
         if self.config.webhook:
-            self._with_retries(f"webhook {self.config.webhook_host}", message,
-                               lambda: self._post(message.text))
+            self._with_retries(
+                f"webhook {self.config.webhook_host}", message, lambda: self._post(message.text)
+            )
         if self.config.command:
-            self._with_retries(f"command {self.config.command[0]}", message,
-                               lambda: self._run_command(message.text))
+            self._with_retries(
+                f"command {self.config.command[0]}",
+                message,
+                lambda: self._run_command(message.text),
+            )
 
     def _with_retries(self, target: str, message: Message, send: Callable[[], None]) -> None:
         delay = self.backoff_s
@@ -370,14 +426,29 @@ class Notifier:
                 error = self._scrub(str(exc))
                 last = attempt == self.attempts or not exc.retry or self._closing.is_set()
                 if last:
-                    log.warning("notification dropped after %d attempt(s) to %s: %s (%d "
-                                "notice(s))", attempt, target, error, message.notices)
+                    log.warning(
+                        "notification dropped after %d attempt(s) to %s: %s (%d notice(s))",
+                        attempt,
+                        target,
+                        error,
+                        message.notices,
+                    )
                     return
-                log.info("notification to %s failed (attempt %d of %d): %s; retrying in %.1f s",
-                         target, attempt, self.attempts, error, delay)
+                log.info(
+                    "notification to %s failed (attempt %d of %d): %s; retrying in %.1f s",
+                    target,
+                    attempt,
+                    self.attempts,
+                    error,
+                    delay,
+                )
                 if self._closing.wait(delay):
-                    log.warning("notification dropped at exit after %d attempt(s) to %s: %s",
-                                attempt, target, error)
+                    log.warning(
+                        "notification dropped at exit after %d attempt(s) to %s: %s",
+                        attempt,
+                        target,
+                        error,
+                    )
                     return
                 delay *= 2
             else:
@@ -387,21 +458,31 @@ class Notifier:
     def _post(self, text: str) -> None:
         body = json.dumps({"text": slack_escape(text)}).encode("utf-8")
         request = urllib.request.Request(
-            self.config.webhook or "", data=body, method="POST",
-            headers={"Content-Type": "application/json; charset=utf-8",
-                     "User-Agent": "sheetrunner"})
+            self.config.webhook or "",
+            data=body,
+            method="POST",
+            headers={
+                "Content-Type": "application/json; charset=utf-8",
+                "User-Agent": "sheetrunner",
+            },
+        )
         try:
             with self._opener.open(request, timeout=self.config.timeout_s) as answer:
                 answer.read(4096)
         except urllib.error.HTTPError as exc:
             exc.close()
             retry = exc.code >= 500 or exc.code in (408, 429)
-            raise SendError(f"HTTP {exc.code}" + ("" if retry else " (not retried: check "
-                            "[notify] webhook)"), retry) from None
+            raise SendError(
+                f"HTTP {exc.code}" + ("" if retry else " (not retried: check [notify] webhook)"),
+                retry,
+            ) from None
         except urllib.error.URLError as exc:
             reason = exc.reason
-            raise SendError(f"{type(reason).__name__}: {reason}" if isinstance(reason, Exception)
-                            else str(reason)) from None
+            raise SendError(
+                f"{type(reason).__name__}: {reason}"
+                if isinstance(reason, Exception)
+                else str(reason)
+            ) from None
         except TimeoutError:
             raise SendError(f"no answer within {self.config.timeout_s:g} s") from None
         except (OSError, ValueError, http.client.HTTPException) as exc:
@@ -411,12 +492,19 @@ class Notifier:
         argv = [*self.config.command, _CONTROL.sub("", text.replace("\0", ""))]
         cwd = str(self.config.workdir) if self.config.workdir else None
         try:
-            proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         except OSError as exc:
-            raise SendError(f"cannot start it: {exc.strerror or exc}",
-                            retry=not isinstance(exc, FileNotFoundError | PermissionError)) from None
+            raise SendError(
+                f"cannot start it: {exc.strerror or exc}",
+                retry=not isinstance(exc, FileNotFoundError | PermissionError),
+            ) from None
         try:
             output, _ = proc.communicate(timeout=self.config.timeout_s)
         except subprocess.TimeoutExpired:
@@ -454,4 +542,3 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         proc.communicate(timeout=5)
     except (subprocess.TimeoutExpired, OSError, ValueError):
         pass
-

@@ -47,8 +47,13 @@ class Turn:
 
 
 class Ownership:
-    def __init__(self, me: lease.Daemon, ttl_s: float, take_over: bool = False,
-                 remembered: Callable[[str], str | None] = lambda source: None):
+    def __init__(
+        self,
+        me: lease.Daemon,
+        ttl_s: float,
+        take_over: bool = False,
+        remembered: Callable[[str], str | None] = lambda source: None,
+    ):
         self.me = me
         self.ttl_s = ttl_s
         self.take_over = take_over
@@ -63,13 +68,22 @@ class Ownership:
             return Turn(self.until is not None and now < self.until)
         self.last_meta = table.meta
         remembered = self.remembered(table.source)
-        decision = lease.decide(table.meta, table.source, self.me, now, self.ttl_s, self.take_over,
-                                make_namespace=lambda: remembered or new_namespace())
+        decision = lease.decide(
+            table.meta,
+            table.source,
+            self.me,
+            now,
+            self.ttl_s,
+            self.take_over,
+            make_namespace=lambda: remembered or new_namespace(),
+        )
         if decision.refused_by is not None:
             raise SheetOwned(self._refusal(decision.refused_by))
         if not decision.owned:
-            log.info("claiming the sheet (namespace %s); acting from the next cycle on",
-                     decision.namespace)
+            log.info(
+                "claiming the sheet (namespace %s); acting from the next cycle on",
+                decision.namespace,
+            )
             self.until = None
             return Turn(False, decision.tab)
         shown = lease.lease_of(table.meta)
@@ -93,14 +107,21 @@ class Ownership:
         held = lease.lease_of(self.last_meta)
         if self.namespace is None or held is None or held.owner != self.me:
             return None
-        return lease.tab_rows(self.namespace, self.last_meta.get("sheet", "") if self.last_meta else "",
-                              lease.Lease(self.me, held.since, now.replace(microsecond=0)))
+        return lease.tab_rows(
+            self.namespace,
+            self.last_meta.get("sheet", "") if self.last_meta else "",
+            lease.Lease(self.me, held.since, now.replace(microsecond=0)),
+        )
 
     def _refusal(self, held: lease.Lease) -> str:
         if self.namespace is not None:
-            return (f"another sheetrunner daemon took this sheet over: {held.owner}, since "
-                    f"{held.since:%Y-%m-%d %H:%M:%S %Z}; this one stops here")
-        return (f"this sheet is owned by another sheetrunner daemon: {held.owner}, since "
-                f"{held.since:%Y-%m-%d %H:%M:%S %Z}. Stop that one first; if its machine is "
-                f"gone, its lease ends at {held.until:%Y-%m-%d %H:%M:%S %Z} and a new daemon takes "
-                "over by itself, or start this one with --take-over")
+            return (
+                f"another sheetrunner daemon took this sheet over: {held.owner}, since "
+                f"{held.since:%Y-%m-%d %H:%M:%S %Z}; this one stops here"
+            )
+        return (
+            f"this sheet is owned by another sheetrunner daemon: {held.owner}, since "
+            f"{held.since:%Y-%m-%d %H:%M:%S %Z}. Stop that one first; if its machine is "
+            f"gone, its lease ends at {held.until:%Y-%m-%d %H:%M:%S %Z} and a new daemon takes "
+            "over by itself, or start this one with --take-over"
+        )

@@ -74,8 +74,7 @@ def _free_capacity(hosts: list[HostCapacity], runs: Iterable[Run]) -> dict[str, 
 def _best_fit(run: Run, hosts: list[HostCapacity], free: dict[str, _Free]) -> HostCapacity | None:
     """The host with the fewest free accelerators that still fit: big holes stay for big runs."""
     fits = [
-        h for h in hosts
-        if h.name in free and h.matches(run.where) and _fits(run, free[h.name])
+        h for h in hosts if h.name in free and h.matches(run.where) and _fits(run, free[h.name])
     ]
     if not fits:
         return None
@@ -113,8 +112,10 @@ def never_fits(run: Run, hosts: list[HostCapacity]) -> str | None:
         return "no matching host has CPU slots (slots = 0); ask for gpus or add slots"
     most = max(len(h.accelerators) for h in matching)
     if run.gpus > most:
-        return (f"needs {run.gpus} accelerators on one host; the largest matching host has "
-                f"{most}; lower gpus or add a bigger host")
+        return (
+            f"needs {run.gpus} accelerators on one host; the largest matching host has "
+            f"{most}; lower gpus or add a bigger host"
+        )
     return None
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from .errors import SheetrunnerError
 from .sheet.table import SPARK_BLOCKS
 
 Series = list[tuple[float, float]]  # (step, value)
@@ -24,26 +25,40 @@ def series(records: list[dict], metric: str) -> Series:
 
 
 def metrics_in(records: list[dict]) -> list[str]:
-    names = {k for r in records for k, v in r.items()
-             if isinstance(v, int | float) and not isinstance(v, bool)}
+    names = {
+        k
+        for r in records
+        for k, v in r.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
     return sorted(names - {"step", "time"})
 
 
 def labels(runs: Mapping[str, Iterable[tuple[str, str]] | None]) -> dict[str, str]:
     """run id -> its legend label: its parameters, or its id when it has none (or the store
     does not know it). Two runs with the same parameters (a rerun) get their id added."""
-    named = {run_id: " ".join(f"{n}={v}" for n, v in params or ()) or run_id
-             for run_id, params in runs.items()}
+    named = {
+        run_id: " ".join(f"{n}={v}" for n, v in params or ()) or run_id
+        for run_id, params in runs.items()
+    }
     counts: dict[str, int] = {}
     for label in named.values():
         counts[label] = counts.get(label, 0) + 1
-    return {run_id: label if counts[label] == 1 or label == run_id else f"{label} ({run_id})"
-            for run_id, label in named.items()}
+    return {
+        run_id: label if counts[label] == 1 or label == run_id else f"{label} ({run_id})"
+        for run_id, label in named.items()
+    }
 
 
 def write_png(curves: Mapping[str, Series], metric: str, path: Path) -> Path:
     """One line per run, overlaid; matplotlib (the `plot` extra) without a display."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise SheetrunnerError(
+            "a PNG needs matplotlib: pip install 'sheetrunner[plot]' (or drop -o to draw "
+            "the curve in the terminal)"
+        ) from None
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
@@ -83,8 +98,9 @@ def text_lines(curves: Mapping[str, Series], metric: str, width: int = 60) -> li
         count = min(width, len(ys))
         thinned = [ys[i * len(ys) // count] for i in range(count)]
         drawn = sparkline(thinned, *bounds)
-        lines.append(f"{label.ljust(pad)}  {drawn}  last={ys[-1]:.4g} min={min(ys):.4g} "
-                     f"max={max(ys):.4g}")
+        lines.append(
+            f"{label.ljust(pad)}  {drawn}  last={ys[-1]:.4g} min={min(ys):.4g} max={max(ys):.4g}"
+        )
     return lines
 
 

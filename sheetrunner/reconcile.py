@@ -102,8 +102,13 @@ def plan(
 class _Cycle:
     """The working state of one plan() call; each method is one step of the cycle."""
 
-    def __init__(self, runs: dict[str, Run], policy: Policy, now: datetime,
-                 new_id: Callable[[str], str] = new_run_id):
+    def __init__(
+        self,
+        runs: dict[str, Run],
+        policy: Policy,
+        now: datetime,
+        new_id: Callable[[str], str] = new_run_id,
+    ):
         self.runs = runs
         self.policy = policy
         self.now = now
@@ -120,12 +125,17 @@ class _Cycle:
         was lost or restored from an old copy) becomes a run again, so that its row takes it
         back instead of starting it twice; a run no row shows is then stopped like any other."""
         for run_id, (host, seen) in newest.items():
-            if run_id in self.runs or seen.state not in (AttemptState.RUNNING, AttemptState.STARTING):
+            if run_id in self.runs or seen.state not in (
+                AttemptState.RUNNING,
+                AttemptState.STARTING,
+            ):
                 continue
             run = run_from_attempt(run_id, host, seen, self.now, self.policy.retries)
             self.runs[run_id] = run
             self.by_key.setdefault(run.key, []).append(run)
-            self.out.events.append(Event(run_id, "rebuilt", f"from attempt {seen.attempt} on {host}"))
+            self.out.events.append(
+                Event(run_id, "rebuilt", f"from attempt {seen.attempt} on {host}")
+            )
 
     def adopt_newer(self, newest: Mapping[str, tuple[str, AttemptObservation]]) -> None:
         """A host reports a newer attempt than the store knows (a store restored from an
@@ -136,15 +146,23 @@ class _Cycle:
             if run is None or seen.attempt <= run.attempt or run.replaced_by:
                 continue
             self.out.events.append(Event(run_id, "adopted", f"attempt {seen.attempt} on {host}"))
-            run.attempt, run.host, run.accelerators = seen.attempt, host, seen.accelerators or run.accelerators
+            run.attempt, run.host, run.accelerators = (
+                seen.attempt,
+                host,
+                seen.accelerators or run.accelerators,
+            )
             run.attempt_started_at = seen.started_at or self.now
             run.crashes = max(run.crashes, seen.attempt - 1)
             run.status, run.finished_at, run.kept_cells = Status.LAUNCHING, None, {}
 
     # -- 1. rows -> runs ------------------------------------------------------------------
 
-    def match_rows(self, experiments: list[Experiment],
-                   newest: Mapping[str, tuple[str, AttemptObservation]], hosts: set[str]) -> None:
+    def match_rows(
+        self,
+        experiments: list[Experiment],
+        newest: Mapping[str, tuple[str, AttemptObservation]],
+        hosts: set[str],
+    ) -> None:
         seen: set[str] = set()
         rows = keepers(experiments, self.runs)
         showing_ids = [e for e in rows if e.run_id]  # first, so runs they show are seen
@@ -185,7 +203,9 @@ class _Cycle:
         elif run.status == Status.INVALID or (run.key != exp.key and run.attempt == 0):
             self._refresh(exp, run)
         elif run.key != exp.key:
-            run.message = "the row changed after the run started; set action to rerun to run the new values"
+            run.message = (
+                "the row changed after the run started; set action to rerun to run the new values"
+            )
         else:
             self._apply_action(exp.action, run)
 
@@ -207,8 +227,12 @@ class _Cycle:
         self._apply_action(exp.action, run)
 
     def _rerun(self, exp: Experiment, old: Run) -> None:
-        if old.status.is_live or old.status in (Status.QUEUED, Status.RETRYING, Status.HELD,
-                                                Status.UNPLACEABLE):
+        if old.status.is_live or old.status in (
+            Status.QUEUED,
+            Status.RETRYING,
+            Status.HELD,
+            Status.UNPLACEABLE,
+        ):
             self._stop(old, "replaced by a rerun")
         new = self.matcher.new_run(exp, Status.QUEUED)
         self.out.events.extend(Event(*e) for e in self.matcher.events)
@@ -219,11 +243,18 @@ class _Cycle:
         self.out.rows[exp.row] = new.run_id
 
     def _apply_action(self, action: Action, run: Run) -> None:
-        if action == Action.STOP and run.status not in (Status.STOPPED, Status.SUCCEEDED,
-                                                        Status.FAILED, Status.DUPLICATE):
+        if action == Action.STOP and run.status not in (
+            Status.STOPPED,
+            Status.SUCCEEDED,
+            Status.FAILED,
+            Status.DUPLICATE,
+        ):
             self._stop(run, "stopped: the row's action is stop")
-        elif action == Action.HOLD and run.status in (Status.QUEUED, Status.RETRYING,
-                                                      Status.UNPLACEABLE):
+        elif action == Action.HOLD and run.status in (
+            Status.QUEUED,
+            Status.RETRYING,
+            Status.UNPLACEABLE,
+        ):
             run.status, run.message = Status.HELD, "held: the row's action is hold"
         elif action in (Action.RUN, Action.RERUN) and run.status == Status.HELD:
             run.status, run.message = Status.QUEUED, ""
@@ -336,15 +367,23 @@ class _Cycle:
                 run = self.runs.get(seen.run_id)
                 if run is None:
                     continue  # not ours to judge (another daemon's state dir?)
-                current = run.status.is_live and run.attempt == seen.attempt and run.host == host.host
+                current = (
+                    run.status.is_live and run.attempt == seen.attempt and run.host == host.host
+                )
                 if not current and not self._already_killing(run.run_id, seen.attempt, host.host):
                     self.out.kills.append(
-                        Kill(run.run_id, seen.attempt, host.host, "fenced: not the run's current attempt")
+                        Kill(
+                            run.run_id,
+                            seen.attempt,
+                            host.host,
+                            "fenced: not the run's current attempt",
+                        )
                     )
 
     def _already_killing(self, run_id: str, attempt: int, host: str) -> bool:
-        return any(k.run_id == run_id and k.attempt == attempt and k.host == host
-                   for k in self.out.kills)
+        return any(
+            k.run_id == run_id and k.attempt == attempt and k.host == host for k in self.out.kills
+        )
 
     # -- 4. placement ------------------------------------------------------------------------
 
@@ -390,4 +429,3 @@ class _Cycle:
                 run.updated_at = self.now
                 self.out.runs[run_id] = run
         return self.out
-

@@ -77,8 +77,13 @@ class Store:
             self._db = _open(path)
         except sqlite3.DatabaseError as exc:
             self.moved_aside = _move_aside(path)
-            log.warning("state store %s is unreadable (%s); kept as %s and rebuilt from the "
-                        "sheet and the hosts", path, exc, self.moved_aside)
+            log.warning(
+                "state store %s is unreadable (%s); kept as %s and rebuilt from the "
+                "sheet and the hosts",
+                path,
+                exc,
+                self.moved_aside,
+            )
             self._db = _open(path)
 
     def close(self) -> None:
@@ -89,16 +94,20 @@ class Store:
     def namespace(self, source: str) -> str | None:
         """The namespace this state last used for the sheet `source`."""
         with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE key = ?",
-                                   (f"namespace:{source}",)).fetchone()
+            row = self._db.execute(
+                "SELECT value FROM meta WHERE key = ?", (f"namespace:{source}",)
+            ).fetchone()
         return row[0] if row else None
 
     def remember_namespace(self, source: str, namespace: str) -> None:
         with self._lock, self._db:
-            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                             (f"namespace:{source}", namespace))
-            self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('namespace', ?)",
-                             (namespace,))
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                (f"namespace:{source}", namespace),
+            )
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('namespace', ?)", (namespace,)
+            )
 
     def last_namespace(self) -> str | None:
         """The namespace of the sheet this state last served (for `logs`, `pool`)."""
@@ -118,8 +127,12 @@ class Store:
             row = self._db.execute("SELECT data FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return run_from_json(row[0]) if row else None
 
-    def save_runs(self, runs: Iterable[Run], events: Iterable[tuple[str, str, str]] = (),
-                  now: datetime | None = None) -> None:
+    def save_runs(
+        self,
+        runs: Iterable[Run],
+        events: Iterable[tuple[str, str, str]] = (),
+        now: datetime | None = None,
+    ) -> None:
         """Save runs and append events in one transaction."""
         at = (now or datetime.now().astimezone()).isoformat()
         with self._lock, self._db:
@@ -140,8 +153,10 @@ class Store:
         with self._lock, self._db:
             self._db.execute("BEGIN")
             self._db.execute("DELETE FROM noted_rows")
-            self._db.executemany("INSERT OR REPLACE INTO noted_rows (row, data) VALUES (?, ?)",
-                                 [(r["row"], json.dumps(r)) for r in rows])
+            self._db.executemany(
+                "INSERT OR REPLACE INTO noted_rows (row, data) VALUES (?, ?)",
+                [(r["row"], json.dumps(r)) for r in rows],
+            )
 
     def noted_rows(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -156,8 +171,13 @@ class Store:
             self._db.execute("BEGIN")
             self._db.execute(
                 "INSERT OR REPLACE INTO attempts VALUES (?, ?, ?, ?, ?, 'pending', '')",
-                (run.run_id, run.attempt, run.host, json.dumps(list(run.accelerators)),
-                 now.isoformat()),
+                (
+                    run.run_id,
+                    run.attempt,
+                    run.host,
+                    json.dumps(list(run.accelerators)),
+                    now.isoformat(),
+                ),
             )
             self._db.execute(
                 "INSERT OR REPLACE INTO runs (run_id, status, data) VALUES (?, ?, ?)",
@@ -165,8 +185,9 @@ class Store:
             )
             self._event(now, run.run_id, "launch-intent", f"attempt={run.attempt} host={run.host}")
 
-    def record_outcome(self, run_id: str, attempt: int, outcome: str, detail: str,
-                       now: datetime) -> None:
+    def record_outcome(
+        self, run_id: str, attempt: int, outcome: str, detail: str, now: datetime
+    ) -> None:
         with self._lock, self._db:
             self._db.execute("BEGIN")
             self._db.execute(
@@ -179,7 +200,9 @@ class Store:
         with self._lock:
             cur = self._db.execute(
                 "SELECT attempt, host, accelerators, launched_at, outcome, detail FROM attempts "
-                "WHERE run_id = ? ORDER BY attempt", (run_id,))
+                "WHERE run_id = ? ORDER BY attempt",
+                (run_id,),
+            )
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 

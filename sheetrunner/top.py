@@ -38,18 +38,36 @@ from .sheet.schema import format_metrics
 from .sheet.table import Sparkline
 from .views import pool_json
 
-STATUS_ORDER = (Status.RUNNING, Status.LAUNCHING, Status.STALLED, Status.LOST, Status.RETRYING,
-                Status.QUEUED, Status.HELD, Status.SUCCEEDED, Status.DUPLICATE, Status.FAILED,
-                Status.INVALID, Status.STOPPED)
+STATUS_ORDER = (
+    Status.RUNNING,
+    Status.LAUNCHING,
+    Status.STALLED,
+    Status.LOST,
+    Status.RETRYING,
+    Status.QUEUED,
+    Status.HELD,
+    Status.SUCCEEDED,
+    Status.DUPLICATE,
+    Status.FAILED,
+    Status.INVALID,
+    Status.STOPPED,
+)
 STALE_PROBE_S = 60.0  # a last probe older than this (and 3 poll intervals): is the daemon running?
 
 
 # -- the view, pure ---------------------------------------------------------------------------
 
 
-def render(runs: Iterable[Run] | Mapping[str, Run], hosts_seen: Mapping[str, Any], config: Config,
-           width: int, *, height: int | None = None, now: datetime | None = None,
-           note: str = "") -> RenderableType:
+def render(
+    runs: Iterable[Run] | Mapping[str, Run],
+    hosts_seen: Mapping[str, Any],
+    config: Config,
+    width: int,
+    *,
+    height: int | None = None,
+    now: datetime | None = None,
+    note: str = "",
+) -> RenderableType:
     """The whole screen: a header, the pool (one line per accelerator), the runs.
 
     `runs`: the store's runs; `hosts_seen`: each host's last probe as `Store.hosts()`
@@ -59,7 +77,9 @@ def render(runs: Iterable[Run] | Mapping[str, Run], hosts_seen: Mapping[str, Any
     now = now or datetime.now(UTC)
     width = max(20, width)
     all_runs = list(runs.values()) if isinstance(runs, Mapping) else list(runs)
-    shown = sorted((r for r in all_runs if r.replaced_by is None), key=lambda r: (r.row, _ts(r.created_at)))
+    shown = sorted(
+        (r for r in all_runs if r.replaced_by is None), key=lambda r: (r.row, _ts(r.created_at))
+    )
     seen = {name: _observation(name, data) for name, data in hosts_seen.items()}
     down_since = {name: obs.down_since for name, obs in seen.items() if obs.down_since}
     entries = pool_json(list(config.hosts), seen, all_runs, down_since)
@@ -75,7 +95,9 @@ def render(runs: Iterable[Run] | Mapping[str, Run], hosts_seen: Mapping[str, Any
         keep = max(1, budget // 2) - 1
         hidden_hosts = len({line["host_name"] for line in pool_lines[keep:]})
         pool_lines = pool_lines[:keep]
-    run_budget = None if budget is None else max(1, budget - len(pool_lines) - (1 if hidden_hosts else 0))
+    run_budget = (
+        None if budget is None else max(1, budget - len(pool_lines) - (1 if hidden_hosts else 0))
+    )
     visible, hidden_runs = _fit_runs(shown, run_budget)
 
     parts: list[RenderableType] = [*header]
@@ -90,8 +112,9 @@ def render(runs: Iterable[Run] | Mapping[str, Run], hosts_seen: Mapping[str, Any
     else:
         parts.append(Text("no runs yet: add a row to the sheet", style="dim"))
     if hidden_runs:
-        parts.append(Text(f"… {hidden_runs} older finished runs not shown (sheetrunner ps)",
-                          style="dim"))
+        parts.append(
+            Text(f"… {hidden_runs} older finished runs not shown (sheetrunner ps)", style="dim")
+        )
     return Group(*parts)
 
 
@@ -133,16 +156,23 @@ RUN_COLUMNS = (
 )
 
 
-def _table(columns: tuple[Column, ...], lines: list[dict[str, Any]], width: int,
-           bars: bool) -> Table:
+def _table(
+    columns: tuple[Column, ...], lines: list[dict[str, Any]], width: int, bars: bool
+) -> Table:
     """A borderless table of the columns that fit `width`, one line per row, never wrapped."""
     if not bars:  # the meters' figures without the meters
-        lines = [{**line, **{k: line[k + "_short"] for k in ("util", "mem") if k + "_short" in line}}
-                 for line in lines]
-    widths = {c.key: c.cap if c.flexible else max(len(c.header),
-                                                  min(c.cap, max((_len(line.get(c.key)) for line in lines),
-                                                                 default=0)))
-              for c in columns}
+        lines = [
+            {**line, **{k: line[k + "_short"] for k in ("util", "mem") if k + "_short" in line}}
+            for line in lines
+        ]
+    widths = {
+        c.key: c.cap
+        if c.flexible
+        else max(
+            len(c.header), min(c.cap, max((_len(line.get(c.key)) for line in lines), default=0))
+        )
+        for c in columns
+    }
     kept: list[Column] = []
     for column in sorted(columns, key=lambda c: c.keep):
         trial = [*kept, column]
@@ -150,19 +180,38 @@ def _table(columns: tuple[Column, ...], lines: list[dict[str, Any]], width: int,
             kept = trial
     kept.sort(key=columns.index)
     flexible = any(c.flexible for c in kept)  # else the columns keep their widths, left
-    table = Table(box=None, padding=(0, 1), pad_edge=False, show_edge=False, expand=flexible,
-                  width=width if flexible else None, header_style="bold reverse")
+    table = Table(
+        box=None,
+        padding=(0, 1),
+        pad_edge=False,
+        show_edge=False,
+        expand=flexible,
+        width=width if flexible else None,
+        header_style="bold reverse",
+    )
     for column in kept:
         if column.flexible:
-            table.add_column(column.header, min_width=widths[column.key], ratio=column.ratio,
-                             no_wrap=True,
-                             overflow="ellipsis", justify=column.justify)
+            table.add_column(
+                column.header,
+                min_width=widths[column.key],
+                ratio=column.ratio,
+                no_wrap=True,
+                overflow="ellipsis",
+                justify=column.justify,
+            )
         else:
-            table.add_column(column.header, width=widths[column.key], no_wrap=True,
-                             overflow="ellipsis", justify=column.justify)
+            table.add_column(
+                column.header,
+                width=widths[column.key],
+                no_wrap=True,
+                overflow="ellipsis",
+                justify=column.justify,
+            )
     for line in lines:
-        cells = [value if isinstance(value := line.get(column.key, ""), Text) else Text(str(value))
-                 for column in kept]
+        cells = [
+            value if isinstance(value := line.get(column.key, ""), Text) else Text(str(value))
+            for column in kept
+        ]
         table.add_row(*cells, style=line.get("style"))
     return table
 
@@ -174,8 +223,15 @@ def _len(value: Any) -> int:
 # -- the header ---------------------------------------------------------------------------------
 
 
-def _header(config: Config, runs: list[Run], entries: list[dict[str, Any]],
-            seen: Mapping[str, HostObservation], now: datetime, width: int, note: str) -> list[Text]:
+def _header(
+    config: Config,
+    runs: list[Run],
+    entries: list[dict[str, Any]],
+    seen: Mapping[str, HostObservation],
+    now: datetime,
+    width: int,
+    note: str,
+) -> list[Text]:
     source = config.sheet.url or (config.sheet.path.name if config.sheet.path else "")
     title = Text.assemble(("sheetrunner top", "bold"), "  ", (source, "cyan"))
     clock = now.astimezone().strftime("%H:%M:%S")
@@ -209,12 +265,15 @@ def _header(config: Config, runs: list[Run], entries: list[dict[str, Any]],
     probed = [o.observed_at for o in seen.values() if o.observed_at]
     stale_after = max(STALE_PROBE_S, 3 * config.daemon.poll_interval_s)
     if not probed:
-        age = Text("no probe recorded yet: is `sheetrunner daemon` running on this state?",
-                   style="yellow")
+        age = Text(
+            "no probe recorded yet: is `sheetrunner daemon` running on this state?", style="yellow"
+        )
     else:
         last = (now - max(probed)).total_seconds()
-        age = Text(f"as the daemon last saw it, {_ago(last, coarse=True)} ago; no host is contacted",
-                   style="yellow" if last > stale_after else "dim")
+        age = Text(
+            f"as the daemon last saw it, {_ago(last, coarse=True)} ago; no host is contacted",
+            style="yellow" if last > stale_after else "dim",
+        )
         if last > stale_after:
             age.append(" (is the daemon running?)", style="bold yellow")
     if note:
@@ -230,8 +289,13 @@ def _header(config: Config, runs: list[Run], entries: list[dict[str, Any]],
 # -- the pool -----------------------------------------------------------------------------------
 
 
-def _pool_lines(entries: list[dict[str, Any]], seen: Mapping[str, HostObservation],
-                runs: Mapping[str, Run], now: datetime, collapse: bool) -> list[dict[str, Any]]:
+def _pool_lines(
+    entries: list[dict[str, Any]],
+    seen: Mapping[str, HostObservation],
+    runs: Mapping[str, Run],
+    now: datetime,
+    collapse: bool,
+) -> list[dict[str, Any]]:
     """One line per accelerator (or per host, `collapse`), and one for a host's CPU slots
     when it has no accelerators or runs use them."""
     lines: list[dict[str, Any]] = []
@@ -239,11 +303,14 @@ def _pool_lines(entries: list[dict[str, Any]], seen: Mapping[str, HostObservatio
         obs = seen.get(entry["host"])
         down = obs is not None and not entry["reachable"]
         host = {
-            "host_name": entry["host"], "host": Text(entry["host"], style="bold"),
+            "host_name": entry["host"],
+            "host": Text(entry["host"], style="bold"),
             "state": _host_state(entry, obs, now),
             "load": "" if entry["load"] is None else f"{entry['load']:.1f}",
             "disk": "" if entry["disk_free_gib"] is None else f"{entry['disk_free_gib']:g}G",
-            "probed": _ago((now - obs.observed_at).total_seconds(), coarse=True) if obs else "never",
+            "probed": _ago((now - obs.observed_at).total_seconds(), coarse=True)
+            if obs
+            else "never",
             "style": "red" if down else None,
         }
         accs = entry["accelerators"]
@@ -255,8 +322,14 @@ def _pool_lines(entries: list[dict[str, Any]], seen: Mapping[str, HostObservatio
             used = entry["slots"]["used_by"]
             if used or not accs:
                 slots = f"{len(used)}/{entry['slots']['total']}"
-                rows.append({"gpu": "cpu", "util": Text(f"{slots} slots"), "util_short": Text(slots),
-                             "run": _holders(used, runs) if used else Text("free", style="dim")})
+                rows.append(
+                    {
+                        "gpu": "cpu",
+                        "util": Text(f"{slots} slots"),
+                        "util_short": Text(slots),
+                        "run": _holders(used, runs) if used else Text("free", style="dim"),
+                    }
+                )
         for i, row in enumerate(rows):
             if (down or obs is None) and row["run"].plain == "free":  # not known: say nothing
                 row["run"] = Text("?", style="dim")
@@ -302,8 +375,9 @@ def _accelerator_cells(acc: dict[str, Any], runs: Mapping[str, Run]) -> dict[str
     return cells
 
 
-def _collapsed(accs: list[dict[str, Any]], entry: dict[str, Any],
-               runs: Mapping[str, Run]) -> dict[str, Any]:
+def _collapsed(
+    accs: list[dict[str, Any]], entry: dict[str, Any], runs: Mapping[str, Run]
+) -> dict[str, Any]:
     """One host's accelerators on one line: how many, mean use, memory summed, its runs."""
     names = {a["name"] for a in accs if a["name"]}
     utils = [a["utilization_pct"] for a in accs if a["utilization_pct"] is not None]
@@ -361,9 +435,10 @@ def _fit_runs(runs: list[Run], budget: int | None) -> tuple[list[Run], int]:
     if budget is None or len(runs) <= budget:
         return runs, 0
     budget = max(1, budget - 1)  # the "… more" line
-    finished = sorted((r for r in runs if r.status.is_final),
-                      key=lambda r: _ts(r.finished_at or r.updated_at))
-    drop = {r.run_id for r in finished[:len(runs) - budget]}
+    finished = sorted(
+        (r for r in runs if r.status.is_final), key=lambda r: _ts(r.finished_at or r.updated_at)
+    )
+    drop = {r.run_id for r in finished[: len(runs) - budget]}
     kept = [r for r in runs if r.run_id not in drop][:budget]
     return kept, len(runs) - len(kept)
 
@@ -372,9 +447,11 @@ def _run_line(run: Run, config: Config, now: datetime, curve_width: int) -> dict
     message = (run.message or "").strip().splitlines()
     return {
         "id": Text(run.run_id, style="bold" if run.status.is_live else ""),
-        "row": str(run.row or ""), "job": run.job,
+        "row": str(run.row or ""),
+        "job": run.job,
         "status": Text(f" {run.status.value} ", style=_status_style(run.status)),
-        "host": run.host or "", "attempt": str(run.attempt or ""),
+        "host": run.host or "",
+        "attempt": str(run.attempt or ""),
         "elapsed": _elapsed(run, now),
         "curve": Text(curve_text(run, config, curve_width), style="cyan"),
         "metrics": format_metrics(run.metrics),
@@ -456,12 +533,20 @@ _ACCELERATOR_FIELDS = {f.name for f in fields(Accelerator)}
 def _observation(name: str, data: Any) -> HostObservation:
     if isinstance(data, HostObservation):
         return data
-    accs = tuple(Accelerator(**{k: v for k, v in a.items() if k in _ACCELERATOR_FIELDS})
-                 for a in data.get("accelerators") or () if isinstance(a, dict))
+    accs = tuple(
+        Accelerator(**{k: v for k, v in a.items() if k in _ACCELERATOR_FIELDS})
+        for a in data.get("accelerators") or ()
+        if isinstance(a, dict)
+    )
     return HostObservation(
-        host=name, reachable=bool(data.get("reachable")), observed_at=_when(data.get("observed_at")),
-        error=data.get("error") or "", boot_id=data.get("boot_id") or "", accelerators=accs,
-        load=data.get("load"), disk_free_bytes=data.get("disk_free_bytes"),
+        host=name,
+        reachable=bool(data.get("reachable")),
+        observed_at=_when(data.get("observed_at")),
+        error=data.get("error") or "",
+        boot_id=data.get("boot_id") or "",
+        accelerators=accs,
+        load=data.get("load"),
+        disk_free_bytes=data.get("disk_free_bytes"),
         down_since=_when(data.get("down_since")) if data.get("down_since") else None,
     )
 
@@ -501,8 +586,17 @@ def run_top(config: Config, console: Console, refresh_s: float = 2.0) -> int:
         return render(*last, config, size.width, height=size.height, note=note)
 
     try:
-        with Live(frame(), console=console, screen=True, auto_refresh=False,
-                  redirect_stdout=False, redirect_stderr=False) as live, _keys() as pressed:
+        with (
+            Live(
+                frame(),
+                console=console,
+                screen=True,
+                auto_refresh=False,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            ) as live,
+            _keys() as pressed,
+        ):
             while not pressed(refresh_s):
                 live.update(frame(), refresh=True)
     except KeyboardInterrupt:
@@ -526,6 +620,7 @@ def _keys() -> Iterator[Callable[[float], bool]]:
     except (ImportError, OSError, ValueError):
         saved = None
     if saved is None:
+
         def sleep(seconds: float) -> bool:
             time.sleep(seconds)
             return False
@@ -555,8 +650,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="sheetrunner top", description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", default="sheetrunner.toml", help="config file (TOML)")
-    parser.add_argument("-n", "--interval", type=float, default=2.0,
-                        help="seconds between refreshes (default 2)")
+    parser.add_argument(
+        "-n", "--interval", type=float, default=2.0, help="seconds between refreshes (default 2)"
+    )
     args = parser.parse_args(argv)
     console = Console()
     try:

@@ -22,10 +22,18 @@ from .pool.hosts import capacity
 from .sheet.schema import format_elapsed, format_metrics
 
 STATUS_STYLES = {
-    Status.QUEUED: "dim", Status.LAUNCHING: "blue", Status.RUNNING: "blue",
-    Status.SUCCEEDED: "green", Status.RETRYING: "dark_orange", Status.STALLED: "yellow",
-    Status.LOST: "yellow", Status.FAILED: "red", Status.STOPPED: "grey50",
-    Status.HELD: "grey50", Status.INVALID: "red", Status.DUPLICATE: "green",
+    Status.QUEUED: "dim",
+    Status.LAUNCHING: "blue",
+    Status.RUNNING: "blue",
+    Status.SUCCEEDED: "green",
+    Status.RETRYING: "dark_orange",
+    Status.STALLED: "yellow",
+    Status.LOST: "yellow",
+    Status.FAILED: "red",
+    Status.STOPPED: "grey50",
+    Status.HELD: "grey50",
+    Status.INVALID: "red",
+    Status.DUPLICATE: "green",
     Status.UNPLACEABLE: "red",
 }
 STYLE_OF_STATUS = {status.value: style for status, style in STATUS_STYLES.items()}
@@ -58,13 +66,20 @@ def params_text(params: Iterable[Iterable[str]]) -> str:
 def run_json(run: Run, now: datetime | None = None) -> dict[str, Any]:
     now = now or datetime.now(UTC)
     return {
-        "id": run.run_id, "row": run.row, "job": run.job, "params": dict(run.params),
+        "id": run.run_id,
+        "row": run.row,
+        "job": run.job,
+        "params": dict(run.params),
         "sweep": getattr(run, "sweep_id", "") or "",  # the store keeps it once it is wired
-        "status": run.status.value, "host": run.host, "attempt": run.attempt,
+        "status": run.status.value,
+        "host": run.host,
+        "attempt": run.attempt,
         "accelerators": list(run.accelerators),
         "started": run.attempt_started_at.isoformat() if run.attempt_started_at else None,
         "elapsed": format_elapsed(run, now),
-        "metrics": run.metrics, "message": run.message, "log": run.log_path,
+        "metrics": run.metrics,
+        "message": run.message,
+        "log": run.log_path,
     }
 
 
@@ -72,28 +87,46 @@ def noted_json(noted: Mapping[str, Any]) -> dict[str, Any]:
     """A row the store noted without a run (`store.noted_rows()`: invalid, unplaceable), in
     the same shape as a run so `ps` lists it in place, with the reason in `message`."""
     return {
-        "id": None, "row": noted.get("row") or 0, "job": noted.get("job") or "",
+        "id": None,
+        "row": noted.get("row") or 0,
+        "job": noted.get("job") or "",
         "params": {str(n): str(v) for n, v in noted.get("params") or ()},
-        "sweep": noted.get("sweep") or "", "status": str(noted.get("status") or ""),
-        "host": None, "attempt": 0, "accelerators": [], "started": None, "elapsed": "",
-        "metrics": {}, "message": noted.get("message") or "", "log": "",
+        "sweep": noted.get("sweep") or "",
+        "status": str(noted.get("status") or ""),
+        "host": None,
+        "attempt": 0,
+        "accelerators": [],
+        "started": None,
+        "elapsed": "",
+        "metrics": {},
+        "message": noted.get("message") or "",
+        "log": "",
     }
 
 
-def ps_entries(runs: Iterable[Run], noted: Iterable[Mapping[str, Any]],
-               now: datetime | None = None) -> list[dict[str, Any]]:
+def ps_entries(
+    runs: Iterable[Run], noted: Iterable[Mapping[str, Any]], now: datetime | None = None
+) -> list[dict[str, Any]]:
     """Runs and noted rows together, in sheet order."""
     now = now or datetime.now(UTC)
     entries = [run_json(r, now) for r in runs] + [noted_json(n) for n in noted]
     return sorted(entries, key=lambda e: (e["row"] or 0, e["id"] is None, e["id"] or ""))
 
 
-def ps_filter(status: Iterable[str] = (), job: Iterable[str] = (), sweep: Iterable[str] = (),
-              host: Iterable[str] = ()) -> Callable[[dict[str, Any]], bool]:
+def ps_filter(
+    status: Iterable[str] = (),
+    job: Iterable[str] = (),
+    sweep: Iterable[str] = (),
+    host: Iterable[str] = (),
+) -> Callable[[dict[str, Any]], bool]:
     """The entries `ps --status/--job/--sweep/--host` keep: each given filter must match one of
     its values (`--status failed,lost` or the flag twice)."""
-    wanted = {"status": _values(status), "job": _values(job), "sweep": _values(sweep),
-              "host": _values(host)}
+    wanted = {
+        "status": _values(status),
+        "job": _values(job),
+        "sweep": _values(sweep),
+        "host": _values(host),
+    }
 
     def keep(entry: dict[str, Any]) -> bool:
         return all(not values or (entry[key] or "") in values for key, values in wanted.items())
@@ -106,8 +139,20 @@ def _values(given: Iterable[str]) -> set[str]:
 
 
 # The columns of `ps`, most important first: on a narrow console the last ones go first.
-PS_COLUMNS = ("id", "status", "row", "params", "message", "metrics", "elapsed", "host",
-              "job", "sweep", "started", "attempt")
+PS_COLUMNS = (
+    "id",
+    "status",
+    "row",
+    "params",
+    "message",
+    "metrics",
+    "elapsed",
+    "host",
+    "job",
+    "sweep",
+    "started",
+    "attempt",
+)
 READABLE_MESSAGE = 24  # characters
 NO_WRAP = {"id", "status", "row", "attempt", "host"}  # names: split, they could not be copied
 
@@ -132,8 +177,10 @@ def _fit(console: Console, table: Table, cells: list[dict[str, str]], columns: l
     words = {c: _widest(c, cells, whole=c in NO_WRAP) for c in columns}
     most = {c: _widest(c, cells, whole=True) for c in columns}
     # The reason a row waits or failed is worth a readable column, more than the last columns.
-    least = {c: max(words[c], min(most[c], READABLE_MESSAGE)) if c == "message" else words[c]
-             for c in columns}
+    least = {
+        c: max(words[c], min(most[c], READABLE_MESSAGE)) if c == "message" else words[c]
+        for c in columns
+    }
     spare = console.width - _min_width(console, table) - sum(least[c] - words[c] for c in columns)
     if spare < 0:
         return False
@@ -163,19 +210,28 @@ def _widest(column: str, cells: list[dict[str, str]], whole: bool) -> int:
 def _ps_cells(entry: dict[str, Any], tz: tzinfo | None) -> dict[str, str]:
     started = datetime.fromisoformat(entry["started"]) if entry["started"] else None
     return {
-        "id": entry["id"] or "", "status": entry["status"], "row": str(entry["row"] or ""),
+        "id": entry["id"] or "",
+        "status": entry["status"],
+        "row": str(entry["row"] or ""),
         "params": params_text(entry["params"].items()),
         "message": entry["message"].strip().split("\n", 1)[0],  # the reason; --json has all
-        "metrics": format_metrics(entry["metrics"]), "elapsed": entry["elapsed"],
-        "host": entry["host"] or "", "job": entry["job"], "sweep": entry["sweep"],
-        "started": format_moment(started, tz), "attempt": str(entry["attempt"] or ""),
+        "metrics": format_metrics(entry["metrics"]),
+        "elapsed": entry["elapsed"],
+        "host": entry["host"] or "",
+        "job": entry["job"],
+        "sweep": entry["sweep"],
+        "started": format_moment(started, tz),
+        "attempt": str(entry["attempt"] or ""),
     }
 
 
-def _ps_table(entries: list[dict[str, Any]], cells: list[dict[str, str]],
-              columns: list[str]) -> Table:
+def _ps_table(
+    entries: list[dict[str, Any]], cells: list[dict[str, str]], columns: list[str]
+) -> Table:
     ran = sum(1 for e in entries if e["id"])
-    title = f"{ran} runs" + (f", {len(entries) - ran} rows without a run" if ran < len(entries) else "")
+    title = f"{ran} runs" + (
+        f", {len(entries) - ran} rows without a run" if ran < len(entries) else ""
+    )
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for name in columns:
         table.add_column(name, no_wrap=name in NO_WRAP, overflow="ellipsis")
@@ -197,8 +253,12 @@ def _min_width(console: Console, table: Table) -> int:
     return Measurement.get(console, unbounded, table).minimum
 
 
-def runs_table(runs: list[Run], now: datetime | None = None, console: Console | None = None,
-               tz: tzinfo | None = None) -> Table:
+def runs_table(
+    runs: list[Run],
+    now: datetime | None = None,
+    console: Console | None = None,
+    tz: tzinfo | None = None,
+) -> Table:
     """The runs alone, as `ps` shows them."""
     return ps_table(ps_entries(runs, (), now), console or Console(), tz)
 
@@ -208,30 +268,46 @@ def runs_table(runs: list[Run], now: datetime | None = None, console: Console | 
 
 def holders(runs: list[Run]) -> dict[tuple[str, str], str]:
     """(host, accelerator) -> the live run holding it."""
-    return {(r.host or "", acc): r.run_id for r in runs if r.status.is_live for acc in r.accelerators}
+    return {
+        (r.host or "", acc): r.run_id for r in runs if r.status.is_live for acc in r.accelerators
+    }
 
 
-def pool_json(hosts: list[HostConfig], seen: Mapping[str, HostObservation], runs: list[Run],
-              down_since: Mapping[str, datetime]) -> list[dict[str, Any]]:
+def pool_json(
+    hosts: list[HostConfig],
+    seen: Mapping[str, HostObservation],
+    runs: list[Run],
+    down_since: Mapping[str, datetime],
+) -> list[dict[str, Any]]:
     """One entry per host: reachability, facts, and each accelerator with who holds it."""
     held = holders(runs)
     out = []
     for host in hosts:
         obs = seen.get(host.name)
         since = down_since.get(host.name)
-        cpu_runs = [r.run_id for r in runs if r.host == host.name and r.status.is_live and r.gpus == 0]
-        out.append({
-            "host": host.name,
-            "reachable": bool(obs and obs.reachable),
-            "unreachable_since": since.isoformat() if since and not (obs and obs.reachable) else None,
-            "error": obs.error if obs else "not probed",
-            "labels": list(host.labels),
-            "draining": host.drain,
-            "load": obs.load if obs else None,
-            "disk_free_gib": round(obs.disk_free_bytes / 2**30, 1) if obs and obs.disk_free_bytes else None,
-            "accelerators": [_accelerator_json(host, a, held) for a in _accelerators_of(host, obs)],
-            "slots": {"total": host.slots, "used_by": cpu_runs},
-        })
+        cpu_runs = [
+            r.run_id for r in runs if r.host == host.name and r.status.is_live and r.gpus == 0
+        ]
+        out.append(
+            {
+                "host": host.name,
+                "reachable": bool(obs and obs.reachable),
+                "unreachable_since": since.isoformat()
+                if since and not (obs and obs.reachable)
+                else None,
+                "error": obs.error if obs else "not probed",
+                "labels": list(host.labels),
+                "draining": host.drain,
+                "load": obs.load if obs else None,
+                "disk_free_gib": round(obs.disk_free_bytes / 2**30, 1)
+                if obs and obs.disk_free_bytes
+                else None,
+                "accelerators": [
+                    _accelerator_json(host, a, held) for a in _accelerators_of(host, obs)
+                ],
+                "slots": {"total": host.slots, "used_by": cpu_runs},
+            }
+        )
     return out
 
 
@@ -242,27 +318,40 @@ def _accelerators_of(host: HostConfig, obs: HostObservation | None) -> list[Acce
 
 
 def _kind(host: HostConfig) -> str:
-    return host.accelerators if isinstance(host.accelerators, str) and host.accelerators != "auto" else ""
+    return (
+        host.accelerators
+        if isinstance(host.accelerators, str) and host.accelerators != "auto"
+        else ""
+    )
 
 
-def _accelerator_json(host: HostConfig, acc: Accelerator, held: dict[tuple[str, str], str]) -> dict[str, Any]:
+def _accelerator_json(
+    host: HostConfig, acc: Accelerator, held: dict[tuple[str, str], str]
+) -> dict[str, Any]:
     return {
-        "index": acc.index, "name": acc.name, "memory_used_mib": acc.memory_used_mib,
-        "memory_total_mib": acc.memory_total_mib, "utilization_pct": acc.utilization_pct,
-        "run": held.get((host.name, acc.index)), "foreign": acc.foreign,
+        "index": acc.index,
+        "name": acc.name,
+        "memory_used_mib": acc.memory_used_mib,
+        "memory_total_mib": acc.memory_total_mib,
+        "utilization_pct": acc.utilization_pct,
+        "run": held.get((host.name, acc.index)),
+        "foreign": acc.foreign,
     }
 
 
 def pool_rows(entries: list[dict[str, Any]], tz: tzinfo | None = None) -> list[list[Any]]:
     """The same view as plain rows: the `pool` command's table and the sheet's pool tab."""
-    rows: list[list[Any]] = [["host", "state", "accelerator", "memory", "util", "run", "load",
-                              "disk free"]]
+    rows: list[list[Any]] = [
+        ["host", "state", "accelerator", "memory", "util", "run", "load", "disk free"]
+    ]
     for e in entries:
         state = "up" if e["reachable"] else f"down since {_since(e['unreachable_since'], tz)}"
         state += ", draining" if e["draining"] else ""
         host_cells = [e["host"], state]
-        tail = ["" if e["load"] is None else f"{e['load']:.1f}",
-                "" if e["disk_free_gib"] is None else f"{e['disk_free_gib']} GiB"]
+        tail = [
+            "" if e["load"] is None else f"{e['load']:.1f}",
+            "" if e["disk_free_gib"] is None else f"{e['disk_free_gib']} GiB",
+        ]
         accs = e["accelerators"] or [None]
         for i, acc in enumerate(accs):
             first = host_cells if i == 0 else ["", ""]
@@ -277,11 +366,18 @@ def _since(iso: str | None, tz: tzinfo | None) -> str:
 def _acc_cells(acc: dict[str, Any] | None, entry: dict[str, Any]) -> list[str]:
     if acc is None:
         used = ", ".join(entry["slots"]["used_by"])
-        return ["cpu only", "", "", f"{len(entry['slots']['used_by'])}/{entry['slots']['total']} slots"
-                + (f": {used}" if used else "")]
+        return [
+            "cpu only",
+            "",
+            "",
+            f"{len(entry['slots']['used_by'])}/{entry['slots']['total']} slots"
+            + (f": {used}" if used else ""),
+        ]
     memory = ""
     if acc["memory_total_mib"]:
-        memory = f"{(acc['memory_used_mib'] or 0) / 1024:.1f}/{acc['memory_total_mib'] / 1024:.0f} GiB"
+        memory = (
+            f"{(acc['memory_used_mib'] or 0) / 1024:.1f}/{acc['memory_total_mib'] / 1024:.0f} GiB"
+        )
     util = "" if acc["utilization_pct"] is None else f"{acc['utilization_pct']}%"
     holder = acc["run"] or ("another user's process" if acc["foreign"] else "free")
     return [f"{acc['index']}: {acc['name']}".rstrip(": "), memory, util, holder]

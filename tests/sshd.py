@@ -467,7 +467,7 @@ class SshdLab:
         if not os.path.exists(SSHD):
             raise RuntimeError(
                 f"{SSHD} not found: install OpenSSH's server "
-                "(apt-get install -y --no-install-recommends openssh-server)"
+                "(scripts/install-sshd.sh installs it without starting its service)"
             )
         if os.geteuid() == 0:
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation dir

@@ -32,7 +32,9 @@ def visible_env(kind: int | str, accelerators: tuple[str, ...]) -> dict[str, str
             return {"TPU_VISIBLE_CHIPS": "", "JAX_PLATFORMS": "cpu"}
         return {
             "TPU_VISIBLE_CHIPS": ids,
-            "TPU_CHIPS_PER_PROCESS_BOUNDS": CHIP_BOUNDS.get(len(accelerators), f"1,{len(accelerators)},1"),
+            "TPU_CHIPS_PER_PROCESS_BOUNDS": CHIP_BOUNDS.get(
+                len(accelerators), f"1,{len(accelerators)},1"
+            ),
             "TPU_PROCESS_BOUNDS": "1,1,1",
         }
     # nvidia-smi numbers GPUs in PCI bus order, CUDA by default fastest first: make CUDA count

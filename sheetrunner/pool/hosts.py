@@ -79,8 +79,13 @@ class HostAgent:
     looks at nothing else, so sheets never see each other's runs and hosts
     sharing a home directory never judge each other's processes."""
 
-    def __init__(self, config: HostConfig, transport: Transport, timeout_s: float = 30.0,
-                 namespace: str | None = None):
+    def __init__(
+        self,
+        config: HostConfig,
+        transport: Transport,
+        timeout_s: float = 30.0,
+        namespace: str | None = None,
+    ):
         self.config = config
         self.transport = transport
         self.timeout_s = timeout_s
@@ -118,12 +123,25 @@ class HostAgent:
         leaves the directories it creates to the umask: under `umask 000`, a `bin/` anyone
         could write into would let anyone replace the code this daemon runs); the files are
         0600, the agent 0700."""
-        files = {} if self.config.local else {
-            f"{lib_dir(self.config)}/{name}": data for name, data in job_library_files().items()}
-        lib = [] if self.config.local else [posixpath.dirname(lib_dir(self.config)),
-                                            lib_dir(self.config)]
-        self._make_private_dirs([posixpath.dirname(self._agent_path()), *lib,
-                                 *sorted({posixpath.dirname(p) for p in files})])
+        files = (
+            {}
+            if self.config.local
+            else {
+                f"{lib_dir(self.config)}/{name}": data for name, data in job_library_files().items()
+            }
+        )
+        lib = (
+            []
+            if self.config.local
+            else [posixpath.dirname(lib_dir(self.config)), lib_dir(self.config)]
+        )
+        self._make_private_dirs(
+            [
+                posixpath.dirname(self._agent_path()),
+                *lib,
+                *sorted({posixpath.dirname(p) for p in files}),
+            ]
+        )
         for path, data in sorted(files.items()):
             self.transport.put_file(path, data, FILE_MODE)
         self.transport.put_file(self._agent_path(), agent_zipapp(), AGENT_MODE)
@@ -157,8 +175,10 @@ class HostAgent:
         here, and every unfinished one of this host. Ids not in the protocol's format cannot
         exist on a host (the agent refuses them): they are left out, so one bad id in the
         store never makes a host look unreachable."""
-        request = {"attempts": sorted(_well_formed(self.name, wanted)),
-                   "runs": sorted(_well_formed_runs(self.name, runs))}
+        request = {
+            "attempts": sorted(_well_formed(self.name, wanted)),
+            "runs": sorted(_well_formed_runs(self.name, runs)),
+        }
         return json.loads(self._call(self._where("probe"), json.dumps(request).encode()))
 
     def facts(self) -> dict:
@@ -179,7 +199,9 @@ class HostAgent:
         out = json.loads(self._call(args, timeout_s=self.timeout_s + grace_s))
         return out.get("state", "")
 
-    def tail(self, run_id: str, attempt: int, size: int = 65536, offset: int | None = None) -> bytes:
+    def tail(
+        self, run_id: str, attempt: int, size: int = 65536, offset: int | None = None
+    ) -> bytes:
         """The log's last `size` bytes, or with `offset` the bytes from there on."""
         where = f"+{offset}" if offset is not None else str(size)
         return self._call([*self._where("tail"), run_id, str(attempt), where])
@@ -224,8 +246,9 @@ class Pool:
         for agent in self.agents.values():
             agent.namespace = namespace
 
-    def probe_all(self, wanted: Mapping[str, set[tuple[str, int]]], now: datetime,
-                  runs: Iterable[str] = ()) -> dict[str, HostObservation]:
+    def probe_all(
+        self, wanted: Mapping[str, set[tuple[str, int]]], now: datetime, runs: Iterable[str] = ()
+    ) -> dict[str, HostObservation]:
         """One probe per host, in parallel; failures become unreachable observations.
         `runs`: ids asked of every host, which reports the newest attempt of each it has."""
         runs = frozenset(runs)
@@ -237,8 +260,9 @@ class Pool:
             self.last = {name: f.result() for name, f in futures.items()}
         return self.last
 
-    def _probe_one(self, agent: HostAgent, wanted: set[tuple[str, int]], runs: frozenset[str],
-                   now: datetime) -> HostObservation:
+    def _probe_one(
+        self, agent: HostAgent, wanted: set[tuple[str, int]], runs: frozenset[str], now: datetime
+    ) -> HostObservation:
         try:
             facts = agent.probe(wanted, runs)
         except (TransportError, ValueError) as exc:
@@ -289,9 +313,12 @@ def observation_from_probe(host: str, facts: dict, now: datetime) -> HostObserva
 
 def _accelerator(gpu: dict) -> Accelerator:
     return Accelerator(
-        index=str(gpu["index"]), name=gpu.get("name", ""),
-        memory_used_mib=gpu.get("memory_used_mib"), memory_total_mib=gpu.get("memory_total_mib"),
-        utilization_pct=gpu.get("utilization_pct"), foreign=bool(gpu.get("foreign")),
+        index=str(gpu["index"]),
+        name=gpu.get("name", ""),
+        memory_used_mib=gpu.get("memory_used_mib"),
+        memory_total_mib=gpu.get("memory_total_mib"),
+        utilization_pct=gpu.get("utilization_pct"),
+        foreign=bool(gpu.get("foreign")),
     )
 
 
@@ -325,7 +352,9 @@ def _ago(now: datetime, age_s: object) -> datetime | None:
 
 def _params(raw: object) -> tuple[tuple[str, str], ...]:
     pairs = raw if isinstance(raw, list) else []
-    return tuple((str(p[0]), str(p[1])) for p in pairs if isinstance(p, list | tuple) and len(p) == 2)
+    return tuple(
+        (str(p[0]), str(p[1])) for p in pairs if isinstance(p, list | tuple) and len(p) == 2
+    )
 
 
 def _count(raw: object) -> int:
@@ -344,8 +373,9 @@ def capacity(config: HostConfig, seen: HostObservation | None) -> HostCapacity:
         ids = tuple(str(i) for i in range(int(config.accelerators)))
     busy = tuple(a.index for a in observed if a.foreign)
     known = config.accelerators != "auto" or reachable  # "auto" counts only once probed
-    return HostCapacity(config.name, config.labels, ids, busy, config.slots, reachable,
-                        config.drain, known)
+    return HostCapacity(
+        config.name, config.labels, ids, busy, config.slots, reachable, config.drain, known
+    )
 
 
 def launch_spec(run: Run, job: JobConfig, host: HostConfig, workdir: str | None) -> dict:

@@ -23,13 +23,17 @@ class LocalTransport:
     def __init__(self, host: str = "local"):
         self.host = host
 
-    def run(self, argv: Sequence[str], *, stdin: bytes = b"", timeout_s: float = 30.0) -> CommandResult:
+    def run(
+        self, argv: Sequence[str], *, stdin: bytes = b"", timeout_s: float = 30.0
+    ) -> CommandResult:
         try:
             done = subprocess.run(
                 list(argv), input=stdin, capture_output=True, timeout=timeout_s, check=False
             )
         except subprocess.TimeoutExpired:
-            raise CommandTimeout(f"{self.host}: {argv[0]} did not finish within {timeout_s:g}s") from None
+            raise CommandTimeout(
+                f"{self.host}: {argv[0]} did not finish within {timeout_s:g}s"
+            ) from None
         except OSError as exc:
             raise HostUnreachable(f"{self.host}: could not run {argv[0]}: {exc}") from None
         return CommandResult(done.returncode, done.stdout, done.stderr)

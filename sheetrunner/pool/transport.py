@@ -25,7 +25,9 @@ class Transport(Protocol):
 
     host: str  # the host's name from the config
 
-    def run(self, argv: Sequence[str], *, stdin: bytes = b"", timeout_s: float = 30.0) -> CommandResult:
+    def run(
+        self, argv: Sequence[str], *, stdin: bytes = b"", timeout_s: float = 30.0
+    ) -> CommandResult:
         """Run argv on the host, feed it stdin, wait for it to end.
 
         Raises HostUnreachable when the host cannot be reached (or the

@@ -47,9 +47,16 @@ class Refused(Exception):
 
 
 def main(argv):
-    handlers = {"probe": probe, "facts": facts, "programs": programs, "launch": launch,
-                "supervise": supervise,
-                "kill": kill, "tail": tail, "history": history}
+    handlers = {
+        "probe": probe,
+        "facts": facts,
+        "programs": programs,
+        "launch": launch,
+        "supervise": supervise,
+        "kill": kill,
+        "tail": tail,
+        "history": history,
+    }
     if len(argv) < 2 or argv[1] not in handlers:
         sys.exit(USAGE)
     try:
@@ -145,7 +152,7 @@ def start_ticks(pid):
             stat = f.read()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     if fields[0] == "Z":
         return None  # a zombie has finished
     return fields[19]
@@ -155,7 +162,7 @@ def session_of(pid):
     try:
         with open("/proc/%d/stat" % pid) as f:
             stat = f.read()
-        return int(stat[stat.rindex(")") + 2:].split()[3])
+        return int(stat[stat.rindex(")") + 2 :].split()[3])
     except (OSError, ValueError, IndexError):
         return None
 
@@ -187,18 +194,27 @@ def nvidia_gpus(our_sessions):
     for row in gpus:
         if len(row) < 6:
             continue
-        out.append({
-            "index": row[0], "uuid": row[1], "name": row[2],
-            "memory_used_mib": _int(row[3]), "memory_total_mib": _int(row[4]),
-            "utilization_pct": _int(row[5]), "foreign": row[1] in foreign,
-        })
+        out.append(
+            {
+                "index": row[0],
+                "uuid": row[1],
+                "name": row[2],
+                "memory_used_mib": _int(row[3]),
+                "memory_total_mib": _int(row[4]),
+                "utilization_pct": _int(row[5]),
+                "foreign": row[1] in foreign,
+            }
+        )
     return out, ""
 
 
 def _smi(query):
     text = subprocess.run(
         ["nvidia-smi"] + query + ["--format=csv,noheader,nounits"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=15, check=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        timeout=15,
+        check=True,
         universal_newlines=True,
     ).stdout
     return [[c.strip() for c in line.split(",")] for line in text.splitlines() if line.strip()]
@@ -256,8 +272,11 @@ def open_read(path):
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
-        raise Damaged("%s is a symlink" % name if os.path.islink(path)
-                      else "%s unreadable (%s)" % (name, exc.strerror)) from None
+        raise Damaged(
+            "%s is a symlink" % name
+            if os.path.islink(path)
+            else "%s unreadable (%s)" % (name, exc.strerror)
+        ) from None
     try:
         mode = os.fstat(fd).st_mode
     except OSError:
@@ -355,7 +374,7 @@ def write_atomic(path, text):
         os.fchmod(fd, protocol.FILE_MODE)
         data = text.encode("utf-8")
         while data:
-            data = data[os.write(fd, data):]
+            data = data[os.write(fd, data) :]
         os.fsync(fd)
         os.close(fd)
         fd = None
@@ -468,8 +487,9 @@ def _pid_parts_valid(parts):
         return False
     if not TICKS_RE.match(parts[1]) or not BOOT_RE.match(parts[2]):
         return False
-    return len(parts) == 3 or (PID_RE.match(parts[3]) is not None and
-                               TICKS_RE.match(parts[4]) is not None)
+    return len(parts) == 3 or (
+        PID_RE.match(parts[3]) is not None and TICKS_RE.match(parts[4]) is not None
+    )
 
 
 def attempt_state(paths, boot, damage=None):
@@ -513,8 +533,9 @@ def _lost(paths):
 
 def heartbeat_at(paths):
     """The newest sign of progress, on this host's clock: the job's heartbeat or output."""
-    times = [t for t in (_mtime(p) for p in (paths.heartbeat, paths.log, paths.metrics))
-             if t is not None]
+    times = [
+        t for t in (_mtime(p) for p in (paths.heartbeat, paths.log, paths.metrics)) if t is not None
+    ]
     return max(times) if times else None
 
 
@@ -543,8 +564,11 @@ def spec_facts(paths, damage):
     return {
         "key": _str(spec.get("key")),
         "job": _str(spec.get("job")),
-        "params": [[_str(p[0]), _str(p[1])] for p in (params if isinstance(params, list) else [])
-                   if isinstance(p, list) and len(p) == 2],
+        "params": [
+            [_str(p[0]), _str(p[1])]
+            for p in (params if isinstance(params, list) else [])
+            if isinstance(p, list) and len(p) == 2
+        ],
         "gpus": gpus if isinstance(gpus, int) and not isinstance(gpus, bool) else 0,
         "accelerators": [_str(a) for a in (accelerators if isinstance(accelerators, list) else [])],
     }
@@ -595,7 +619,7 @@ def parse_report(line, prefix):
     if not line.startswith(prefix):
         return None, 0
     try:
-        value = json.loads(line[len(prefix):].decode("utf-8", "replace"))
+        value = json.loads(line[len(prefix) :].decode("utf-8", "replace"))
     except (ValueError, RecursionError):
         return None, 0
     if not isinstance(value, dict):
@@ -621,7 +645,7 @@ _DROP = object()
 
 def _bounded_value(value):
     if value is None or isinstance(value, (bool, int, float)):
-        return value if not isinstance(value, int) or abs(value) < 10 ** 18 else float(value)
+        return value if not isinstance(value, int) or abs(value) < 10**18 else float(value)
     if isinstance(value, str):
         return value[:VALUE_CHARS]
     try:
@@ -743,8 +767,17 @@ def _stored_summary(store, source, damage):
     """The summary kept so far, or a fresh one when it is missing, for another source or
     not in the shape this agent writes (a job may have written anything there)."""
     summary = guarded(damage, None, read_json, store, SUMMARY_FILE_BYTES)
-    fresh = {"source": source, "offset": 0, "min": {}, "max": {}, "history": {},
-             "stride": {}, "seen": {}, "skipping": False, "skipped": dict.fromkeys(SKIP_KEYS, 0)}
+    fresh = {
+        "source": source,
+        "offset": 0,
+        "min": {},
+        "max": {},
+        "history": {},
+        "stride": {},
+        "seen": {},
+        "skipping": False,
+        "skipped": dict.fromkeys(SKIP_KEYS, 0),
+    }
     if not isinstance(summary, dict) or summary.get("source") != source:
         return fresh
     offset = summary.get("offset")
@@ -801,14 +834,19 @@ def metrics_note(skipped):
     """What was left out of this attempt's metrics, in words for the row (empty: nothing)."""
     notes = []
     if skipped.get("long"):
-        notes.append("%s over %s skipped" % (_counted(skipped["long"], "report line"),
-                                             _kib(protocol.REPORT_LINE_BYTES)))
+        notes.append(
+            "%s over %s skipped"
+            % (_counted(skipped["long"], "report line"), _kib(protocol.REPORT_LINE_BYTES))
+        )
     if skipped.get("cut"):
-        notes.append("%s cut to %d keys" % (_counted(skipped["cut"], "report"),
-                                            protocol.MAX_REPORT_KEYS))
+        notes.append(
+            "%s cut to %d keys" % (_counted(skipped["cut"], "report"), protocol.MAX_REPORT_KEYS)
+        )
     if skipped.get("names"):
-        notes.append("%s of metrics beyond the first %d names not summarised"
-                     % (_counted(skipped["names"], "value"), MAX_SUMMARY_NAMES))
+        notes.append(
+            "%s of metrics beyond the first %d names not summarised"
+            % (_counted(skipped["names"], "value"), MAX_SUMMARY_NAMES)
+        )
     return "; ".join(notes)
 
 
@@ -828,9 +866,16 @@ def observe(paths, boot, now):
     except Exception as exc:  # a case the checks above missed must not fail the whole probe
         damage.append("agent could not read the attempt (%s)" % type(exc).__name__)
         state, code, session = "lost", None, None
-    seen = {"run_id": os.path.basename(paths.run_dir), "attempt": int(os.path.basename(paths.dir)),
-            "state": state, "exit_code": code, "log_path": paths.log,
-            "spec": {}, "heartbeat_age_s": None, "started_age_s": None}
+    seen = {
+        "run_id": os.path.basename(paths.run_dir),
+        "attempt": int(os.path.basename(paths.dir)),
+        "state": state,
+        "exit_code": code,
+        "log_path": paths.log,
+        "spec": {},
+        "heartbeat_age_s": None,
+        "started_age_s": None,
+    }
     if is_real_dir(paths.dir):
         try:
             _observe_files(paths, now, seen, damage)
@@ -839,8 +884,9 @@ def observe(paths, boot, now):
     if damage:
         seen["damaged"] = "; ".join(_unique(damage))
         if "log_tail" in seen:  # the core appends log_tail to a crash's message in the row
-            seen["log_tail"] = " | ".join(p for p in ("damaged: " + seen["damaged"],
-                                                      seen["log_tail"]) if p)
+            seen["log_tail"] = " | ".join(
+                p for p in ("damaged: " + seen["damaged"], seen["log_tail"]) if p
+            )
     return fit_answer(seen), session
 
 
@@ -874,10 +920,14 @@ def fit_answer(seen):
     if _size(seen) <= ANSWER_BYTES:
         return seen
     summary = seen.get("summary") or {}
-    steps = [("summary history", "summary", dict(summary, history={})),
-             ("summary", "summary", {"min": {}, "max": {}, "history": {}}),
-             ("metrics", "metrics", {}), ("log tail", "log_tail", ""), ("spec", "spec", {}),
-             ("damage details", "damaged", "answer too large")]
+    steps = [
+        ("summary history", "summary", dict(summary, history={})),
+        ("summary", "summary", {"min": {}, "max": {}, "history": {}}),
+        ("metrics", "metrics", {}),
+        ("log tail", "log_tail", ""),
+        ("spec", "spec", {}),
+        ("damage details", "damaged", "answer too large"),
+    ]
     left_out = []
     for what, field, empty in steps:
         if field in seen:
@@ -901,8 +951,11 @@ def _attempt_numbers(run_dir):
         names = os.listdir(run_dir)
     except OSError:
         return []
-    return sorted(int(n) for n in names if protocol.is_attempt(n) and n == str(int(n))
-                  and is_real_dir(os.path.join(run_dir, n)))
+    return sorted(
+        int(n)
+        for n in names
+        if protocol.is_attempt(n) and n == str(int(n)) and is_real_dir(os.path.join(run_dir, n))
+    )
 
 
 def _run_ids(runs_root):
@@ -995,8 +1048,12 @@ def _program_exists(program, workdir):
 def host_facts(where, boot, sessions):
     gpus, gpu_error = nvidia_gpus(sessions)
     return {
-        "boot_id": boot, "hostname": os.uname()[1], "load": os.getloadavg()[0],
-        "disk_free_bytes": shutil.disk_usage(where).free, "gpus": gpus, "gpu_error": gpu_error,
+        "boot_id": boot,
+        "hostname": os.uname()[1],
+        "load": os.getloadavg()[0],
+        "disk_free_bytes": shutil.disk_usage(where).free,
+        "gpus": gpus,
+        "gpu_error": gpu_error,
         "tpu_chips": tpu_chips(),
     }
 
@@ -1017,14 +1074,21 @@ def launch(args):
     try:
         make_dir(paths.dir)
     except FileExistsError:
-        print(json.dumps({"launched": False, "reason": "attempt directory already exists",
-                          "dir": paths.dir}))
+        print(
+            json.dumps(
+                {"launched": False, "reason": "attempt directory already exists", "dir": paths.dir}
+            )
+        )
         return
     write_atomic(paths.spec, text)
     devnull = os.open(os.devnull, os.O_RDWR)
     subprocess.Popen(
         [sys.executable, os.path.abspath(sys.argv[0]), "supervise", paths.dir],
-        stdin=devnull, stdout=devnull, stderr=devnull, start_new_session=True, close_fds=True,
+        stdin=devnull,
+        stdout=devnull,
+        stderr=devnull,
+        start_new_session=True,
+        close_fds=True,
     )
     print(json.dumps({"launched": True, "dir": paths.dir}))
 
@@ -1088,16 +1152,18 @@ def expanded_paths(spec, paths):
 def job_env(spec, paths):
     env = dict(os.environ)
     env.update(spec.get("env") or {})
-    env.update({
-        protocol.ENV_RUN_ID: os.path.basename(paths.run_dir),
-        protocol.ENV_ATTEMPT: os.path.basename(paths.dir),
-        protocol.ENV_RUN_DIR: paths.dir,
-        protocol.ENV_CHECKPOINT_DIR: spec["checkpoint_dir"],
-        protocol.ENV_METRICS_FILE: paths.metrics,
-        protocol.ENV_HEARTBEAT_FILE: paths.heartbeat,
-        protocol.ENV_ACCELERATORS: ",".join(spec.get("accelerators", [])),
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            protocol.ENV_RUN_ID: os.path.basename(paths.run_dir),
+            protocol.ENV_ATTEMPT: os.path.basename(paths.dir),
+            protocol.ENV_RUN_DIR: paths.dir,
+            protocol.ENV_CHECKPOINT_DIR: spec["checkpoint_dir"],
+            protocol.ENV_METRICS_FILE: paths.metrics,
+            protocol.ENV_HEARTBEAT_FILE: paths.heartbeat,
+            protocol.ENV_ACCELERATORS: ",".join(spec.get("accelerators", [])),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     lib = spec.get("lib_dir")
     if lib and os.path.isdir(lib):  # sheetrunner.job, uploaded for hosts without sheetrunner
         env["PYTHONPATH"] = os.pathsep.join(p for p in (lib, env.get("PYTHONPATH")) if p)
@@ -1113,8 +1179,9 @@ def supervised_paths(args):
     runs_root = os.path.dirname(run_dir)
     host_dir = os.path.dirname(runs_root)
     ns_root = os.path.dirname(os.path.dirname(host_dir))
-    paths = attempt_paths(ns_root, os.path.basename(host_dir), os.path.basename(run_dir),
-                          os.path.basename(path))
+    paths = attempt_paths(
+        ns_root, os.path.basename(host_dir), os.path.basename(run_dir), os.path.basename(path)
+    )
     if paths.dir != path:
         raise Refused("not an attempt directory: %r" % args[0])
     return paths
@@ -1137,8 +1204,10 @@ def supervise(args):
         write_atomic(paths.exit_code, "127")
         return
     me = os.getpid()
-    write_atomic(paths.pid, "%d %s %s %d %s" % (
-        job.pid, start_ticks(job.pid), boot_id(), me, start_ticks(me)))
+    write_atomic(
+        paths.pid,
+        "%d %s %s %d %s" % (job.pid, start_ticks(job.pid), boot_id(), me, start_ticks(me)),
+    )
     signal.signal(signal.SIGTERM, lambda *_: _signal_group(job.pid, signal.SIGTERM))
     if os.path.lexists(paths.stop):  # a kill that came while the job was starting found no pid yet
         _signal_group(job.pid, signal.SIGTERM)
@@ -1156,13 +1225,19 @@ def start_job(paths, log):
             raise Damaged("spec.json is not an object")
         make_dirs(spec["checkpoint_dir"])
         return subprocess.Popen(
-            spec["argv"], cwd=spec["workdir"], env=job_env(spec, paths), stdin=subprocess.DEVNULL,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            spec["argv"],
+            cwd=spec["workdir"],
+            env=job_env(spec, paths),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     except (Damaged, OSError, ValueError, TypeError, KeyError) as exc:
         argv = spec.get("argv") if isinstance(spec, dict) else None
-        os.write(log, ("sheetrunner: could not start %r: %s\n" % (argv, exc)).encode(
-            "utf-8", "replace"))
+        os.write(
+            log, ("sheetrunner: could not start %r: %s\n" % (argv, exc)).encode("utf-8", "replace")
+        )
         return None
 
 
@@ -1277,7 +1352,7 @@ def file_lines(fd, block=1 << 20):
         for line in _new_lines(summary, chunk, b""):
             yield line
         if len(chunk) < block:
-            rest = chunk[summary["offset"] - before:]
+            rest = chunk[summary["offset"] - before :]
             if rest and len(rest) <= protocol.REPORT_LINE_BYTES and not summary["skipping"]:
                 yield rest  # a last line without its newline
             return

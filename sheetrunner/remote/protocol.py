@@ -46,7 +46,7 @@ def is_attempt(value):
     if isinstance(value, bool):
         return False
     if isinstance(value, int):
-        return 1 <= value < 10 ** 9
+        return 1 <= value < 10**9
     return _full(ATTEMPT_RE, value) and int(value) >= 1
 
 

@@ -21,9 +21,21 @@ from .table import RowInsert, Table
 
 SWEEP_COLUMN = "sweep"
 # The summary's colour: the most pressing status among the children.
-COLOUR_ORDER = (Status.FAILED, Status.INVALID, Status.UNPLACEABLE, Status.RETRYING,
-                Status.STALLED, Status.LOST, Status.RUNNING, Status.LAUNCHING, Status.QUEUED, Status.HELD, Status.STOPPED,
-                Status.SUCCEEDED, Status.DUPLICATE)
+COLOUR_ORDER = (
+    Status.FAILED,
+    Status.INVALID,
+    Status.UNPLACEABLE,
+    Status.RETRYING,
+    Status.STALLED,
+    Status.LOST,
+    Status.RUNNING,
+    Status.LAUNCHING,
+    Status.QUEUED,
+    Status.HELD,
+    Status.STOPPED,
+    Status.SUCCEEDED,
+    Status.DUPLICATE,
+)
 
 
 def sweep_id(parent: Experiment) -> str:
@@ -87,7 +99,12 @@ def with_sweep_actions(experiments: list[Experiment]) -> list[Experiment]:
     """A sweep row's `stop`, `hold` or `rerun` applies to every row expanded from it (a
     person acts on the sweep, not on its 48 children). `run` or an empty action on the
     sweep row leaves each child to its own action cell, which expansion leaves empty."""
-    acting = {e.run_id: e.action for e in experiments
-              if e.is_sweep and e.run_id and e.action in SWEEP_ACTIONS}
-    return [dataclasses.replace(e, action=acting[e.sweep_id]) if e.sweep_id in acting else e
-            for e in experiments]
+    acting = {
+        e.run_id: e.action
+        for e in experiments
+        if e.is_sweep and e.run_id and e.action in SWEEP_ACTIONS
+    }
+    return [
+        dataclasses.replace(e, action=acting[e.sweep_id]) if e.sweep_id in acting else e
+        for e in experiments
+    ]

@@ -69,8 +69,14 @@ def owned_columns(metric_columns: Iterable[str] = (), curve: bool = True) -> fro
     return frozenset(n for n in names if n not in USER_COLUMNS and not n.startswith(PARAM_PREFIX))
 
 
-def only_owned(change: SheetWrite, table: Table, metric_columns: Iterable[str] = (),
-               tabs: Iterable[str] = (), *, curve: bool = True) -> SheetWrite:
+def only_owned(
+    change: SheetWrite,
+    table: Table,
+    metric_columns: Iterable[str] = (),
+    tabs: Iterable[str] = (),
+    *,
+    curve: bool = True,
+) -> SheetWrite:
     """`change` with everything that is not sheetrunner's own taken out (see the module
     docstring); the lease (`meta`, `meta_expect`) passes untouched. `tabs` are the side tabs
     the caller owns (`own_tabs(config)`). Returns a new SheetWrite; `change` is not altered."""
@@ -79,13 +85,18 @@ def only_owned(change: SheetWrite, table: Table, metric_columns: Iterable[str] =
     dropped: list[str] = []
     problem = header_problem(table)
     if problem is not None and (change.rows or change.new_columns or change.inserts):
-        dropped.append(f"every row cell, new column and insert, as the header is unusable: {problem}")
+        dropped.append(
+            f"every row cell, new column and insert, as the header is unusable: {problem}"
+        )
         rows: list[RowUpdate] = []
         new_columns: list[str] = []
         inserts = []
     else:
-        rows = [kept for update in change.rows
-                if (kept := _owned_cells(update, table, owned, dropped)) is not None]
+        rows = [
+            kept
+            for update in change.rows
+            if (kept := _owned_cells(update, table, owned, dropped)) is not None
+        ]
         new_columns = [c for c in change.new_columns if c in owned]
         dropped += [f"new column {_name(c)}" for c in change.new_columns if c not in owned]
         inserts = change.inserts
@@ -99,8 +110,9 @@ def only_owned(change: SheetWrite, table: Table, metric_columns: Iterable[str] =
     return replace(change, rows=rows, new_columns=new_columns, inserts=inserts, tabs=side)
 
 
-def _owned_cells(update: RowUpdate, table: Table, owned: frozenset[str],
-                 dropped: list[str]) -> RowUpdate | None:
+def _owned_cells(
+    update: RowUpdate, table: Table, owned: frozenset[str], dropped: list[str]
+) -> RowUpdate | None:
     cells: dict[str, Any] = {}
     for header, value in update.cells.items():
         if header in owned:
@@ -124,5 +136,7 @@ def _say(dropped: list[str]) -> None:
         return
     if len(_said) < _SAID_AT_MOST:
         _said.update(new)
-    log.warning("not written, not sheetrunner's to write: %s", "; ".join(new[:20])
-                + (f"; and {len(new) - 20} more" if len(new) > 20 else ""))
+    log.warning(
+        "not written, not sheetrunner's to write: %s",
+        "; ".join(new[:20]) + (f"; and {len(new) - 20} more" if len(new) > 20 else ""),
+    )

@@ -76,8 +76,15 @@ def namespace_of(meta: dict[str, str] | None, source: str) -> str | None:
     return namespace if is_namespace(namespace) else None
 
 
-def decide(meta: dict[str, str] | None, source: str, me: Daemon, now: datetime, ttl_s: float,
-           take_over: bool = False, make_namespace: Callable[[], str] = new_namespace) -> Decision:
+def decide(
+    meta: dict[str, str] | None,
+    source: str,
+    me: Daemon,
+    now: datetime,
+    ttl_s: float,
+    take_over: bool = False,
+    make_namespace: Callable[[], str] = new_namespace,
+) -> Decision:
     """The lease rule. A live lease of another daemon refuses us (unless `take_over`);
     our own lease is renewed when half of it is left; an expired one, or one left by
     an earlier daemon of our own state directory (it held the state's flock, which we
@@ -89,10 +96,17 @@ def decide(meta: dict[str, str] | None, source: str, me: Daemon, now: datetime, 
         due = (lease.until - now).total_seconds() < ttl_s / 2
         renewed = tab_rows(namespace or "", source, Lease(me, lease.since, _until(now, ttl_s)))
         return Decision(namespace, True, renewed if due else None)
-    if lease is not None and lease.until > now and not take_over and not _same_state(lease.owner, me):
+    if (
+        lease is not None
+        and lease.until > now
+        and not take_over
+        and not _same_state(lease.owner, me)
+    ):
         return Decision(namespace, False, refused_by=lease)
     namespace = namespace or make_namespace()
-    return Decision(namespace, False, tab_rows(namespace, source, Lease(me, now, _until(now, ttl_s))))
+    return Decision(
+        namespace, False, tab_rows(namespace, source, Lease(me, now, _until(now, ttl_s)))
+    )
 
 
 def tab_rows(namespace: str, source: str, lease: Lease) -> list[list[str]]:

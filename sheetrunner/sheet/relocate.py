@@ -75,8 +75,9 @@ def locate(update: RowUpdate, fresh: Table, by_id: RowIndex | None = None) -> in
         return candidates[0] if len(candidates) == 1 else None
     expect = update.expect or {JOB_COLUMN: update.job}
     names = tuple(sorted(expect))
-    candidates = [r for r in index.claimable(names, tuple(expect[n] for n in names))
-                  if r not in index.claimed]
+    candidates = [
+        r for r in index.claimable(names, tuple(expect[n] for n in names)) if r not in index.claimed
+    ]
     if not candidates:
         return None
     row = update.row if update.row in candidates else candidates[0]

@@ -33,13 +33,21 @@ class SheetView:
         self._tabs_written: dict[str, list[list[Any]]] = {}
         self._curves_written: dict[str, Sparkline] = {}
 
-    def change(self, table: Table, experiments: list[Experiment], plan: Plan,
-               runs: dict[str, Run], now: datetime, tabs: dict[str, list[list[Any]]]) -> SheetWrite:
+    def change(
+        self,
+        table: Table,
+        experiments: list[Experiment],
+        plan: Plan,
+        runs: dict[str, Run],
+        now: datetime,
+        tabs: dict[str, list[list[Any]]],
+    ) -> SheetWrite:
         values = {row: self._run_values(runs[run_id], now) for row, run_id in plan.rows.items()}
         values.update({row: rows.note_values(s, m) for row, (s, m) in plan.notes.items()})
         parents = [e for e in experiments if e.is_sweep]
         sweep_cells, fills, inserts = expansion.sweep_values(
-            table, parents, _child_statuses(experiments, plan, runs))
+            table, parents, _child_statuses(experiments, plan, runs)
+        )
         values.update(sweep_cells)
         all_tabs = dict(tabs)
         if self.config.curve:
@@ -48,8 +56,13 @@ class SheetView:
         change.inserts = inserts
         all_tabs = {n: [[rows.written_value(v) for v in r] for r in t] for n, t in all_tabs.items()}
         change.tabs = {n: t for n, t in all_tabs.items() if self._tabs_written.get(n) != t}
-        return guard.only_owned(change, table, self.config.metric_columns,
-                                guard.own_tabs(self.config), curve=bool(self.config.curve))
+        return guard.only_owned(
+            change,
+            table,
+            self.config.metric_columns,
+            guard.own_tabs(self.config),
+            curve=bool(self.config.curve),
+        )
 
     def written(self, change: SheetWrite) -> None:
         """The change reached the sheet: remember its tabs and curves."""
@@ -73,8 +86,9 @@ class SheetView:
             extra.append(expansion.SWEEP_COLUMN)
         return extra
 
-    def _add_curves(self, values: dict[int, dict[str, Any]], plan: Plan,
-                    runs: dict[str, Run]) -> list[list[Any]]:
+    def _add_curves(
+        self, values: dict[int, dict[str, Any]], plan: Plan, runs: dict[str, Run]
+    ) -> list[list[Any]]:
         """The hidden tab of histories, one run a row; a curve cell for each changed one."""
         metric = self.config.curve or ""
         tab: list[list[Any]] = [["run", metric]]
@@ -108,8 +122,9 @@ def _finite(value: Any) -> bool:
         return False
 
 
-def _child_statuses(experiments: list[Experiment], plan: Plan,
-                    runs: dict[str, Run]) -> dict[str, list[Status]]:
+def _child_statuses(
+    experiments: list[Experiment], plan: Plan, runs: dict[str, Run]
+) -> dict[str, list[Status]]:
     """Statuses of the rows expanded from each sweep, by sweep id."""
     found: dict[str, list[Status]] = {}
     for e in experiments:

@@ -22,7 +22,17 @@ from .sweeps import SWEEP_ID_PREFIX, SweepError, combinations, is_sweep, shorten
 from .table import RowUpdate, SheetWrite, Sparkline, Table, UnsavedFormula
 
 USER_COLUMNS = ("job", "gpus", "where", "priority", "retries", "action")
-OWNED_COLUMNS = ("id", "status", "host", "attempt", "started", "elapsed", "metrics", "message", "log")
+OWNED_COLUMNS = (
+    "id",
+    "status",
+    "host",
+    "attempt",
+    "started",
+    "elapsed",
+    "metrics",
+    "message",
+    "log",
+)
 PARAM_PREFIX = "--"
 PARAM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -59,10 +69,12 @@ def _param_layout(header: list[Any]) -> tuple[list[tuple[int, str]], dict[int, s
     for i, h in enumerate(header):
         if not isinstance(h, str) or not h.startswith(PARAM_PREFIX):
             continue
-        name = h[len(PARAM_PREFIX):]
+        name = h[len(PARAM_PREFIX) :]
         if not PARAM_NAME_RE.match(name):
-            bad[i] = (f"column {_letter(i)} header {shorten(h)!r} is not a parameter name; write "
-                      f"-- and a name of letters, digits, _ . or -, e.g. {_suggest(name)!r}")
+            bad[i] = (
+                f"column {_letter(i)} header {shorten(h)!r} is not a parameter name; write "
+                f"-- and a name of letters, digits, _ . or -, e.g. {_suggest(name)!r}"
+            )
             continue
         seen.setdefault(h, []).append(i)
     good = []
@@ -103,29 +115,37 @@ def header_problem(table: Table) -> str | None:
     header = [cell_text(h).strip() for h in table.header]
     count = sum(1 for r in table.rows if any(cell_text(v).strip() for v in r))
     below = f" and {count} non-empty row{'s' if count != 1 else ''} below it" if count else ""
-    fix = ("put the header back in row 1 (job, --NAME parameters, gpus, ..., id, status, ...; "
-           "undo the edit or see `sheetrunner init`)")
+    fix = (
+        "put the header back in row 1 (job, --NAME parameters, gpus, ..., id, status, ...; "
+        "undo the edit or see `sheetrunner init`)"
+    )
     for i, h in enumerate(header):
         if is_run_id(h) or (h.startswith(SWEEP_ID_PREFIX) and len(h) > len(SWEEP_ID_PREFIX)):
-            return (f"row 1 should be the header but column {_letter(i)} holds the run id "
-                    f"{shorten(h)!r}: it looks like a data row (was the sheet sorted with the "
-                    f"header in it?); {fix}")
+            return (
+                f"row 1 should be the header but column {_letter(i)} holds the run id "
+                f"{shorten(h)!r}: it looks like a data row (was the sheet sorted with the "
+                f"header in it?); {fix}"
+            )
     if not any(header):
         return f"row 1, the header, is empty{below}; {fix}"
     if "job" not in header:
-        known = [h for h in header if h in USER_COLUMNS or h in OWNED_COLUMNS
-                 or h.startswith(PARAM_PREFIX)]
-        what = ("none of the known column names" if not known
-                else "no `job` column")
+        known = [
+            h
+            for h in header
+            if h in USER_COLUMNS or h in OWNED_COLUMNS or h.startswith(PARAM_PREFIX)
+        ]
+        what = "none of the known column names" if not known else "no `job` column"
         shown = ", ".join(repr(shorten(h, 20)) for h in header[:6] if h)
         return f"row 1, the header, has {what} (it holds {shown}{', …' if len(header) > 6 else ''}){below}; {fix}"
     if "id" not in header:
         for cells in table.rows:
             for i, value in enumerate(cells):
                 if isinstance(value, str) and is_run_id(value.strip()):
-                    return (f"the header has no `id` column but column {_letter(i)} holds run ids "
-                            f"(e.g. {value.strip()!r}): its header was cleared or renamed; type "
-                            "`id` back into row 1 of that column")
+                    return (
+                        f"the header has no `id` column but column {_letter(i)} holds run ids "
+                        f"(e.g. {value.strip()!r}): its header was cleared or renamed; type "
+                        "`id` back into row 1 of that column"
+                    )
     return None
 
 
@@ -139,9 +159,11 @@ def header_problems(table: Table) -> list[str]:
     for name in (*USER_COLUMNS, *OWNED_COLUMNS):
         where = [i for i, h in enumerate(header) if h == name]
         if len(where) > 1:
-            lines.append(f"column {name} appears {len(where)} times (columns "
-                         f"{' and '.join(_letter(i) for i in where)}); only the first is used: "
-                         "delete the others")
+            lines.append(
+                f"column {name} appears {len(where)} times (columns "
+                f"{' and '.join(_letter(i) for i in where)}); only the first is used: "
+                "delete the others"
+            )
     return lines
 
 
@@ -193,15 +215,21 @@ def _cell(cells: list[Any], index: int) -> Any:
 
 
 def _parse_row(
-    table: Table, row: int, params: list[tuple[int, str]], bad_columns: dict[int, str],
+    table: Table,
+    row: int,
+    params: list[tuple[int, str]],
+    bad_columns: dict[int, str],
     jobs: set[str],
 ) -> Experiment | None:
     cells = table.rows[row - 2]
     text = {name: cell_text(table.value(row, name)).strip() for name in (*USER_COLUMNS, "id")}
     raw = [(h, cell_text(_cell(cells, i))) for i, h in params]
-    values = tuple((h[len(PARAM_PREFIX):], v) for h, v in raw if v.strip() != "")
-    unusable = [reason for i, reason in sorted(bad_columns.items())
-                if cell_text(_cell(cells, i)).strip() != ""]
+    values = tuple((h[len(PARAM_PREFIX) :], v) for h, v in raw if v.strip() != "")
+    unusable = [
+        reason
+        for i, reason in sorted(bad_columns.items())
+        if cell_text(_cell(cells, i)).strip() != ""
+    ]
     if not text["job"] and not values and not text["id"] and not unusable:
         return None  # an empty row, or a note a person left: not an experiment
     errors: list[str] = _unsaved_formulas(table, row)
@@ -214,7 +242,9 @@ def _parse_row(
     if not job:
         errors.append("the job cell is empty; name one of the configured jobs")
     elif job not in jobs and _cell_problem("job", job) is None:
-        errors.append(f"unknown job {shorten(job)!r}; the config declares: {', '.join(sorted(jobs))}")
+        errors.append(
+            f"unknown job {shorten(job)!r}; the config declares: {', '.join(sorted(jobs))}"
+        )
     expanded = run_id is not None and run_id.startswith(SWEEP_ID_PREFIX)
     children = _sweep(values, run_id, errors) if expanded or not bad_cells else ()
     gpus = _int_cell(text["gpus"], 1, "gpus", errors)
@@ -253,7 +283,9 @@ def _id_cell(text: str, values: tuple[tuple[str, str], ...]) -> tuple[str | None
     id twice; which row keeps it is the core's rule (the one whose cells match the run)."""
     if not text:
         return None, ""
-    if is_run_id(text) or (text.startswith(SWEEP_ID_PREFIX) and any(is_sweep(v) for _, v in values)):
+    if is_run_id(text) or (
+        text.startswith(SWEEP_ID_PREFIX) and any(is_sweep(v) for _, v in values)
+    ):
         return text, ""
     return None, text
 
@@ -278,20 +310,25 @@ def _cell_problem(name: str, text: str) -> str | None:
     """Why a user cell cannot be used as it is (too long, a character no argv item can
     carry), with the fix; None when it is fine. Bounded: the length is checked first."""
     if len(text) > MAX_CELL_CHARS:
-        return (f"the {name} cell holds {len(text):,} characters; at most {MAX_CELL_CHARS:,} "
-                "are allowed: shorten it")
+        return (
+            f"the {name} cell holds {len(text):,} characters; at most {MAX_CELL_CHARS:,} "
+            "are allowed: shorten it"
+        )
     bad = BAD_CHAR_RE.search(text)
     if bad is None:
         return None
     char = bad.group()
     if char == "\x00":
-        return (f"the {name} cell holds a NUL character (U+0000), which no argument can carry; "
-                "retype the cell without it")
+        return (
+            f"the {name} cell holds a NUL character (U+0000), which no argument can carry; "
+            "retype the cell without it"
+        )
     if "\ud800" <= char <= "\udfff":
-        return (f"the {name} cell holds U+{ord(char):04X}, which is not valid text; "
-                "retype the cell")
-    return (f"the {name} cell holds the control character U+{ord(char):04X}; retype the cell "
-            "without it (tabs and line breaks are fine)")
+        return f"the {name} cell holds U+{ord(char):04X}, which is not valid text; retype the cell"
+    return (
+        f"the {name} cell holds the control character U+{ord(char):04X}; retype the cell "
+        "without it (tabs and line breaks are fine)"
+    )
 
 
 def _unsaved_formulas(table: Table, row: int) -> list[str]:
@@ -311,12 +348,16 @@ def _int_cell(text: str, default: int | None, name: str, errors: list[str]) -> i
     except ValueError:
         number = math.nan
     if not number.is_integer() or number < 0:  # nan and ±inf are not whole numbers either
-        errors.append(f"{name} must be a whole number ≥ 0, not {shorten(text)!r}; type e.g. "
-                      f"{'1' if name == 'gpus' else '2'}, or clear the cell for the default")
+        errors.append(
+            f"{name} must be a whole number ≥ 0, not {shorten(text)!r}; type e.g. "
+            f"{'1' if name == 'gpus' else '2'}, or clear the cell for the default"
+        )
         return default
     if number > MAX_WHOLE_NUMBER:
-        errors.append(f"{name} must be at most {MAX_WHOLE_NUMBER:,}, not {shorten(text)!r}; "
-                      "type a smaller whole number")
+        errors.append(
+            f"{name} must be at most {MAX_WHOLE_NUMBER:,}, not {shorten(text)!r}; "
+            "type a smaller whole number"
+        )
         return default
     return int(number)
 
@@ -330,8 +371,10 @@ def _number_cell(text: str, errors: list[str]) -> float:
         errors.append(f"priority must be a number, not {shorten(text)!r}; type e.g. 0 or 10")
         return 0.0
     if not math.isfinite(number):
-        errors.append(f"priority must be a finite number, not {shorten(text)!r}; type e.g. 0 "
-                      "or 10 (higher runs first)")
+        errors.append(
+            f"priority must be a finite number, not {shorten(text)!r}; type e.g. 0 "
+            "or 10 (higher runs first)"
+        )
         return 0.0
     return number
 
@@ -425,8 +468,9 @@ def plan_write(
         shown_id = cell_text(table.value(row, "id")).strip() or None
         job = cell_text(table.value(row, "job")).strip()
         expect = {} if shown_id else user_cells(table, row)
-        updates.append(RowUpdate(row=row, run_id=shown_id, cells=changed, fill=fill, job=job,
-                                 expect=expect))
+        updates.append(
+            RowUpdate(row=row, run_id=shown_id, cells=changed, fill=fill, job=job, expect=expect)
+        )
     return SheetWrite(new_columns=new_columns, rows=updates)
 
 

@@ -60,28 +60,37 @@ def values(text: str) -> list[str]:
     Linear in the cell's length and bounded: a cell over MAX_SWEEP_CHARS, or one standing
     for more than MAX_CHILDREN values, is refused before any value is made."""
     if len(text) > MAX_SWEEP_CHARS:
-        raise SweepError(f"{shorten(text)!r}: a sweep cell holds at most {MAX_SWEEP_CHARS:,} "
-                         f"characters, this one {len(text):,}; split the sweep over several rows")
+        raise SweepError(
+            f"{shorten(text)!r}: a sweep cell holds at most {MAX_SWEEP_CHARS:,} "
+            f"characters, this one {len(text):,}; split the sweep over several rows"
+        )
     if text.strip().startswith("{"):
         return _spaced(text)
     if (ends := _range(text)) is not None:
         if any(len(end.lstrip("-")) > MAX_RANGE_DIGITS for end in ends):
-            raise SweepError(f"{shorten(text)!r}: the ends of a range have at most "
-                             f"{MAX_RANGE_DIGITS} digits; write e.g. 1..5")
+            raise SweepError(
+                f"{shorten(text)!r}: the ends of a range have at most "
+                f"{MAX_RANGE_DIGITS} digits; write e.g. 1..5"
+            )
         low, high = int(ends[0]), int(ends[1])
         if high < low:
             raise SweepError(f"{shorten(text)!r}: the range runs backwards; write {high}..{low}")
         if high - low + 1 > MAX_CHILDREN:
-            raise SweepError(f"{shorten(text)!r}: the range has {high - low + 1:,} values; "
-                             f"at most {MAX_CHILDREN:,} are allowed")
+            raise SweepError(
+                f"{shorten(text)!r}: the range has {high - low + 1:,} values; "
+                f"at most {MAX_CHILDREN:,} are allowed"
+            )
         return [str(v) for v in range(low, high + 1)]
     count = text.count(",") + 1
     if count > MAX_CHILDREN:
-        raise SweepError(f"{shorten(text)!r}: the list has {count:,} items; at most "
-                         f"{MAX_CHILDREN:,} are allowed")
+        raise SweepError(
+            f"{shorten(text)!r}: the list has {count:,} items; at most {MAX_CHILDREN:,} are allowed"
+        )
     items = [item.strip() for item in text.split(",")]
     if any(item == "" for item in items):
-        raise SweepError(f"{shorten(text)!r}: an empty item in the list; write e.g. 0.1, 0.01, 0.001")
+        raise SweepError(
+            f"{shorten(text)!r}: an empty item in the list; write e.g. 0.1, 0.01, 0.001"
+        )
     return items
 
 
@@ -92,9 +101,16 @@ def _spaced(text: str) -> list[str]:
     parts = body[1:-1].rsplit(None, 2) if body.endswith("}") else []
     low_text, dots, high_text = parts[0].partition("..") if len(parts) == 3 else ("", "", "")
     low_text, high_text = low_text.strip(), high_text.strip()
-    if not (dots and low_text and high_text and parts[1] in ("log", "lin")
-            and parts[2].isascii() and parts[2].isdigit()
-            and low_text.split() == [low_text] and high_text.split() == [high_text]):
+    if not (
+        dots
+        and low_text
+        and high_text
+        and parts[1] in ("log", "lin")
+        and parts[2].isascii()
+        and parts[2].isdigit()
+        and low_text.split() == [low_text]
+        and high_text.split() == [high_text]
+    ):
         raise SweepError(f"{shorten(text)!r} is not a spaced range; {example}")
     try:
         low, high = float(low_text), float(high_text)
@@ -131,10 +147,14 @@ def combinations(cells: Sequence[tuple[str, str]]) -> list[list[tuple[str, str]]
 
     `cells` is [(column, text)] in column order; raises SweepError on bad syntax
     or more than MAX_CHILDREN combinations (counted before any is made)."""
-    choices = [[(name, v) for v in values(text)] if is_sweep(text) else [(name, text)]
-               for name, text in cells]
+    choices = [
+        [(name, v) for v in values(text)] if is_sweep(text) else [(name, text)]
+        for name, text in cells
+    ]
     total = math.prod(len(c) for c in choices)
     if total > MAX_CHILDREN:
-        raise SweepError(f"the sweep has {total:,} combinations; at most {MAX_CHILDREN:,} are "
-                         "allowed: split it over several rows")
+        raise SweepError(
+            f"the sweep has {total:,} combinations; at most {MAX_CHILDREN:,} are "
+            "allowed: split it over several rows"
+        )
     return [list(combo) for combo in itertools.product(*choices)]

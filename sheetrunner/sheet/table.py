@@ -135,8 +135,9 @@ class SheetWrite:
     meta_expect: dict[str, str] | None = None
 
     def is_empty(self) -> bool:
-        return not (self.new_columns or self.rows or self.tabs or self.inserts
-                    or self.meta is not None)
+        return not (
+            self.new_columns or self.rows or self.tabs or self.inserts or self.meta is not None
+        )
 
 
 class SheetBackend(Protocol):

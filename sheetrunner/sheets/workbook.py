@@ -66,8 +66,10 @@ WRITE_ATTEMPTS = 5
 NEW_FILE_MODE = 0o644
 
 # What to do about a [sheet] path that holds no workbook.
-FIX_PATH = ("point [sheet] path at an .xlsx workbook, or move this file away and run "
-            "`sheetrunner init -c CONFIG` to create one")
+FIX_PATH = (
+    "point [sheet] path at an .xlsx workbook, or move this file away and run "
+    "`sheetrunner init -c CONFIG` to create one"
+)
 
 # Which file a path holds: (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns); None: no file.
 FileStamp = tuple[int, int, int, int, int] | None
@@ -98,8 +100,9 @@ class Workbook:
 
     def read(self) -> Table:
         snapshot = self._snapshot()
-        return self._table(self._parse(snapshot, data_only=False),
-                           self._parse(snapshot, data_only=True))
+        return self._table(
+            self._parse(snapshot, data_only=False), self._parse(snapshot, data_only=True)
+        )
 
     def _table(self, formulas_book: openpyxl.Workbook, values_book: openpyxl.Workbook) -> Table:
         """The tab as `read()` returns it; a write builds the same from its own load, so that
@@ -113,8 +116,12 @@ class Workbook:
                 value = known if known is not None else UnsavedFormula(cell, formula)
                 rows[values[cell].row - 1][values[cell].column - 1] = value
         header = [str(h).strip() if h is not None else "" for h in rows[0]] if rows else []
-        return Table(header=header, rows=_trim(rows[1:]), meta=_meta_of(values_book),
-                     source=str(self.path.resolve()))
+        return Table(
+            header=header,
+            rows=_trim(rows[1:]),
+            meta=_meta_of(values_book),
+            source=str(self.path.resolve()),
+        )
 
     def _remember_formulas(self, formulas: Worksheet, values: Worksheet) -> None:
         for cell, formula in _formula_cells(formulas):
@@ -162,8 +169,10 @@ class Workbook:
     def _unreadable(self, why: object) -> str:
         if isinstance(why, BaseException):
             why = f"{type(why).__name__}: {why}" if str(why) else type(why).__name__
-        return (f"could not read {self.path} as an .xlsx workbook ({why}); if a program was "
-                f"saving it, this clears next cycle, else {FIX_PATH}")
+        return (
+            f"could not read {self.path} as an .xlsx workbook ({why}); if a program was "
+            f"saving it, this clears next cycle, else {FIX_PATH}"
+        )
 
     def _tab(self, book: openpyxl.Workbook) -> Worksheet:
         if self.worksheet is None:
@@ -188,8 +197,13 @@ class Workbook:
             book = self._apply(snapshot, change)
             if self._replace_if_unchanged(book, snapshot.stamp):
                 return
-            log.info("%s was saved by someone else while we wrote it (try %d of %d); "
-                     "applying our change to their save", self.path, attempt, WRITE_ATTEMPTS)
+            log.info(
+                "%s was saved by someone else while we wrote it (try %d of %d); "
+                "applying our change to their save",
+                self.path,
+                attempt,
+                WRITE_ATTEMPTS,
+            )
         raise SheetUnavailable(
             f"{self.path} kept changing while we wrote it ({WRITE_ATTEMPTS} tries); "
             "writing next cycle"
@@ -257,8 +271,9 @@ class Workbook:
                 return
         raise SheetUnavailable(f"{self.path} kept changing while we wrote it; try again")
 
-    def _initialized(self, snapshot: Snapshot | None, header: list[str],
-                     job_names: list[str]) -> openpyxl.Workbook:
+    def _initialized(
+        self, snapshot: Snapshot | None, header: list[str], job_names: list[str]
+    ) -> openpyxl.Workbook:
         if snapshot is not None:
             book = self._parse(snapshot, data_only=False)
             sheet = self._tab(book)
@@ -297,8 +312,9 @@ def _meta_of(book: openpyxl.Workbook) -> dict[str, str] | None:
     return meta_from_rows([list(r) for r in book[META_TAB].iter_rows(values_only=True)])
 
 
-def _write_meta(book: openpyxl.Workbook, loaded_meta: dict[str, str] | None,
-                change: SheetWrite) -> None:
+def _write_meta(
+    book: openpyxl.Workbook, loaded_meta: dict[str, str] | None, change: SheetWrite
+) -> None:
     """Replace the `_sheetrunner` tab only if it still shows what the cycle read: two
     daemons taking the lease at once must not both see their own write win."""
     if change.meta is None:
@@ -332,8 +348,9 @@ def _header_columns(sheet: Worksheet, new_columns: list[str]) -> dict[str, int]:
     return columns
 
 
-def _write_updates(sheet: Worksheet, fresh: Table, updates: list[RowUpdate],
-                   columns: dict[str, int], width: int) -> set[int]:
+def _write_updates(
+    sheet: Worksheet, fresh: Table, updates: list[RowUpdate], columns: dict[str, int], width: int
+) -> set[int]:
     """Write each update where `relocate.locate` puts it in the loaded file; an update it
     cannot place is left for the next cycle. Returns the read rows whose claim was dropped."""
     by_id = rows_showing(fresh)
@@ -367,8 +384,9 @@ def _clean(value: Any) -> Any:
     return ILLEGAL_CHARACTERS_RE.sub("", value) if isinstance(value, str) else value
 
 
-def _write_row(sheet: Worksheet, row: int, update: RowUpdate, columns: dict[str, int],
-               width: int) -> None:
+def _write_row(
+    sheet: Worksheet, row: int, update: RowUpdate, columns: dict[str, int], width: int
+) -> None:
     for name, value in update.cells.items():
         cell = sheet.cell(row=row, column=columns[name])
         cell.value = _clean(value)
@@ -380,15 +398,23 @@ def _write_row(sheet: Worksheet, row: int, update: RowUpdate, columns: dict[str,
             sheet.cell(row=row, column=col).fill = fill
 
 
-def _insert_rows(sheet: Worksheet, fresh: Table, insert: RowInsert, columns: dict[str, int],
-                 dropped_claims: set[int]) -> None:
+def _insert_rows(
+    sheet: Worksheet,
+    fresh: Table,
+    insert: RowInsert,
+    columns: dict[str, int],
+    dropped_claims: set[int],
+) -> None:
     """Put new rows under `after_row`, if that row still shows what was read and its claim
     (a sweep row's id, written in the same batch) landed: a sweep expands once or not at all.
 
     Inserts go bottom first, so the rows above `after_row` are still where `fresh` has them."""
     if insert.after_row in dropped_claims or any(
-            shown(fresh, insert.after_row, k) != v for k, v in insert.expect.items()):
-        log.info("row %s changed since it was read; inserting its rows next cycle", insert.after_row)
+        shown(fresh, insert.after_row, k) != v for k, v in insert.expect.items()
+    ):
+        log.info(
+            "row %s changed since it was read; inserting its rows next cycle", insert.after_row
+        )
         return
     sheet.insert_rows(insert.after_row + 1, len(insert.rows))
     for offset, values in enumerate(insert.rows, start=1):

@@ -169,11 +169,17 @@ except ImportError:
 
 @pytest.mark.sshd
 def test_a_job_that_damages_its_run_directory_never_takes_its_ssh_host_down(tmp_path, sshd_lab):
-    from tests.chaos.test_ssh_default_root import DEFAULT_ROOT, HANGING_JOB, launch, new_run, wait_for
+    from sheetrunner.config import HostConfig
     from sheetrunner.pool.hosts import HostAgent, Pool
     from sheetrunner.pool.ssh import SshTransport
     from sheetrunner.remote.protocol import new_namespace
-    from sheetrunner.config import HostConfig
+    from tests.chaos.test_ssh_default_root import (
+        DEFAULT_ROOT,
+        HANGING_JOB,
+        launch,
+        new_run,
+        wait_for,
+    )
 
     fake = sshd_lab.add_host("gpu-a", gpus=2)
     host = HostConfig(name="gpu-a", address=fake.address, port=fake.port, user=fake.user,

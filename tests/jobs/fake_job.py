@@ -27,7 +27,8 @@ def guard(directory, tag):
     finds another copy of its row still running (a held flock) is recorded as concurrent."""
     os.makedirs(directory, exist_ok=True)
     held = open(os.path.join(directory, tag + ".lock"), "a")
-    line = "%s %s %s\n" % (tag, os.environ.get("SHEETRUNNER_RUN_ID"), os.environ.get("SHEETRUNNER_ATTEMPT"))
+    run_id, attempt = os.environ.get("SHEETRUNNER_RUN_ID"), os.environ.get("SHEETRUNNER_ATTEMPT")
+    line = f"{tag} {run_id} {attempt}\n"
     with open(os.path.join(directory, "starts.log"), "a") as f:
         f.write(line)
     try:
