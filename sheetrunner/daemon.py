@@ -164,6 +164,7 @@ class Daemon:
         )
         if plain is not None:
             self.store.save_noted_rows(_noted_rows(plain, plan))
+        _log_status_changes(known, plan)
         runs = {**known, **plan.runs}
         if plain is not None:
             self._shown = dict(plan.rows)
@@ -518,6 +519,20 @@ def _unfinished(runs: Iterable[Run], plan: Plan) -> int:
     """Runs the sheet shows that are not finished yet (for --exit-when-done)."""
     shown = set(plan.rows.values())
     return sum(1 for r in runs if r.run_id in shown and r.status in UNFINISHED)
+
+
+def _log_status_changes(known: dict[str, Run], plan: Plan) -> None:
+    """One plain line per run whose status changed: greppable, every final status included."""
+    for run in plan.runs.values():
+        before = known.get(run.run_id)
+        if before is None or before.status != run.status:
+            log.info(
+                "run=%s row=%s status=%s%s",
+                run.run_id,
+                run.row,
+                run.status.value,
+                f" message={_clip(run.message, 300)}" if run.message else "",
+            )
 
 
 def _noted_rows(experiments: list[Experiment], plan: Plan) -> list[dict]:

@@ -199,6 +199,7 @@ def test_exit_when_done_sums_up_and_exits_3_when_a_row_failed(tmp_path):
     assert "done: " in log and "1 succeeded" in log and "1 failed" in log and "1 invalid" in log
     assert "1 unplaceable" in log
     assert "row 3 failed" in log and "row 4 invalid" in log and "row 5 unplaceable" in log
+    assert "status=succeeded" in log and "status=failed message=no retries left" in log
 
 
 def test_sighup_reloads_the_config_and_a_bad_one_is_refused(tmp_path):
