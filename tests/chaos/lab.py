@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sheetrunner.daemon import Daemon, build
 from sheetrunner.sheet.schema import OWNED_COLUMNS
-from tests.helpers import guard_report, local_config, read_workbook, write_workbook
+from tests.helpers import files_outside, guard_report, local_config, read_workbook, write_workbook
 
 HEADER = ["job", "--tag", "--steps", "--sleep", "--exit", "--fail-attempts", "gpus", "retries",
           "action", *OWNED_COLUMNS]
@@ -91,6 +91,13 @@ def make_lab(dir: Path, guard: Path, rows: list[list], root: str = "host",
     lab = Lab(dir, guard)
     lab.config = local_config(dir, extra=extra, root=root, state_dir=state_dir, **cfg)
     return lab
+
+
+def nothing_outside(top: Path, *allowed: Path) -> None:
+    """Nothing was created under `top` except in the labs' own directories (config, workbook,
+    state, host root) and the allowed ones (a shared root, the guard, a backup)."""
+    stray = files_outside(top, list(allowed))
+    assert stray == [], stray
 
 
 def all_final(rows: list[dict]) -> bool:

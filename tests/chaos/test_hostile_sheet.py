@@ -23,7 +23,8 @@ from sheetrunner.sheets.google import ENDPOINT_ENV
 from tests.chaos.lab import all_final
 from tests.helpers import guard_report, local_config, read_workbook, write_workbook
 
-HEADER = ["job", "--tag", "--steps", "--dup", "--dup", "priority", "notes", "gpus", *OWNED_COLUMNS]
+HEADER = ["job", "--tag", "--steps", "--dup", "--dup", "priority", "notes", "gpus", "--a b",
+          *OWNED_COLUMNS]
 SHELLISH = "$(touch pwned); `id` ; rm -rf ~ | cat"
 # (row cells, the outcome: "succeeded" or a fragment of the invalid row's message)
 CORPUS = [
@@ -37,9 +38,17 @@ CORPUS = [
     (["fake", "dups", 2, 1, 2, None, None, 0], "--dup"),
     (["fake", "1..1000000000", 2, None, None, None, None, 0], "at most 1,000"),
     (["rm", "unknown-job", 2, None, None, None, None, 0], "unknown job"),
+    (["fake", "malformed", 2, None, None, None, None, 0, "x"], "--a b"),
 ]
 # A workbook cannot hold a NUL (openpyxl refuses to save one); a Google Sheet can.
-GOOGLE_ONLY = [(["fake", "nul\x00here", 2, None, None, None, None, 0], "NUL")]
+# Nor more than 32,767 characters in a cell: a 200 KB cell (it once froze the daemon's
+# log for minutes) and a 48 KB sweep-looking cell (its message once had 48,056
+# characters) are Google-only too.
+GOOGLE_ONLY = [
+    (["fake", "nul\x00here", 2, None, None, None, None, 0], "NUL"),
+    (["fake", "y" * 200_000, 2, None, None, None, None, 0], "4,096"),
+    (["fake", ", ".join(str(i) for i in range(9_000)), 2, None, None, None, None, 0], "4,096"),
+]
 
 
 def _expect_row(outcome: str, shown: dict) -> None:
@@ -127,6 +136,30 @@ def test_the_hostile_corpus_on_a_google_sheet(emu, tmp_path):
         [[v for v in r if v not in ("", None)] for r in before]
 
 
+def test_an_id_typed_over_a_running_row_is_put_right_and_its_run_goes_on(tmp_path):
+    guard = tmp_path / "guard"
+    header = ["job", "--tag", "--steps", "--sleep", "gpus", *OWNED_COLUMNS]
+    path = tmp_path / "experiments.xlsx"
+    write_workbook(path, header, [["fake", "r0", 30, 0.1, 0]])
+    daemon = build(local_config(tmp_path, extra=f'\n[jobs.fake.env]\nFAKE_GUARD_DIR = "{guard}"\n'))
+    try:
+        while read_workbook(path)[0].get("status") != "running":
+            daemon.cycle()
+            time.sleep(0.2)
+        run_id = read_workbook(path)[0]["id"]
+        book = openpyxl.load_workbook(path)
+        book.worksheets[0].cell(row=2, column=header.index("id") + 1).value = "typed-over"
+        book.save(path)
+        report = daemon.cycle()
+        assert not report.killed and not report.launched
+        assert read_workbook(path)[0]["id"] == run_id  # put right on the next cycle
+        rows = _cycle(daemon, lambda: read_workbook(path))
+    finally:
+        daemon.close()
+    assert rows[0]["status"] == "succeeded" and rows[0]["attempt"] == 1
+    assert guard_report(guard) == ({"r0": 1}, [])
+
+
 def test_a_cleared_header_stops_nothing_and_writes_nothing_until_it_is_back(tmp_path):
     guard = tmp_path / "guard"
     header = ["job", "--tag", "--steps", "--sleep", "gpus", *OWNED_COLUMNS]
@@ -196,12 +229,16 @@ def test_a_job_that_damages_its_run_directory_never_takes_its_ssh_host_down(tmp_
                    / hostile.run_id / "1")
         (attempt / "pid").write_text("garbage")
         (attempt / "metrics.summary.json").write_text("[]")
+        with open(attempt / "metrics.jsonl", "w") as f:  # hostile metrics: huge lines and keys
+            f.write('{"x": "' + "z" * 2_000_000 + '"}\n')
+            f.write("{" + ", ".join(f'"k{i}": {i}' for i in range(200_000)) + "}\n")
         for _ in range(3):  # and it stays so, cycle after cycle
             seen = pool.probe_all({"gpu-a": {(hostile.run_id, 1), (healthy.run_id, 1)}},
                                   datetime.now(UTC))["gpu-a"]
             assert seen.reachable, seen.error
             assert seen.attempt(healthy.run_id, 1).state == AttemptState.RUNNING
-            assert seen.attempt(hostile.run_id, 1) is not None
+            damaged = seen.attempt(hostile.run_id, 1)
+            assert damaged is not None and len(damaged.metrics) <= 200
     finally:
         for run in (hostile, healthy):
             try:

@@ -13,7 +13,7 @@ from pathlib import Path
 import openpyxl
 
 from sheetrunner import config as config_module
-from tests.chaos.lab import all_final, make_lab, row
+from tests.chaos.lab import all_final, make_lab, nothing_outside, row
 from tests.helpers import cycle_until
 
 
@@ -47,6 +47,7 @@ def test_two_sheets_sharing_a_host_root_never_see_each_others_runs(tmp_path):
     assert _ids(a) != _ids(b)
     assert a.starts() == b.starts() == {"same": 1}  # each sheet really ran its row
     assert a.concurrent() == b.concurrent() == []
+    nothing_outside(tmp_path, a.dir, b.dir, root, a.guard, b.guard)
 
 
 # 2 ------------------------------------------------------------------------------------------
@@ -108,6 +109,7 @@ def test_a_deleted_state_directory_adopts_every_running_job(tmp_path):
     _finish_with_a_new_daemon(lab)
     assert lab.statuses() == ["succeeded"] * 2 and [r["attempt"] for r in lab.rows()] == [1, 1]
     assert lab.starts() == {"r0": 1, "r1": 1} and lab.concurrent() == []
+    nothing_outside(tmp_path, lab.dir, lab.guard)
 
 
 def test_a_corrupt_store_is_moved_aside_and_rebuilt(tmp_path):
@@ -138,6 +140,7 @@ def test_a_store_restored_from_an_older_copy_adopts_the_newer_attempt(tmp_path):
     (shown,) = lab.rows()
     assert shown["status"] == "succeeded" and shown["attempt"] == 2
     assert lab.starts() == {"r": 2} and lab.concurrent() == []  # attempt 1 crashed, 2 ran
+    nothing_outside(tmp_path, lab.dir, lab.guard, tmp_path / "backup")
 
 
 def test_the_local_hosts_default_root_lies_outside_the_state_directory():
@@ -166,6 +169,7 @@ def test_a_stale_copy_saved_over_final_rows_takes_their_runs_back(tmp_path):
         daemon.close()
     assert lab.statuses() == ["succeeded", "failed"] and _ids(lab) == ids
     assert lab.starts() == {"ok": 1, "bad": 1}
+    nothing_outside(tmp_path, lab.dir, lab.guard, stale)
 
 
 # 7 ------------------------------------------------------------------------------------------
@@ -191,6 +195,7 @@ def test_a_running_row_copied_with_its_id_and_edited_runs_as_a_new_row(tmp_path)
     assert original["attempt"] == 1
     assert copy["id"] != orig["id"] and copy["status"] == "succeeded"
     assert lab.starts() == {"orig": 1, "copy": 1} and lab.concurrent() == []
+    nothing_outside(tmp_path, lab.dir, lab.guard)
 
 
 # 8 ------------------------------------------------------------------------------------------
@@ -213,6 +218,7 @@ def test_an_id_cell_that_is_not_a_run_id_is_never_used_as_a_path(tmp_path):
     assert shown["status"] == "invalid" and "clear the id cell" in shown["message"]
     assert shown["id"] == "../../escaped"  # the person's text, left for them to clear
     assert not list(tmp_path.rglob("escaped*")) and lab.starts() == {}
+    nothing_outside(tmp_path, lab.dir, lab.guard)
 
 
 # 10 -----------------------------------------------------------------------------------------
@@ -224,3 +230,4 @@ def test_exit_when_done_runs_every_row_of_a_sheet_holding_only_a_sweep(tmp_path)
     rows = lab.rows()
     assert [r["status"] for r in rows[1:]] == ["succeeded"] * 3
     assert lab.starts() == {"x": 1, "y": 1, "z": 1}
+    nothing_outside(tmp_path, lab.dir, lab.guard)
