@@ -185,7 +185,6 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
 def _check_local_workdirs(config: Config) -> None:
     """A job's workdir must exist where the local host would start it; a remote host's
     workdir is a path on that host and cannot be checked from here."""
-    from .daemon import job_workdir  # the daemon builds on this module: import when needed
 
     local = next((h for h in config.hosts if h.local), None)
     if local is None:
@@ -492,3 +491,13 @@ def _notify(raw: Any, base: Path) -> NotifyConfig:
         timeout_s=positive("notify.timeout", raw.get("timeout", 10), "10"),
         workdir=base,
     )
+
+
+def job_workdir(config: Config, job: str, host: HostConfig) -> str | None:
+    """Where the job starts: relative workdirs are relative to the config file on the local
+    host (so the example works from any directory) and to the home directory elsewhere."""
+    workdir = config.jobs[job].workdir
+    if not host.local:
+        return workdir
+    base = config.base_dir
+    return str((base / Path(workdir).expanduser()).resolve()) if workdir else str(base)

@@ -10,8 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .sheet.expansion import SWEEP_COLUMN
 from .sheet.lease import META_TAB
-from .sheet.schema import OWNED_COLUMNS, PARAM_PREFIX, USER_COLUMNS, metric_column_names
+from .sheet.schema import (
+    CURVE_COLUMN,
+    METRICS_TAB,
+    OWNED_COLUMNS,
+    PARAM_PREFIX,
+    USER_COLUMNS,
+    metric_column_names,
+)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -157,7 +165,6 @@ def _same_tab(a: str, b: str) -> bool:
 
 def tab_name(where: str, name: str, example: str) -> None:
     """A tab sheetrunner may create: not one of its own hidden tabs, nothing a workbook refuses."""
-    from .sheet.render import METRICS_TAB  # render imports config: import it when needed
 
     if _same_tab(name, META_TAB) or _same_tab(name, METRICS_TAB) or name.strip().startswith("_"):
         raise ConfigError(
@@ -196,8 +203,6 @@ def pool_tab(name: str, worksheet: str | None) -> None:
 def metric_columns(where: str, names: Sequence[str]) -> None:
     """Each metric gets the columns NAME and `best NAME`: none may be a column someone else
     owns (the user's, sheetrunner's) or another metric's."""
-    from .sheet.expansion import SWEEP_COLUMN  # through render, which imports config
-    from .sheet.render import CURVE_COLUMN
 
     example = '["acc", "loss"]'
     taken = {

@@ -25,7 +25,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 
 from . import config as config_module
 from . import reconcile, views
-from .config import Config, HostConfig
+from .config import Config, HostConfig, job_workdir
 from .errors import SheetError, SheetOwned, SheetrunnerError, SheetUnavailable, TransportError
 from .log_archive import ARCHIVED_BYTES, LogArchive
 from .model import Experiment, Run, Status
@@ -566,16 +566,6 @@ def policy_from(config: Config) -> reconcile.Policy:
         on_host_lost=config.daemon.on_host_lost,
         host_lost_timeout_s=config.daemon.host_lost_timeout_s,
     )
-
-
-def job_workdir(config: Config, job: str, host: HostConfig) -> str | None:
-    """Where the job starts: relative workdirs are relative to the config file on the local
-    host (so the example works from any directory) and to the home directory elsewhere."""
-    workdir = config.jobs[job].workdir
-    if not host.local:
-        return workdir
-    base = config.base_dir
-    return str((base / Path(workdir).expanduser()).resolve()) if workdir else str(base)
 
 
 # -- building the parts from the config -------------------------------------------------------

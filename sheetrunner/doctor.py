@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from .config import Config, HostConfig
-from .daemon import job_workdir, open_pool, open_sheet
+from .config import Config, HostConfig, job_workdir
+from .daemon import open_pool, open_sheet
 from .errors import HostKeyError, HostUnreachable, SheetError, TransportError
 from .model import Run, Status
 from .placement import never_fits

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 from .expansion import SWEEP_COLUMN
 from .lease import META_TAB
 from .schema import (
+    CURVE_COLUMN,
+    METRICS_TAB,
     OWNED_COLUMNS,
     PARAM_PREFIX,
     USER_COLUMNS,
@@ -43,8 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-METRICS_TAB = "_metrics"
-CURVE_COLUMN = "curve"
 _SAID_AT_MOST = 1000  # distinct drop reasons remembered (so each is logged once)
 _said: set[str] = set()
 

@@ -22,8 +22,8 @@ from . import expansion, guard
 from . import schema as rows
 from .table import SheetWrite, Sparkline, Table
 
-METRICS_TAB = guard.METRICS_TAB
-CURVE_COLUMN = guard.CURVE_COLUMN
+METRICS_TAB = rows.METRICS_TAB
+CURVE_COLUMN = rows.CURVE_COLUMN
 MAX_CURVE_POINTS = 500  # a curve's history, thinned evenly (last point kept) beyond this
 
 

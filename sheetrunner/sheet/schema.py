@@ -21,6 +21,8 @@ from ..remote.protocol import is_run_id
 from .sweeps import SWEEP_ID_PREFIX, SweepError, combinations, is_sweep, shorten
 from .table import RowUpdate, SheetWrite, Sparkline, Table, UnsavedFormula
 
+METRICS_TAB = "_metrics"  # hidden tab of curve histories ([sheet] curve)
+CURVE_COLUMN = "curve"  # the column holding a run's curve ([sheet] curve)
 USER_COLUMNS = ("job", "gpus", "where", "priority", "retries", "action")
 OWNED_COLUMNS = (
     "id",
