@@ -321,12 +321,13 @@ class Daemon:
         return launched
 
     def _launch_failed(self, run: Run, error: str, now: datetime) -> None:
-        """The launch may not have reached the host: queue again; fencing handles a straggler."""
+        """The launch may not have reached the host: the core counts it next cycle (a crash,
+        with backoff, another host first); fencing handles a straggler that did start."""
         log.warning(
             "launch failed run=%s attempt=%s host=%s: %s", run.run_id, run.attempt, run.host, error
         )
         self.store.record_outcome(run.run_id, run.attempt, "failed", error, now)
-        run.status, run.message = Status.QUEUED, f"launch on {run.host} failed, will retry: {error}"
+        run.launch_error = error[:500] or "unknown error"
         self.store.save_runs([run], now=now)
 
     def _write_sheet(

@@ -143,6 +143,8 @@ class Run:
     kept_cells: dict[str, str] = field(default_factory=dict)
     released: bool = False  # stopped because its row was deleted: no new row takes it back
     sweep_id: str = ""  # the sweep its row was expanded from (for ps and notifications)
+    launch_error: str = ""  # the last launch did not reach its host: the core counts it
+    avoid_host: str | None = None  # where the last launch failed: another host first
 
 
 @dataclass(frozen=True)

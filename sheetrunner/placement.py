@@ -76,6 +76,7 @@ def _best_fit(run: Run, hosts: list[HostCapacity], free: dict[str, _Free]) -> Ho
     fits = [
         h for h in hosts if h.name in free and h.matches(run.where) and _fits(run, free[h.name])
     ]
+    fits = [h for h in fits if h.name != run.avoid_host] or fits  # not where a launch just failed
     if not fits:
         return None
     if run.gpus == 0:

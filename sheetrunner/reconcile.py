@@ -200,7 +200,7 @@ class _Cycle:
             self._invalidate(run, exp.error)
         elif rerun and (run.status.is_final or run.attempt > 0):
             self._rerun(exp, run)
-        elif run.status == Status.INVALID or (run.key != exp.key and run.attempt == 0):
+        elif run.attempt == 0 and (run.status == Status.INVALID or run.key != exp.key):
             self._refresh(exp, run)
         elif run.key != exp.key:
             run.message = (
@@ -210,8 +210,11 @@ class _Cycle:
             self._apply_action(exp.action, run)
 
     def _invalidate(self, run: Run, reason: str) -> None:
-        """A row made invalid by an edit: a typo must not kill a long run or erase a result."""
-        if run.status.is_live or run.status.is_final and run.status != Status.INVALID:
+        """A row made invalid by an edit: a typo must not kill a long run or erase a result,
+        and a run that launched keeps the values it launched with (fixing the row later must
+        not resume its checkpoints under other parameters)."""
+        launched = run.attempt > 0 and run.status != Status.INVALID
+        if run.status.is_live or launched or run.status.is_final and run.status != Status.INVALID:
             run.message = f"the row is invalid now ({reason}); this run is left as it is"
             return
         run.status, run.message = Status.INVALID, reason
@@ -275,11 +278,20 @@ class _Cycle:
         for run in self.runs.values():
             if not run.status.is_live or run.host is None:
                 continue
+            if run.launch_error:
+                self._launch_failed(run)
+                continue
             host = observed.get(run.host)
             if host is None or not host.reachable:
                 self._host_silent(run, host, configured)
                 continue
             self._seen(run, host.attempt(run.run_id, run.attempt))
+
+    def _launch_failed(self, run: Run) -> None:
+        """Last cycle's launch did not go through: a crash like any other (counted against
+        `retries`, with backoff), and the next attempt prefers another host."""
+        reason, run.launch_error, run.avoid_host = run.launch_error, "", run.host
+        self._crash(run, f"the launch on {run.host} failed: {reason}")
 
     def _host_silent(self, run: Run, host: HostObservation | None, configured: set[str]) -> None:
         if run.host not in configured:
@@ -307,7 +319,7 @@ class _Cycle:
         elif state in (AttemptState.MISSING, AttemptState.STARTING):
             self._not_started(run, state)
         elif run.status == Status.STALLED:
-            pass  # killed last cycle; wait for the probe to see it gone
+            self._kill(run, "no heartbeat (stalled; kill sent again until it is gone)")
         else:
             self._alive(run, seen)
 

@@ -570,3 +570,65 @@ def test_an_auto_host_not_probed_yet_makes_nothing_unplaceable():
     world = World([HostCapacity("a", accelerators=(), known=False)])
     world.step([exp(gpus=4)])
     assert world.only_run().status == Status.QUEUED
+
+
+# -- outcomes fed back to the core ----------------------------------------------------------------
+
+
+def _launch_fails(world: World) -> str:
+    """The daemon could not send the launch: it reports that, and the next cycle decides."""
+    (launch,) = world.last.launches
+    world.alive.pop((launch.run_id, launch.attempt), None)
+    world.runs[launch.run_id].launch_error = "agent launch failed: refused"
+    return launch.host
+
+
+def test_a_failed_launch_is_a_crash_with_backoff_bounded_by_retries_and_tries_another_host():
+    world = World([gpu_host("a"), gpu_host("b")], Policy(retries=1, backoff_s=10))
+    e = exp()
+    world.step([e])
+    failed_on = _launch_fails(world)
+    world.step([claimed(world, e)])
+    run = world.only_run()
+    assert run.status == Status.RETRYING and run.crashes == 1 and "launch on" in run.message
+    world.step([claimed(world, e)], advance_s=11)
+    (again,) = world.last.launches
+    assert again.host != failed_on and again.attempt == 2
+    _launch_fails(world)
+    world.step([claimed(world, e)])
+    assert world.only_run().status == Status.FAILED  # never past `retries`, never forever
+
+
+def test_a_stalled_run_whose_kill_did_not_land_is_sent_the_kill_again():
+    world = World([gpu_host()], Policy(hang_timeout_s=30, retries=1))
+    e = exp()
+    world.step([e])
+    world.step([claimed(world, e)])
+    key = next(iter(world.alive))
+    world.heartbeat[key] = world.now - timedelta(seconds=100)
+    first = world.step([claimed(world, e)])
+    assert world.only_run().status == Status.STALLED and first.kills
+    world.alive[key] = "a"  # the kill did not land (a frozen process ignores SIGTERM)
+    del world.outcome[key]
+    again = world.step([claimed(world, e)])
+    assert [(k.run_id, k.attempt) for k in again.kills] == [key]
+    assert not again.launches  # no next attempt while the stalled one lives
+
+
+def test_a_run_that_launched_keeps_its_values_when_its_row_is_made_invalid_then_fixed():
+    world = World([gpu_host()], Policy(retries=2, backoff_s=100))
+    e = exp(lr="0.1")
+    world.step([e])
+    world.step([claimed(world, e)])
+    run_id = world.only_run().run_id
+    _finish(world, 1)  # crashed: retrying, attempt 2 not yet launched
+    world.step([claimed(world, e)])
+    assert world.runs[run_id].status == Status.RETRYING
+    broken = Experiment(**{**claimed(world, e).__dict__, "error": "gpus must be a whole number"})
+    world.step([broken])
+    assert world.runs[run_id].status == Status.RETRYING
+    fixed = exp(lr="0.5", run_id=run_id)
+    world.step([fixed], advance_s=200)
+    run = world.runs[run_id]
+    assert run.params == (("lr", "0.1"),) and run.key == e.key  # attempt 2 resumes 0.1's run
+    assert run.attempt == 2 and run.status == Status.LAUNCHING
