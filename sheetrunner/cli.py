@@ -16,7 +16,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +184,19 @@ def _parser() -> argparse.ArgumentParser:
             "list the runs and the rows that cannot run: status, parameters, host, metrics, why",
         )
     )
+    p = command(
+        "events",
+        cmd_events,
+        "the journal of what happened to the runs: claimed, "
+        "launched, crashed, killed, stopped, rebuilt, ... (oldest first)",
+    )
+    p.add_argument("run_id", metavar="RUN_ID", nargs="?", help="only this run's events")
+    p.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="only events since then: an ISO time (2026-11-29T14:00) or an age (30m, 2h, 1d)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p = command("logs", cmd_logs, "print a run's output (what its job printed)")
     p.add_argument("run_id", metavar="RUN_ID", help="the id from the sheet's id column or `ps`")
     p.add_argument(
@@ -331,6 +344,40 @@ def cmd_once(args: argparse.Namespace, console: Console) -> int:
 
 
 # -- ps ------------------------------------------------------------------------------------------
+
+
+def cmd_events(args: argparse.Namespace, console: Console) -> int:
+    config = _load(args)
+    store = open_store(config)
+    try:
+        found = store.events(args.run_id)
+    finally:
+        store.close()
+    since = _since(args.since) if args.since else None
+    rows = [
+        {"at": at, "run_id": run_id, "kind": kind, "detail": detail}
+        for at, run_id, kind, detail in found
+        if since is None or datetime.fromisoformat(at) >= since
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        console.print(views.events_table(rows))
+    return 0
+
+
+def _since(text: str) -> datetime:
+    """An ISO time (local time when it names no zone) or an age such as 30m, 2h, 1d."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
+        return datetime.now(UTC) - timedelta(seconds=float(text[:-1]) * units[text[-1]])
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise SheetrunnerError(
+            f"--since {text!r}: give an ISO time (2026-11-29T14:00) or an age (30m, 2h, 1d)"
+        ) from None
+    return moment if moment.tzinfo else moment.astimezone()
 
 
 def cmd_ps(args: argparse.Namespace, console: Console) -> int:

@@ -392,3 +392,16 @@ def pool_table(entries: list[dict[str, Any]], tz: tzinfo | None = None) -> Table
         style = "red" if str(row[1]).startswith("down") else None
         table.add_row(*[Text(str(c)) for c in row], style=style)  # cells are text, not markup
     return table
+
+
+def events_table(rows: list[dict[str, Any]]) -> Table:
+    """The event journal: when, which run, what happened."""
+    table = Table(box=None, header_style="bold")
+    for name in ("at", "run", "event", "detail"):
+        table.add_column(name, overflow="fold")
+    for row in rows:
+        at = datetime.fromisoformat(row["at"]).astimezone()
+        table.add_row(
+            at.strftime("%Y-%m-%d %H:%M:%S %Z"), row["run_id"], row["kind"], Text(row["detail"])
+        )
+    return table

@@ -300,3 +300,28 @@ def test_ps_watch_redraws_from_the_store_until_ctrl_c(tmp_path, monkeypatch):
     drawn = []
     assert cli._watch(lambda: drawn.append(1) or first, 5.0, console) == 0
     assert naps == [5.0, 5.0] and len(drawn) == 2
+
+
+def test_events_lists_the_journal_filtered_by_run_and_age(tmp_path, capsys):
+    from datetime import UTC, datetime, timedelta
+
+    from helpers import local_config
+
+    from sheetrunner.store import Store
+
+    config = local_config(tmp_path)
+    store = Store(Path(config.daemon.state_dir) / "state.sqlite")
+    old = datetime.now(UTC) - timedelta(hours=3)
+    store.log_event("aaaaaaaa-111111", "claimed", "row 2 status=queued", old)
+    store.log_event("aaaaaaaa-111111", "crashed", "exit code 1 on attempt 1", datetime.now(UTC))
+    store.log_event("bbbbbbbb-222222", "claimed", "row 3", datetime.now(UTC))
+    store.close()
+    assert cli.main(["events", "-c", str(config.path), "--json", "--since", "1h",
+                     "aaaaaaaa-111111"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["run_id"], r["kind"]) for r in rows] == [("aaaaaaaa-111111", "crashed")]
+    assert cli.main(["events", "-c", str(config.path)]) == 0
+    text = capsys.readouterr().out
+    assert "claimed" in text and "bbbbbbbb-222222" in text and "exit code 1" in text
+    assert cli.main(["events", "-c", str(config.path), "--since", "yesterday"]) == 1
+    assert "an age (30m, 2h, 1d)" in capsys.readouterr().out
