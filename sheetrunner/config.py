@@ -76,6 +76,7 @@ class JobConfig:
     best_metric: str | None = None
     best_mode: str = "max"
     checkpoint_root: str | None = None  # shared storage: a restart on another host resumes
+    no_retry_exit_codes: tuple[int, ...] = (2,)  # exits that fail at once (2: a usage error)
 
 
 @dataclass(frozen=True)
@@ -330,6 +331,7 @@ def _job(name: str, raw: Any) -> JobConfig:
             "best_metric",
             "best_mode",
             "checkpoint_root",
+            "no_retry_exit_codes",
         },
     )
     command = raw.get("command")
@@ -353,7 +355,22 @@ def _job(name: str, raw: Any) -> JobConfig:
         best_metric=opt_str(f"{where}.best_metric", raw.get("best_metric")),
         best_mode=mode,
         checkpoint_root=opt_str(f"{where}.checkpoint_root", raw.get("checkpoint_root")),
+        no_retry_exit_codes=_exit_codes(
+            f"{where}.no_retry_exit_codes", raw.get("no_retry_exit_codes", [2])
+        ),
     )
+
+
+def _exit_codes(where: str, value: Any) -> tuple[int, ...]:
+    """Exit codes a retry cannot fix (a usage error): the run fails at once."""
+    if not isinstance(value, list) or any(
+        isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 255 for v in value
+    ):
+        raise ConfigError(
+            f"{where} = {value!r}; use a list of exit codes from 1 to 255, e.g. [2] "
+            "(argparse's usage error), or [] to retry every crash"
+        )
+    return tuple(value)
 
 
 HOST_KEYS = {

@@ -566,6 +566,7 @@ def policy_from(config: Config) -> reconcile.Policy:
         launch_timeout_s=d.launch_timeout_s,
         on_host_lost=config.daemon.on_host_lost,
         host_lost_timeout_s=config.daemon.host_lost_timeout_s,
+        no_retry_exit_codes={name: job.no_retry_exit_codes for name, job in config.jobs.items()},
     )
 
 

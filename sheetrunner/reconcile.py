@@ -38,6 +38,8 @@ class Policy:
     launch_timeout_s: float = 120.0
     on_host_lost: str = "wait"  # or "requeue"
     host_lost_timeout_s: float = 300.0
+    # job -> exit codes that fail the run at once (a usage error no retry can fix)
+    no_retry_exit_codes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ def plan(
     cycle.adopt_newer(newest)
     cycle.observe(observed, {h.name for h in hosts})
     cycle.fence(observed)
-    cycle.place(hosts)
+    cycle.place(hosts, observed)
     return cycle.result(known)
 
 
@@ -329,6 +331,13 @@ class _Cycle:
         elif code == 0:
             run.status, run.message, run.finished_at = Status.SUCCEEDED, "", self.now
             self.out.events.append(Event(run.run_id, "succeeded", f"attempt={run.attempt}"))
+        elif code in self.policy.no_retry_exit_codes.get(run.job, ()):
+            run.status, run.finished_at = Status.FAILED, self.now
+            run.message = (
+                f"exit code {code} on attempt {run.attempt}, which is not retried (a usage "
+                f"error: jobs.{run.job}.no_retry_exit_codes){tail}"
+            )
+            self.out.events.append(Event(run.run_id, "failed", f"exit code {code}, not retried"))
         else:
             self._crash(run, f"exit code {code} on attempt {run.attempt}{tail}")
 
@@ -399,11 +408,18 @@ class _Cycle:
 
     # -- 4. placement ------------------------------------------------------------------------
 
-    def place(self, hosts: list[HostCapacity]) -> None:
+    def place(
+        self, hosts: list[HostCapacity], observed: Mapping[str, HostObservation] | None = None
+    ) -> None:
         """Waiting runs, highest priority first then row order, onto free accelerators. A run
-        no configured host could ever take is `unplaceable` (until the config changes)."""
+        no configured host could ever take is `unplaceable` (until the config changes); a
+        retry waits until the attempt it replaces is seen gone (fencing kills it meanwhile),
+        so two processes of one row never overlap."""
         placement = Placement(hosts, self.runs.values())
         for run in sorted(self._waiting(), key=lambda r: (-r.priority, r.row, r.created_at)):
+            if _still_alive(run, observed or {}):
+                run.message = _waiting_for_previous(run)
+                continue
             never = never_fits(run, hosts)
             if never is not None:
                 run.status, run.message = Status.UNPLACEABLE, never
@@ -429,7 +445,7 @@ class _Cycle:
         run.attempt_started_at = self.now
         run.started_at = run.started_at or self.now
         run.finished_at, run.next_attempt_at, run.kept_cells = None, None, {}
-        if not run.message.startswith("retry"):
+        if run.crashes == 0:  # a retry keeps saying why it is one
             run.message = ""
         self.out.launches.append(Launch(run.run_id, run.attempt, host, accelerators))
 
@@ -441,3 +457,16 @@ class _Cycle:
                 run.updated_at = self.now
                 self.out.runs[run_id] = run
         return self.out
+
+
+def _still_alive(run: Run, observed: Mapping[str, HostObservation]) -> bool:
+    """The run's newest attempt still shows as running or starting on its host."""
+    host = observed.get(run.host or "")
+    seen = (
+        host.attempt(run.run_id, run.attempt) if host and host.reachable and run.attempt else None
+    )
+    return seen is not None and seen.state in (AttemptState.RUNNING, AttemptState.STARTING)
+
+
+def _waiting_for_previous(run: Run) -> str:
+    return f"waiting for attempt {run.attempt} on {run.host} to end before the next one starts"

@@ -517,3 +517,12 @@ def test_a_bad_webhook_is_refused_without_repeating_it(tmp_path: Path, url: str)
 def test_a_webhook_of_the_wrong_type_is_refused(tmp_path: Path, value: str) -> None:
     with pytest.raises(ConfigError, match="notify.webhook .*non-empty string"):
         config.load(write(tmp_path, NOTIFY + f"webhook = {value}\n"))
+
+
+def test_no_retry_exit_codes_default_to_the_usage_error_and_are_checked(tmp_path):
+    from helpers import local_config
+
+    config = local_config(tmp_path)
+    assert config.jobs["fake"].no_retry_exit_codes == (2,)
+    with pytest.raises(ConfigError, match="no_retry_exit_codes"):
+        local_config(tmp_path, extra='\n[jobs.bad]\ncommand = ["x"]\nno_retry_exit_codes = [0]\n')

@@ -632,3 +632,50 @@ def test_a_run_that_launched_keeps_its_values_when_its_row_is_made_invalid_then_
     run = world.runs[run_id]
     assert run.params == (("lr", "0.1"),) and run.key == e.key  # attempt 2 resumes 0.1's run
     assert run.attempt == 2 and run.status == Status.LAUNCHING
+
+
+def test_a_retry_waits_until_the_attempt_it_replaces_is_seen_gone():
+    world = World([gpu_host()], Policy(hang_timeout_s=30, retries=2, backoff_s=1))
+    e = exp()
+    world.step([e])
+    world.step([claimed(world, e)])
+    key = next(iter(world.alive))
+    world.heartbeat[key] = world.now - timedelta(seconds=100)
+    for _ in range(4):  # frozen (SIGSTOP): every kill is sent, none takes effect
+        p = world.step([claimed(world, e)], advance_s=10)
+        assert not p.launches and any(k.attempt == key[1] for k in p.kills)
+        world.alive[key] = "a"
+        world.outcome.pop(key, None)
+    world.alive.pop(key)  # gone at last
+    world.outcome[key] = AttemptObservation(*key, AttemptState.EXITED, exit_code=137)
+    world.step([claimed(world, e)], advance_s=10)
+    world.step([claimed(world, e)], advance_s=10)
+    assert world.only_run().attempt == key[1] + 1
+
+
+def test_no_next_attempt_while_the_previous_one_still_runs_on_a_reachable_host():
+    e = exp(run_id="abcdef01-x1")
+    run = Run(run_id="abcdef01-x1", key=e.key, job="train", params=e.params, gpus=1, where=None,
+              status=Status.RETRYING, created_at=T0, updated_at=T0, retries=2, attempt=1,
+              host="a", accelerators=("0",), crashes=1, in_sheet=True,
+              next_attempt_at=T0 - timedelta(seconds=1))
+    alive = AttemptObservation("abcdef01-x1", 1, AttemptState.RUNNING, heartbeat_at=T0)
+    host = HostObservation("a", True, T0, attempts=(alive,))
+    p = plan([e], {run.run_id: run}, {"a": host}, [gpu_host()], POLICY, T0)
+    assert not p.launches and p.kills and p.kills[0].attempt == 1
+    assert "waiting for attempt 1" in p.runs[run.run_id].message
+    gone = HostObservation("a", True, T0, attempts=(
+        AttemptObservation("abcdef01-x1", 1, AttemptState.EXITED, exit_code=143),))
+    p = plan([e], {run.run_id: run}, {"a": gone}, [gpu_host()], POLICY, T0)
+    assert [launch.attempt for launch in p.launches] == [2]
+
+
+def test_an_exit_code_that_no_retry_can_fix_fails_at_once():
+    world = World([gpu_host()], Policy(retries=3, no_retry_exit_codes={"train": (2,)}))
+    e = exp()
+    world.step([e])
+    world.step([claimed(world, e)])
+    _finish(world, 2)
+    world.step([claimed(world, e)])
+    run = world.only_run()
+    assert run.status == Status.FAILED and run.crashes == 0 and "not retried" in run.message
