@@ -27,7 +27,9 @@ from .model import (
     AttemptState,
     Experiment,
     HostObservation,
+    RowLink,
     Run,
+    RunSpec,
     Status,
 )
 
@@ -60,7 +62,7 @@ def keepers(experiments: list[Experiment], runs: Mapping[str, Run]) -> list[Expe
     keep: dict[str, int] = {}
     for run_id, rows in rows_by_id.items():
         run = runs.get(run_id)
-        matching = [e for e in rows if run is not None and e.key == run.key]
+        matching = [e for e in rows if run is not None and e.key == run.spec.key]
         keep[run_id] = (matching or rows)[0].row
     return [
         e if not e.run_id or keep[e.run_id] == e.row else dataclasses.replace(e, run_id=None)
@@ -75,15 +77,11 @@ def run_from_attempt(
     continue from there, and the attempts before it count as spent."""
     run = Run(
         run_id=run_id,
-        key=seen.key,
-        job=seen.job,
-        params=seen.params,
-        gpus=seen.gpus,
-        where=None,
+        spec=RunSpec(seen.key, seen.job, seen.params),
         status=Status.LAUNCHING,
         created_at=now,
         updated_at=now,
-        retries=retries,
+        link=RowLink(gpus=seen.gpus, retries=retries),
         attempt=seen.attempt,
         host=host,
         accelerators=seen.accelerators,
@@ -103,22 +101,15 @@ def run_from_row(exp: Experiment, now: datetime, retries: int, hosts: set[str]) 
     host = shown.get("host") or None
     run = Run(
         run_id=exp.run_id or "",
-        key=exp.key,
-        job=exp.job,
-        params=exp.params,
-        gpus=exp.gpus,
-        where=exp.where,
+        spec=RunSpec(exp.key, exp.job, exp.params),
         status=Status.QUEUED,
         created_at=now,
         updated_at=now,
-        retries=retries,
+        link=row_link(exp, retries, in_sheet=True),
         attempt=attempt,
         crashes=max(0, attempt - 1),
-        priority=exp.priority,
-        row=exp.row,
-        in_sheet=True,
-        kept_cells={k: v for k, v in shown.items() if k not in ("id", "status")},
     )
+    run.link.kept_cells = {k: v for k, v in shown.items() if k not in ("id", "status")}
     if status is not None and status.is_final:
         run.status, run.host, run.finished_at = status, host, now
         run.message = shown.get("message", "")
@@ -126,6 +117,21 @@ def run_from_row(exp: Experiment, now: datetime, retries: int, hosts: set[str]) 
         run.status, run.host, run.attempt_started_at = Status.LOST, host, now
         run.message = f"rebuilt from the sheet: looking for attempt {attempt} on {host}"
     return run
+
+
+def row_link(exp: Experiment, retries: int, in_sheet: bool = False) -> RowLink:
+    """A new run's link to the row it was claimed or rebuilt from."""
+    return RowLink(
+        row=exp.row,
+        in_sheet=in_sheet,
+        gpus=exp.gpus,
+        where=exp.where,
+        priority=exp.priority,
+        retries=retries,
+        time_limit_s=exp.time_limit_s,
+        last_action=exp.action,
+        sweep_id=exp.sweep_id,
+    )
 
 
 class RowMatcher:
@@ -157,8 +163,8 @@ class RowMatcher:
     ) -> Run | None:
         if exp.run_id and exp.run_id in self.runs:
             run = self.runs[exp.run_id]
-            while run.replaced_by and run.replaced_by in self.runs:
-                run = self.runs[run.replaced_by]  # a rerun whose new id is not shown yet
+            while run.link.replaced_by and run.link.replaced_by in self.runs:
+                run = self.runs[run.link.replaced_by]  # a rerun whose new id is not shown yet
             return run
         if exp.run_id:
             return self._rebuild(exp, newest, hosts)
@@ -186,12 +192,17 @@ class RowMatcher:
         if run_id in newest:
             host, seen = newest[run_id]
             run = run_from_attempt(run_id, host, seen, self.now, self.retries(exp))
-            run.key, run.job, run.params = (
-                run.key or exp.key,
-                run.job or exp.job,
-                run.params or exp.params,
+            run.spec = RunSpec(
+                run.spec.key or exp.key,
+                run.spec.job or exp.job,
+                run.spec.params or exp.params,
             )
-            run.where, run.priority, run.row, run.in_sheet = exp.where, exp.priority, exp.row, True
+            run.link.where, run.link.priority, run.link.row, run.link.in_sheet = (
+                exp.where,
+                exp.priority,
+                exp.row,
+                True,
+            )
             detail = f"from attempt {seen.attempt} on {host}"
         else:
             run = run_from_row(exp, self.now, self.retries(exp), hosts)
@@ -207,34 +218,30 @@ class RowMatcher:
         candidates = [
             r
             for r in self.by_key.get(key, [])
-            if r.run_id not in seen and not r.replaced_by and not r.released and r.key == key
+            if r.run_id not in seen
+            and not r.link.replaced_by
+            and not r.link.released
+            and r.spec.key == key
         ]
         return max(candidates, key=lambda r: r.created_at) if candidates else None
 
     def _succeeded(self, key: str) -> Run | None:
         for run in self.by_key.get(key, []):
-            if run.status == Status.SUCCEEDED and run.key == key:
+            if run.status == Status.SUCCEEDED and run.spec.key == key:
                 return run
         return None
 
     def new_run(self, exp: Experiment, status: Status, duplicate_of: Run | None = None) -> Run:
         run = Run(
             run_id=self._fresh_id(exp.key),
-            key=exp.key,
-            job=exp.job,
-            params=exp.params,
-            gpus=exp.gpus,
-            where=exp.where,
+            spec=RunSpec(exp.key, exp.job, exp.params),
             status=status,
             created_at=self.now,
             updated_at=self.now,
-            retries=self.retries(exp),
-            priority=exp.priority,
-            row=exp.row,
-            last_action=exp.action,
+            link=row_link(exp, self.retries(exp)),
         )
         if duplicate_of is not None:
-            run.duplicate_of = duplicate_of.run_id
+            run.link.duplicate_of = duplicate_of.run_id
             run.finished_at = self.now
             run.message = (
                 f"same job and parameters as run {duplicate_of.run_id}, which succeeded; "
@@ -252,7 +259,7 @@ class RowMatcher:
 
     def _add(self, run: Run) -> None:
         self.runs[run.run_id] = run
-        self.by_key.setdefault(run.key, []).append(run)
+        self.by_key.setdefault(run.spec.key, []).append(run)
 
 
 def _status_or_none(text: str) -> Status | None:

@@ -4,6 +4,14 @@ Vocabulary (used everywhere, no synonyms): a *job* is a program declared in
 the config; an *experiment* is a row of the sheet; a *run* is an experiment's
 execution and has a stable id; an *attempt* is the n-th launch of a run; a
 *host* is a machine of the *pool*.
+
+Words settled: an experiment's *key* is the hash of its job and parameters (its
+identity; `sheetrunner.sheet.schema.experiment_key`); `gpus` is the sheet's column
+and means accelerators wanted, GPUs or TPU chips alike, while `accelerators` are the
+ids a launched attempt was given; `Status` is a run's (what the row shows) and
+`AttemptState` an attempt directory's on a host (what the probe found), so an
+attempt that vanished without an exit code is `AttemptState.VANISHED`, never a
+`Status`. The status sets live here, each with the one question it answers.
 """
 
 from __future__ import annotations
@@ -45,6 +53,12 @@ class Status(enum.StrEnum):
 LIVE_STATUSES = frozenset({Status.LAUNCHING, Status.RUNNING, Status.STALLED, Status.LOST})
 FINAL_STATUSES = frozenset(
     {Status.SUCCEEDED, Status.FAILED, Status.STOPPED, Status.INVALID, Status.DUPLICATE}
+)
+# A process of the run has just ended (its log is archived then).
+ENDED_STATUSES = frozenset({Status.SUCCEEDED, Status.FAILED, Status.RETRYING, Status.STOPPED})
+# What `--exit-when-done` waits for (unplaceable, held and invalid rows do not count).
+UNFINISHED_STATUSES = frozenset(
+    {Status.QUEUED, Status.LAUNCHING, Status.RUNNING, Status.RETRYING, Status.STALLED, Status.LOST}
 )
 
 # Row fill colours (RGB hex) by status, as DESIGN.md lists them.
@@ -92,6 +106,7 @@ class Experiment:
     where: str | None = None
     priority: float = 0
     retries: int | None = None  # None: the config's default
+    time_limit_s: float | None = None  # the `time_limit` cell (None: the job's or the default)
     action: Action = Action.RUN
     error: str | None = None
     shown_status: str = ""  # the `status` cell as read: used to adopt an id the store lacks
@@ -106,45 +121,75 @@ class Experiment:
         return bool(self.children)
 
 
-@dataclass
-class Run:
-    """An experiment's execution, as the store knows it."""
+@dataclass(frozen=True)
+class RunSpec:
+    """What a run runs: its job, its parameters and the experiment hash they make.
 
-    run_id: str
+    Frozen: a run that launched never changes what it runs (an edited row is told to
+    use `rerun`); only a run that never launched takes a new spec from its row."""
+
     key: str
     job: str
     params: tuple[tuple[str, str], ...]
-    gpus: int
-    where: str | None
+
+
+@dataclass
+class RowLink:
+    """The run's link to its row: what the row asks of it as last read, and how the two
+    found each other. Row wishes (`gpus`, `where`, `retries`, ...) apply from the next launch."""
+
+    row: int = 0  # the row it was last seen in (for ordering and display only)
+    in_sheet: bool = False  # its id has been seen in the sheet at least once
+    gpus: int = 1  # accelerators wanted on one host (0: a CPU slot)
+    where: str | None = None
+    priority: float = 0
+    retries: int = 0  # restarts allowed after a crash or hang
+    time_limit_s: float | None = None  # the row's time_limit (None: the job's, the config's)
+    last_action: Action = Action.RUN
+    sweep_id: str = ""  # the sweep its row was expanded from (for ps and notifications)
+    duplicate_of: str | None = None
+    replaced_by: str | None = None  # a rerun's new run: the row now shows that one
+    released: bool = False  # stopped because its row was deleted: no new row takes it back
+    # Owned cells the sheet showed for a run rebuilt without its history (lost state):
+    # shown as they were until the run has values of its own, never blanked.
+    kept_cells: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Seen:
+    """What the probes last reported of the run's current attempt."""
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)  # min/max/history of the attempt
+    log_path: str = ""
+
+
+@dataclass
+class Run:
+    """An experiment's execution, as the store knows it: what it runs (`spec`), its link
+    to its row (`link`), what the probes saw (`seen`), and its lifecycle (the rest: only
+    sheetrunner/lifecycle.py changes `status`)."""
+
+    run_id: str
+    spec: RunSpec
     status: Status
     created_at: datetime
     updated_at: datetime
-    retries: int = 0  # restarts allowed after a crash or hang
+    link: RowLink = field(default_factory=RowLink)
+    seen: Seen = field(default_factory=Seen)
     attempt: int = 0  # number of the newest attempt (0: never launched)
     host: str | None = None
-    accelerators: tuple[str, ...] = ()
+    accelerators: tuple[str, ...] = ()  # the ids the current attempt was given
     crashes: int = 0
     started_at: datetime | None = None  # first launch of the run
     attempt_started_at: datetime | None = None
     finished_at: datetime | None = None
     next_attempt_at: datetime | None = None  # backoff: not before this
     message: str = ""
-    metrics: dict[str, Any] = field(default_factory=dict)
-    summary: dict[str, Any] = field(default_factory=dict)  # the current attempt's min/max/history
-    log_path: str = ""
-    in_sheet: bool = False  # its id has been seen in the sheet at least once
-    priority: float = 0
-    row: int = 0  # the row it was last seen in (for ordering and display only)
-    last_action: Action = Action.RUN
-    duplicate_of: str | None = None
-    replaced_by: str | None = None  # a rerun's new run: the row now shows that one
-    # Owned cells the sheet showed for a run rebuilt without its history (lost state):
-    # shown as they were until the run has values of its own, never blanked.
-    kept_cells: dict[str, str] = field(default_factory=dict)
-    released: bool = False  # stopped because its row was deleted: no new row takes it back
-    sweep_id: str = ""  # the sweep its row was expanded from (for ps and notifications)
     launch_error: str = ""  # the last launch did not reach its host: the core counts it
     avoid_host: str | None = None  # where the last launch failed: another host first
+    stall_reason: str = ""  # why the current attempt was killed as stalled
+    timed_out: bool = False  # the current attempt passed its time limit and is being stopped
 
 
 @dataclass(frozen=True)
@@ -157,6 +202,8 @@ class Accelerator:
     memory_total_mib: int | None = None
     utilization_pct: int | None = None
     foreign: bool = False  # busy with a process sheetrunner did not start
+    healthy: bool = True  # False: lost, or uncorrected ECC errors; never given to a run
+    health: str = ""  # why it is unhealthy
 
 
 class AttemptState(enum.StrEnum):
@@ -165,7 +212,9 @@ class AttemptState(enum.StrEnum):
     STARTING = "starting"  # directory claimed, job not started yet
     RUNNING = "running"  # process alive (pid, start time and boot id match)
     EXITED = "exited"  # exit code written
-    LOST = "lost"  # process gone without an exit code, or the host rebooted
+    VANISHED = (
+        "lost"  # gone without an exit code (host rebooted, supervisor killed); not Status.LOST
+    )
     MISSING = "missing"  # no such attempt directory
 
 
@@ -180,6 +229,8 @@ class AttemptObservation:
     log_path: str = ""
     summary: dict[str, Any] = field(default_factory=dict)  # {"min": {}, "max": {}, "history": {}}
     log_tail: str = ""  # the last lines of a failed attempt's log
+    reason: str = ""  # why the host says so: "host rebooted", "supervisor killed; outcome unknown"
+    leftovers: str = ""  # processes of the attempt that outlived it, killed at its end
     # From the attempt's spec.json on the host: enough to rebuild the run when the
     # store lost it (the store is a cache; attempt directories are the truth).
     key: str = ""

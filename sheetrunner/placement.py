@@ -40,7 +40,7 @@ class Placement:
 
     def take(self, run: Run) -> tuple[str, tuple[str, ...]] | str:
         """(host, accelerators) for the run, or why it waits."""
-        shape = (run.gpus, run.where)
+        shape = (run.link.gpus, run.link.where)
         host = None if shape in self.full else _best_fit(run, self.hosts, self.free)
         if host is None:
             return self.full.setdefault(shape, _why_waiting(run, self.hosts))
@@ -63,7 +63,7 @@ def _free_capacity(hosts: list[HostCapacity], runs: Iterable[Run]) -> dict[str, 
     for run in runs:
         if not run.status.is_live or run.host not in free:
             continue
-        if run.gpus == 0:
+        if run.link.gpus == 0:
             free[run.host].slots -= 1
         for acc in run.accelerators:
             if acc in free[run.host].accelerators:
@@ -74,62 +74,66 @@ def _free_capacity(hosts: list[HostCapacity], runs: Iterable[Run]) -> dict[str, 
 def _best_fit(run: Run, hosts: list[HostCapacity], free: dict[str, _Free]) -> HostCapacity | None:
     """The host with the fewest free accelerators that still fit: big holes stay for big runs."""
     fits = [
-        h for h in hosts if h.name in free and h.matches(run.where) and _fits(run, free[h.name])
+        h
+        for h in hosts
+        if h.name in free and h.matches(run.link.where) and _fits(run, free[h.name])
     ]
     fits = [h for h in fits if h.name != run.avoid_host] or fits  # not where a launch just failed
     if not fits:
         return None
-    if run.gpus == 0:
+    if run.link.gpus == 0:
         return max(fits, key=lambda h: free[h.name].slots)
     return min(fits, key=lambda h: len(free[h.name].accelerators))
 
 
 def _fits(run: Run, free: _Free) -> bool:
-    if run.gpus == 0:
+    if run.link.gpus == 0:
         return free.slots > 0
-    return len(free.accelerators) >= run.gpus
+    return len(free.accelerators) >= run.link.gpus
 
 
 def _take(run: Run, host: HostCapacity, free: dict[str, _Free]) -> tuple[str, ...]:
     space = free[host.name]
-    if run.gpus == 0:
+    if run.link.gpus == 0:
         space.slots -= 1
         return ()
-    given = tuple(space.accelerators[: run.gpus])
-    del space.accelerators[: run.gpus]
+    given = tuple(space.accelerators[: run.link.gpus])
+    del space.accelerators[: run.link.gpus]
     return given
 
 
 def never_fits(run: Run, hosts: list[HostCapacity]) -> str | None:
     """Why no configured host could ever take this run (None: one could, now or later).
     A host whose accelerators are not known yet (counted on first probe) might."""
-    matching = [h for h in hosts if h.matches(run.where)]
+    matching = [h for h in hosts if h.matches(run.link.where)]
     if not matching:
         named = ", ".join(sorted(h.name for h in hosts)) or "none"
-        return f"no host is named or labelled {run.where!r} (hosts: {named}); fix the where cell"
+        return (
+            f"no host is named or labelled {run.link.where!r} (hosts: {named}); fix the where cell"
+        )
     if any(not h.known for h in matching):
         return None
-    if run.gpus == 0 and not any(h.slots > 0 for h in matching):
+    if run.link.gpus == 0 and not any(h.slots > 0 for h in matching):
         return "no matching host has CPU slots (slots = 0); ask for gpus or add slots"
     most = max(len(h.accelerators) for h in matching)
-    if run.gpus > most:
+    if run.link.gpus > most:
         return (
-            f"needs {run.gpus} accelerators on one host; the largest matching host has "
+            f"needs {run.link.gpus} accelerators on one host; the largest matching host has "
             f"{most}; lower gpus or add a bigger host"
         )
     return None
 
 
 def _why_waiting(run: Run, hosts: list[HostCapacity]) -> str:
-    matching = [h for h in hosts if h.matches(run.where)]
+    matching = [h for h in hosts if h.matches(run.link.where)]
     if not matching:
-        return f"waiting: no host is named or labelled {run.where!r}"
-    if run.gpus > max(len(h.accelerators) for h in matching):
+        return f"waiting: no host is named or labelled {run.link.where!r}"
+    if run.link.gpus > max(len(h.accelerators) for h in matching):
         most = max(len(h.accelerators) for h in matching)
-        return f"waiting: needs {run.gpus} accelerators on one host; the largest has {most}"
+        return f"waiting: needs {run.link.gpus} accelerators on one host; the largest has {most}"
     if not any(h.reachable for h in matching):
         return "waiting: no matching host is reachable"
     if all(h.draining for h in matching):
         return "waiting: every matching host is draining"
-    need = f"{run.gpus} free accelerators" if run.gpus else "a free CPU slot"
+    need = f"{run.link.gpus} free accelerators" if run.link.gpus else "a free CPU slot"
     return f"waiting for {need}"

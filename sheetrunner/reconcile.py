@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
+from . import lifecycle
 from .match import RowMatcher, keepers, newest_attempts, run_from_attempt
 from .model import (
     Action,
@@ -21,6 +22,7 @@ from .model import (
     Experiment,
     HostObservation,
     Run,
+    RunSpec,
     Status,
 )
 from .placement import HostCapacity, Placement, never_fits
@@ -38,6 +40,9 @@ class Policy:
     launch_timeout_s: float = 120.0
     on_host_lost: str = "wait"  # or "requeue"
     host_lost_timeout_s: float = 300.0
+    stop_grace_s: float = 10.0  # SIGTERM, then SIGKILL after this
+    time_limit_s: float | None = None  # [defaults] time_limit: an attempt killed past it, failed
+    job_time_limit_s: Mapping[str, float] = field(default_factory=dict)  # [jobs.NAME] time_limit
     # job -> exit codes that fail the run at once (a usage error no retry can fix)
     no_retry_exit_codes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
@@ -117,7 +122,7 @@ class _Cycle:
         self.out = Plan()
         self.by_key: dict[str, list[Run]] = {}  # experiment hash -> its runs: no O(n²) scans
         for run in runs.values():
-            self.by_key.setdefault(run.key, []).append(run)
+            self.by_key.setdefault(run.spec.key, []).append(run)
         self.matcher = RowMatcher(self.runs, self.by_key, now, self._retries, new_id)
 
     # -- 0. the store is a cache: what the hosts show of runs it lost ----------------------------
@@ -134,7 +139,7 @@ class _Cycle:
                 continue
             run = run_from_attempt(run_id, host, seen, self.now, self.policy.retries)
             self.runs[run_id] = run
-            self.by_key.setdefault(run.key, []).append(run)
+            self.by_key.setdefault(run.spec.key, []).append(run)
             self.out.events.append(
                 Event(run_id, "rebuilt", f"from attempt {seen.attempt} on {host}")
             )
@@ -145,7 +150,7 @@ class _Cycle:
         a newer one is known, never the other way round."""
         for run_id, (host, seen) in newest.items():
             run = self.runs.get(run_id)
-            if run is None or seen.attempt <= run.attempt or run.replaced_by:
+            if run is None or seen.attempt <= run.attempt or run.link.replaced_by:
                 continue
             self.out.events.append(Event(run_id, "adopted", f"attempt {seen.attempt} on {host}"))
             run.attempt, run.host, run.accelerators = (
@@ -155,7 +160,8 @@ class _Cycle:
             )
             run.attempt_started_at = seen.started_at or self.now
             run.crashes = max(run.crashes, seen.attempt - 1)
-            run.status, run.finished_at, run.kept_cells = Status.LAUNCHING, None, {}
+            lifecycle.found_again(run)
+            run.finished_at, run.link.kept_cells = None, {}
 
     # -- 1. rows -> runs ------------------------------------------------------------------
 
@@ -174,8 +180,8 @@ class _Cycle:
                 continue
             seen.add(run.run_id)
             self.out.rows[exp.row] = run.run_id
-            run.in_sheet = run.in_sheet or exp.run_id == run.run_id
-            run.row = exp.row
+            run.link.in_sheet = run.link.in_sheet or exp.run_id == run.run_id
+            run.link.row = exp.row
             self._apply_row(exp, run)
             seen.add(self.out.rows[exp.row])  # a rerun's new run
         self.out.notes.update(self.matcher.notes)
@@ -185,26 +191,30 @@ class _Cycle:
         for run in self.runs.values():
             if run.run_id not in seen and not run.status.is_final:
                 self._stop(run, "its row was deleted from the sheet")
-                run.released = True
+                run.link.released = True
 
     def _retries(self, exp: Experiment) -> int:
         return self.policy.retries if exp.retries is None else exp.retries
 
     def _apply_row(self, exp: Experiment, run: Run) -> None:
         """The row's wishes: its action, its edits, its validity."""
-        rerun = exp.action == Action.RERUN and run.last_action != Action.RERUN
-        run.last_action = exp.action
-        run.priority, run.where, run.retries = exp.priority, exp.where, self._retries(exp)
-        run.sweep_id = exp.sweep_id
+        rerun = exp.action == Action.RERUN and run.link.last_action != Action.RERUN
+        run.link.last_action = exp.action
+        run.link.priority, run.link.where, run.link.retries = (
+            exp.priority,
+            exp.where,
+            self._retries(exp),
+        )
+        run.link.sweep_id, run.link.time_limit_s = exp.sweep_id, exp.time_limit_s
         if not run.status.is_live:
-            run.gpus = exp.gpus  # takes effect at the next launch
+            run.link.gpus = exp.gpus  # takes effect at the next launch
         if exp.error:
             self._invalidate(run, exp.error)
         elif rerun and (run.status.is_final or run.attempt > 0):
             self._rerun(exp, run)
-        elif run.attempt == 0 and (run.status == Status.INVALID or run.key != exp.key):
+        elif run.attempt == 0 and (run.status == Status.INVALID or run.spec.key != exp.key):
             self._refresh(exp, run)
-        elif run.key != exp.key:
+        elif run.spec.key != exp.key:
             run.message = (
                 "the row changed after the run started; set action to rerun to run the new values"
             )
@@ -219,16 +229,17 @@ class _Cycle:
         if run.status.is_live or launched or run.status.is_final and run.status != Status.INVALID:
             run.message = f"the row is invalid now ({reason}); this run is left as it is"
             return
-        run.status, run.message = Status.INVALID, reason
+        lifecycle.invalid(run, reason)
 
     def _refresh(self, exp: Experiment, run: Run) -> None:
         """A row fixed or edited before its run ever launched: take the new values."""
-        if run.key != exp.key:
-            self.by_key[run.key].remove(run)
+        if run.spec.key != exp.key:
+            self.by_key[run.spec.key].remove(run)
             self.by_key.setdefault(exp.key, []).append(run)
-        run.key, run.job, run.params = exp.key, exp.job, exp.params
-        run.gpus, run.where, run.retries = exp.gpus, exp.where, self._retries(exp)
-        run.status, run.message, run.duplicate_of = Status.QUEUED, "", None
+        run.spec = RunSpec(exp.key, exp.job, exp.params)
+        run.link.gpus, run.link.where, run.link.retries = exp.gpus, exp.where, self._retries(exp)
+        lifecycle.queue(run)
+        run.link.duplicate_of = None
         self._apply_action(exp.action, run)
 
     def _rerun(self, exp: Experiment, old: Run) -> None:
@@ -242,9 +253,9 @@ class _Cycle:
         new = self.matcher.new_run(exp, Status.QUEUED)
         self.out.events.extend(Event(*e) for e in self.matcher.events)
         self.matcher.events.clear()
-        new.in_sheet = True
-        new.last_action = Action.RERUN
-        old.replaced_by = new.run_id
+        new.link.in_sheet = True
+        new.link.last_action = Action.RERUN
+        old.link.replaced_by = new.run_id
         self.out.rows[exp.row] = new.run_id
 
     def _apply_action(self, action: Action, run: Run) -> None:
@@ -260,14 +271,14 @@ class _Cycle:
             Status.RETRYING,
             Status.UNPLACEABLE,
         ):
-            run.status, run.message = Status.HELD, "held: the row's action is hold"
+            lifecycle.hold(run)
         elif action in (Action.RUN, Action.RERUN) and run.status == Status.HELD:
-            run.status, run.message = Status.QUEUED, ""
+            lifecycle.queue(run)
 
     def _stop(self, run: Run, reason: str) -> None:
         if run.status.is_live:
             self._kill(run, reason)
-        run.status, run.message, run.finished_at = Status.STOPPED, reason, self.now
+        lifecycle.stop(run, self.now, reason)
         self.out.events.append(Event(run.run_id, "stopped", reason))
 
     def _kill(self, run: Run, reason: str) -> None:
@@ -288,6 +299,13 @@ class _Cycle:
                 self._host_silent(run, host, configured)
                 continue
             self._seen(run, host.attempt(run.run_id, run.attempt))
+            self._health(run, host)
+
+    def _health(self, run: Run, host: HostObservation) -> None:
+        """A run on a GPU that turned unhealthy says so (its crash, if it comes, is its own)."""
+        sick = [a for a in host.accelerators if not a.healthy and a.index in run.accelerators]
+        if sick and run.status == Status.RUNNING:
+            run.message = "; ".join(f"GPU {a.index} unhealthy: {a.health}" for a in sick)
 
     def _launch_failed(self, run: Run) -> None:
         """Last cycle's launch did not go through: a crash like any other (counted against
@@ -304,48 +322,63 @@ class _Cycle:
         if self.policy.on_host_lost == "requeue" and down_for >= self.policy.host_lost_timeout_s:
             self._crash(run, f"lost: host {run.host} unreachable for {int(down_for)}s")
         elif run.status != Status.LOST:
-            run.status = Status.LOST
-            run.message = f"host {run.host} unreachable: {host.error if host else 'not probed'}"
+            lifecycle.lose(
+                run, f"host {run.host} unreachable: {host.error if host else 'not probed'}"
+            )
 
     def _seen(self, run: Run, seen: AttemptObservation | None) -> None:
         if seen is not None:
-            run.metrics = dict(seen.metrics) or run.metrics
-            run.summary = dict(seen.summary) or run.summary
-            run.log_path = seen.log_path or run.log_path
+            run.seen.metrics = dict(seen.metrics) or run.seen.metrics
+            run.seen.summary = dict(seen.summary) or run.seen.summary
+            run.seen.log_path = seen.log_path or run.seen.log_path
         state = seen.state if seen else AttemptState.MISSING
         tail = f": {seen.log_tail}" if seen and seen.log_tail else ""
         if state == AttemptState.EXITED:
-            self._exited(run, seen.exit_code if seen else None, tail)
-        elif state == AttemptState.LOST:
-            self._crash(run, "lost: the process ended without an exit code (host rebooted?)" + tail)
+            self._exited(
+                run, seen.exit_code if seen else None, tail, seen.leftovers if seen else ""
+            )
+        elif state == AttemptState.VANISHED:
+            self._crash(run, _lost_reason(seen) + tail)
         elif state in (AttemptState.MISSING, AttemptState.STARTING):
-            self._not_started(run, state)
+            self._not_started(run, state, seen)
         elif run.status == Status.STALLED:
             self._kill(run, "no heartbeat (stalled; kill sent again until it is gone)")
         else:
             self._alive(run, seen)
 
-    def _exited(self, run: Run, code: int | None, tail: str = "") -> None:
+    def _exited(self, run: Run, code: int | None, tail: str = "", leftovers: str = "") -> None:
         if run.status == Status.STALLED:
-            self._crash(run, run.message or "stalled")
+            self._crash(run, run.stall_reason or "stalled")
+        elif run.timed_out:
+            lifecycle.fail(
+                run, self.now, f"time limit {_duration(self._time_limit(run) or 0)} reached"
+            )
+            self.out.events.append(Event(run.run_id, "failed", "time limit reached"))
         elif code == 0:
-            run.status, run.message, run.finished_at = Status.SUCCEEDED, "", self.now
+            note = f"succeeded; leftover processes killed: {leftovers}" if leftovers else ""
+            lifecycle.succeed(run, self.now, note)
             self.out.events.append(Event(run.run_id, "succeeded", f"attempt={run.attempt}"))
-        elif code in self.policy.no_retry_exit_codes.get(run.job, ()):
-            run.status, run.finished_at = Status.FAILED, self.now
-            run.message = (
+        elif code in self.policy.no_retry_exit_codes.get(run.spec.job, ()):
+            lifecycle.fail(
+                run,
+                self.now,
                 f"exit code {code} on attempt {run.attempt}, which is not retried (a usage "
-                f"error: jobs.{run.job}.no_retry_exit_codes){tail}"
+                f"error: jobs.{run.spec.job}.no_retry_exit_codes){tail}",
             )
             self.out.events.append(Event(run.run_id, "failed", f"exit code {code}, not retried"))
         else:
             self._crash(run, f"exit code {code} on attempt {run.attempt}{tail}")
 
-    def _not_started(self, run: Run, state: AttemptState) -> None:
-        age = (self.now - (run.attempt_started_at or self.now)).total_seconds()
+    def _not_started(
+        self, run: Run, state: AttemptState, seen: AttemptObservation | None = None
+    ) -> None:
+        """The host has no process for the attempt yet: the core, not the host, decides when
+        that has lasted too long (`launch_timeout`)."""
+        began = run.attempt_started_at or (seen.started_at if seen else None) or self.now
+        age = (self.now - began).total_seconds()
         if age < self.policy.launch_timeout_s:
             if run.status == Status.LOST:
-                run.status = Status.LAUNCHING
+                lifecycle.found_again(run)
             return
         if state == AttemptState.STARTING:
             self._kill(run, "the job did not start in time")
@@ -356,26 +389,36 @@ class _Cycle:
         silent_s = (self.now - beat).total_seconds()
         if silent_s > self.policy.hang_timeout_s:
             self._kill(run, "no heartbeat")
-            run.status = Status.STALLED
-            run.message = f"stalled: no heartbeat for {int(silent_s)}s; killed"
+            lifecycle.stall(run, silent_s)
             self.out.events.append(Event(run.run_id, "stalled", f"attempt={run.attempt}"))
             return
-        if run.status != Status.RUNNING:
-            run.message = ""
-        run.status = Status.RUNNING
+        limit = self._time_limit(run)
+        ran_s = (self.now - (run.attempt_started_at or self.now)).total_seconds()
+        if limit is not None and ran_s > limit and not run.timed_out:
+            self._kill(run, f"time limit {_duration(limit)} reached")
+            run.timed_out = True
+            self.out.events.append(Event(run.run_id, "timed-out", f"attempt={run.attempt}"))
+        elif run.timed_out:
+            self._kill(run, f"time limit {_duration(limit or 0)} reached (kill sent again)")
+        lifecycle.running(run)
+        if run.timed_out:
+            run.message = f"time limit {_duration(limit or 0)} reached; being stopped"
 
     def _crash(self, run: Run, reason: str) -> None:
         """A crash, hang or loss: retry with exponential backoff until retries are spent."""
-        run.crashes += 1
         self.out.events.append(Event(run.run_id, "crashed", reason))
-        if run.crashes > run.retries:
-            run.status, run.finished_at = Status.FAILED, self.now
-            run.message = f"no retries left ({run.retries} allowed) after {reason}"
+        if run.timed_out:
+            lifecycle.fail(
+                run, self.now, f"time limit {_duration(self._time_limit(run) or 0)} reached"
+            )
             return
-        delay = min(self.policy.backoff_s * 2 ** (run.crashes - 1), self.policy.backoff_max_s)
-        run.status = Status.RETRYING
-        run.next_attempt_at = self.now + timedelta(seconds=delay)
-        run.message = f"retry {run.crashes}/{run.retries} in {int(delay)}s after {reason}"
+        lifecycle.crash(run, self.now, reason, self.policy.backoff_s, self.policy.backoff_max_s)
+
+    def _time_limit(self, run: Run) -> float | None:
+        """The row's time_limit, else the job's, else the config's default (None: no limit)."""
+        if run.link.time_limit_s is not None:
+            return run.link.time_limit_s
+        return self.policy.job_time_limit_s.get(run.spec.job, self.policy.time_limit_s)
 
     # -- 3. fencing ----------------------------------------------------------------------------
 
@@ -416,16 +459,20 @@ class _Cycle:
         retry waits until the attempt it replaces is seen gone (fencing kills it meanwhile),
         so two processes of one row never overlap."""
         placement = Placement(hosts, self.runs.values())
-        for run in sorted(self._waiting(), key=lambda r: (-r.priority, r.row, r.created_at)):
-            if _still_alive(run, observed or {}):
-                run.message = _waiting_for_previous(run)
+        replaced = {r.link.replaced_by: r for r in self.runs.values() if r.link.replaced_by}
+        for run in sorted(
+            self._waiting(), key=lambda r: (-r.link.priority, r.link.row, r.created_at)
+        ):
+            previous = replaced.get(run.run_id, run)  # a rerun waits for the run it replaces
+            if _still_alive(run, observed or {}) or _still_alive(previous, observed or {}):
+                run.message = _waiting_for_previous(previous)
                 continue
             never = never_fits(run, hosts)
             if never is not None:
-                run.status, run.message = Status.UNPLACEABLE, never
+                lifecycle.unplaceable(run, never)
                 continue
             if run.status == Status.UNPLACEABLE:
-                run.status, run.message = Status.QUEUED, ""
+                lifecycle.queue(run)
             found = placement.take(run)
             if isinstance(found, str):
                 run.message = found
@@ -440,13 +487,8 @@ class _Cycle:
                 yield run
 
     def _launch(self, run: Run, host: str, accelerators: tuple[str, ...]) -> None:
-        run.attempt += 1
-        run.status, run.host, run.accelerators = Status.LAUNCHING, host, accelerators
-        run.attempt_started_at = self.now
-        run.started_at = run.started_at or self.now
-        run.finished_at, run.next_attempt_at, run.kept_cells = None, None, {}
-        if run.crashes == 0:  # a retry keeps saying why it is one
-            run.message = ""
+        lifecycle.launch(run, host, accelerators, self.now)
+        run.timed_out, run.stall_reason = False, ""
         self.out.launches.append(Launch(run.run_id, run.attempt, host, accelerators))
 
     # -- result --------------------------------------------------------------------------------
@@ -470,3 +512,19 @@ def _still_alive(run: Run, observed: Mapping[str, HostObservation]) -> bool:
 
 def _waiting_for_previous(run: Run) -> str:
     return f"waiting for attempt {run.attempt} on {run.host} to end before the next one starts"
+
+
+def _lost_reason(seen: AttemptObservation | None) -> str:
+    """What the host knows of an attempt that ended without an exit code."""
+    why = seen.reason if seen and seen.reason else "host rebooted or supervisor killed"
+    if "unknown" in why:
+        return f"lost: {why} (its exit code was never recorded; retried, resuming its checkpoint)"
+    return f"lost: the process ended without an exit code ({why})"
+
+
+def _duration(seconds: float) -> str:
+    """2h, 90m, 45s: how a person wrote the limit."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"

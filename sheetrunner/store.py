@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .model import Action, HostObservation, Run, Status
+from .model import Action, HostObservation, RowLink, Run, RunSpec, Seen, Status
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ def _move_aside(path: Path) -> Path:
 # -- (de)serialising runs ----------------------------------------------------------------------
 
 _DATETIME_FIELDS = {f.name for f in fields(Run) if "datetime" in str(f.type)}
-_TUPLE_FIELDS = {"params", "accelerators"}
+_PARTS = {"spec": RunSpec, "link": RowLink, "seen": Seen}
 
 
 def run_to_json(run: Run) -> str:
@@ -278,17 +278,35 @@ def run_to_json(run: Run) -> str:
 
 
 def run_from_json(text: str) -> Run:
-    data = json.loads(text)
+    """A stored run; a run stored flat by an earlier version is read into its parts."""
+    data = _nested(json.loads(text))
     known = {f.name for f in fields(Run)}
     data = {k: v for k, v in data.items() if k in known}
     for name in _DATETIME_FIELDS:
         if data.get(name):
             data[name] = datetime.fromisoformat(data[name])
-    data["params"] = tuple(tuple(p) for p in data.get("params", ()))
+    spec = data["spec"]
+    data["spec"] = RunSpec(spec["key"], spec["job"], tuple(tuple(p) for p in spec["params"]))
+    link = {k: v for k, v in data.get("link", {}).items() if k in _names(RowLink)}
+    link["last_action"] = Action(link.get("last_action", "run"))
+    data["link"] = RowLink(**link)
+    data["seen"] = Seen(**{k: v for k, v in data.get("seen", {}).items() if k in _names(Seen)})
     data["accelerators"] = tuple(data.get("accelerators", ()))
     data["status"] = Status(data["status"])
-    data["last_action"] = Action(data.get("last_action", "run"))
     return Run(**data)
+
+
+def _nested(data: dict[str, Any]) -> dict[str, Any]:
+    """Move the fields of a flat stored run into its parts (spec, link, seen)."""
+    if "spec" in data:
+        return data
+    for part, kind in _PARTS.items():
+        data[part] = {name: data.pop(name) for name in _names(kind) if name in data}
+    return data
+
+
+def _names(kind: type) -> set[str]:
+    return {f.name for f in fields(kind)}
 
 
 def _jsonable(value: Any) -> Any:

@@ -141,3 +141,20 @@ def files_outside(top: Path, allowed: list[Path]) -> list[Path]:
         if not any(resolved == a or a in resolved.parents for a in allowed):
             found.append(path)
     return found
+
+
+def make_run(run_id: str, key: str = "k", job: str = "train", params: tuple = (), gpus: int = 1,
+             where: str | None = None, status: Any = None, created_at: datetime | None = None,
+             updated_at: datetime | None = None, **flat: Any) -> Any:
+    """A Run from the flat field names tests think in: each goes to its part (spec, link,
+    seen) or stays on the run (its lifecycle)."""
+    from dataclasses import fields as _fields
+
+    from sheetrunner.model import RowLink, Run, RunSpec, Seen, Status
+
+    now = created_at or datetime(2026, 1, 1, tzinfo=UTC)
+    link = {n: flat.pop(n) for n in [f.name for f in _fields(RowLink)] if n in flat}
+    seen = {n: flat.pop(n) for n in [f.name for f in _fields(Seen)] if n in flat}
+    return Run(run_id=run_id, spec=RunSpec(key, job, params), status=status or Status.QUEUED,
+               created_at=now, updated_at=updated_at or now,
+               link=RowLink(gpus=gpus, where=where, **link), seen=Seen(**seen), **flat)

@@ -17,6 +17,7 @@ from sheetrunner.model import (
 )
 from sheetrunner.reconcile import HostCapacity, Plan, Policy, plan
 from sheetrunner.sheet.schema import experiment_key
+from tests.helpers import make_run
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 POLICY = Policy(retries=2, hang_timeout_s=60, backoff_s=10, backoff_max_s=100,
@@ -240,7 +241,7 @@ def test_an_identical_row_after_success_is_a_duplicate_not_a_second_run():
     world.step([e])
     p = world.step([e, exp(row=3)])
     dup = world.runs[p.rows[3]]
-    assert dup.status == Status.DUPLICATE and dup.duplicate_of == e.run_id
+    assert dup.status == Status.DUPLICATE and dup.link.duplicate_of == e.run_id
     assert p.launches == []
 
 
@@ -285,14 +286,14 @@ def test_placement_packs_onto_the_fullest_host_that_fits_and_respects_where():
     world = World([gpu_host("big", 8), gpu_host("small", 2)])
     p = world.step([exp(row=2, lr="1", gpus=2), exp(row=3, lr="2", gpus=4),
                     exp(row=4, lr="3", gpus=1, where="big")])
-    hosts = {world.runs[launch.run_id].params[0][1]: launch.host for launch in p.launches}
+    hosts = {world.runs[launch.run_id].spec.params[0][1]: launch.host for launch in p.launches}
     assert hosts == {"1": "small", "2": "big", "3": "big"}
 
 
 def test_priority_then_row_order_decides_who_gets_the_last_accelerator():
     world = World([gpu_host(n=1)])
     p = world.step([exp(row=2, lr="1"), exp(row=3, lr="2", priority=5)])
-    assert world.runs[p.launches[0].run_id].params == (("lr", "2"),)
+    assert world.runs[p.launches[0].run_id].spec.params == (("lr", "2"),)
 
 
 def test_a_gpu_busy_with_a_foreign_process_is_not_handed_out():
@@ -359,7 +360,7 @@ def test_an_edited_row_before_launch_takes_the_new_values():
     world.step([e])
     e2 = exp(run_id=world.last.rows[2], lr="0.5")
     world.step([e2])
-    assert world.only_run().params == (("lr", "0.5"),)
+    assert world.only_run().spec.params == (("lr", "0.5"),)
 
 
 def test_an_id_the_store_lost_is_adopted_with_the_status_the_sheet_shows():
@@ -367,7 +368,7 @@ def test_an_id_the_store_lost_is_adopted_with_the_status_the_sheet_shows():
     world.step([exp(run_id="abcdef01-x1", shown_status="succeeded",
                     shown=(("status", "succeeded"), ("metrics", "acc=0.9")))])
     assert world.runs["abcdef01-x1"].status == Status.SUCCEEDED
-    assert world.runs["abcdef01-x1"].kept_cells["metrics"] == "acc=0.9"
+    assert world.runs["abcdef01-x1"].link.kept_cells["metrics"] == "acc=0.9"
     assert world.last.launches == []
 
 
@@ -466,7 +467,7 @@ def test_a_row_copied_with_its_id_and_edited_becomes_a_new_experiment_and_the_or
     moved = Experiment(**{**shown.__dict__, "row": 3})
     p = world.step([copy, moved])
     assert p.rows[3] == run_id and p.rows[2] != run_id
-    assert world.runs[p.rows[2]].params == (("lr", "0.5"),)
+    assert world.runs[p.rows[2]].spec.params == (("lr", "0.5"),)
     assert not any(k.run_id == run_id for k in p.kills)
     assert world.runs[run_id].status == Status.RUNNING
 
@@ -538,7 +539,7 @@ def test_a_lost_store_and_a_row_showing_a_live_status_waits_for_its_host():
     p = plan([e], {}, {"a": down}, [gpu_host()], POLICY, T0)
     run = p.runs["abcdef01-x1"]
     assert run.status == Status.LOST and run.attempt == 2 and not p.launches
-    assert run.kept_cells["metrics"] == "acc=0.5"
+    assert run.link.kept_cells["metrics"] == "acc=0.5"
 
 
 # -- rows no host could ever take ---------------------------------------------------------------
@@ -630,7 +631,7 @@ def test_a_run_that_launched_keeps_its_values_when_its_row_is_made_invalid_then_
     fixed = exp(lr="0.5", run_id=run_id)
     world.step([fixed], advance_s=200)
     run = world.runs[run_id]
-    assert run.params == (("lr", "0.1"),) and run.key == e.key  # attempt 2 resumes 0.1's run
+    assert run.spec.params == (("lr", "0.1"),) and run.spec.key == e.key  # attempt 2 resumes 0.1's run
     assert run.attempt == 2 and run.status == Status.LAUNCHING
 
 
@@ -655,7 +656,7 @@ def test_a_retry_waits_until_the_attempt_it_replaces_is_seen_gone():
 
 def test_no_next_attempt_while_the_previous_one_still_runs_on_a_reachable_host():
     e = exp(run_id="abcdef01-x1")
-    run = Run(run_id="abcdef01-x1", key=e.key, job="train", params=e.params, gpus=1, where=None,
+    run = make_run(run_id="abcdef01-x1", key=e.key, job="train", params=e.params, gpus=1, where=None,
               status=Status.RETRYING, created_at=T0, updated_at=T0, retries=2, attempt=1,
               host="a", accelerators=("0",), crashes=1, in_sheet=True,
               next_attempt_at=T0 - timedelta(seconds=1))
@@ -679,3 +680,78 @@ def test_an_exit_code_that_no_retry_can_fix_fails_at_once():
     world.step([claimed(world, e)])
     run = world.only_run()
     assert run.status == Status.FAILED and run.crashes == 0 and "not retried" in run.message
+
+
+# -- time limits, unknown outcomes, leftovers -----------------------------------------------------
+
+
+def test_past_its_time_limit_a_run_is_killed_and_fails_saying_so():
+    world = World([gpu_host()], Policy(retries=3, hang_timeout_s=10_000, time_limit_s=7200))
+    e = exp()
+    world.step([e])
+    world.step([claimed(world, e)])
+    key = next(iter(world.alive))
+    world.heartbeat[key] = world.now + timedelta(seconds=7300)  # healthy all along
+    p = world.step([claimed(world, e)], advance_s=7300)
+    assert [k.attempt for k in p.kills] == [1]
+    world.step([claimed(world, e)])
+    run = world.only_run()
+    assert run.status == Status.FAILED and run.message == "time limit 2h reached"
+    assert not world.last.launches
+
+
+def test_a_rows_time_limit_beats_the_jobs_and_the_default():
+    world = World([gpu_host()], Policy(hang_timeout_s=10_000, time_limit_s=7200,
+                                       job_time_limit_s={"train": 3600}))
+    e = exp(time_limit_s=60)
+    world.step([e])
+    world.step([claimed(world, e)])
+    world.heartbeat[next(iter(world.alive))] = world.now + timedelta(seconds=100)
+    p = world.step([claimed(world, e)], advance_s=90)
+    assert p.kills and "time limit 1m" in p.kills[0].reason
+
+
+def test_an_outcome_the_host_cannot_know_says_so_and_is_retried():
+    world = World([gpu_host()])
+    e = exp()
+    world.step([e])
+    world.step([claimed(world, e)])
+    key = world.alive.popitem()[0]
+    world.outcome[key] = AttemptObservation(*key, AttemptState.VANISHED,
+                                            reason="supervisor killed; outcome unknown")
+    world.step([claimed(world, e)])
+    run = world.only_run()
+    assert run.status == Status.RETRYING and "outcome unknown" in run.message
+    assert "resuming its checkpoint" in run.message
+
+
+def test_leftover_processes_killed_at_the_end_of_an_attempt_are_named():
+    world = World([gpu_host()])
+    e = exp()
+    world.step([e])
+    world.step([claimed(world, e)])
+    key = world.alive.popitem()[0]
+    world.outcome[key] = AttemptObservation(*key, AttemptState.EXITED, exit_code=0,
+                                            leftovers="4242 python loader.py")
+    world.step([claimed(world, e)])
+    run = world.only_run()
+    assert run.status == Status.SUCCEEDED and "4242 python loader.py" in run.message
+
+
+def test_an_unhealthy_gpu_gets_no_run_and_a_run_on_it_says_so():
+    from sheetrunner.config import HostConfig
+    from sheetrunner.model import Accelerator
+    from sheetrunner.pool.hosts import capacity
+
+    sick = Accelerator("0", healthy=False, health="uncorrected ECC errors: 3")
+    seen = HostObservation("a", True, T0, accelerators=(sick, Accelerator("1")))
+    cap = capacity(HostConfig(name="a", accelerators=2), seen)
+    assert "0" in cap.busy and "1" not in cap.busy
+    e = exp(run_id="abcdef01-x1")
+    run = make_run("abcdef01-x1", key=e.key, params=e.params, status=Status.RUNNING,
+                   created_at=T0, attempt=1, host="a", accelerators=("0",), in_sheet=True,
+                   attempt_started_at=T0)
+    alive = AttemptObservation("abcdef01-x1", 1, AttemptState.RUNNING, heartbeat_at=T0)
+    seen = HostObservation("a", True, T0, accelerators=(sick,), attempts=(alive,))
+    p = plan([e], {run.run_id: run}, {"a": seen}, [cap], POLICY, T0)
+    assert "GPU 0 unhealthy: uncorrected ECC errors" in p.runs[run.run_id].message

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import openpyxl
 import pytest
-from helpers import write_workbook
+from helpers import make_run, write_workbook
 
-from sheetrunner.model import Action, Run, Status, param_argv
+from sheetrunner.model import Action, Status, param_argv
 from sheetrunner.sheet.schema import (
     cell_text,
     experiment_key,
@@ -95,7 +95,7 @@ def test_a_copied_id_is_shown_on_both_rows_and_the_core_decides_which_keeps_it()
 
 def test_only_cells_that_differ_are_written_and_the_fill_follows_the_status():
     now = datetime(2026, 1, 1, tzinfo=UTC)
-    run = Run("x-1", "k", "digits", (), 1, None, Status.RUNNING, now, now, attempt=1, host="a",
+    run = make_run("x-1", "k", "digits", (), 1, None, Status.RUNNING, now, now, attempt=1, host="a",
               attempt_started_at=now, started_at=now, metrics={"loss": 0.5, "step": 2})
     values = owned_values(run, now)
     shown = table(["digits", *[None] * 8, "x-1", "queued"])

@@ -27,6 +27,7 @@ from sheetrunner.sheet.schema import (
     written_value,
 )
 from sheetrunner.sheet.table import RowInsert, RowUpdate, SheetWrite, Table
+from tests.helpers import make_run
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 HEADER = ["job", "--lr", "notes", "id", "status", "message"]
@@ -34,7 +35,7 @@ WORKSHEET = "experiments"
 
 
 def run(run_id: str, **kw) -> Run:
-    return Run(run_id, "k", "fake", (("lr", "0.1"),), 1, None, kw.pop("status", Status.RUNNING),
+    return make_run(run_id, "k", "fake", (("lr", "0.1"),), 1, None, kw.pop("status", Status.RUNNING),
                NOW, NOW, attempt=1, host="a", attempt_started_at=NOW, started_at=NOW, **kw)
 
 

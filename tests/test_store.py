@@ -16,19 +16,21 @@ from sheetrunner.model import (
     AttemptObservation,
     AttemptState,
     HostObservation,
+    RowLink,
     Run,
+    Seen,
     Status,
 )
 from sheetrunner.store import Store, run_from_json, run_to_json
+from tests.helpers import make_run
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 CET = timezone(timedelta(hours=1))
 
 
 def full_run(run_id: str = "r-0001", **changes) -> Run:
-    """A run with every field set to a value other than its default."""
-    run = Run(
-        run_id=run_id,
+    """A run with every field, its parts' included, set to a value other than its default."""
+    values = dict(
         key="k" * 16,
         job="digits",
         params=(("lr", "0.1"), ("depth", "3"), ("name", "=not a formula")),
@@ -60,23 +62,30 @@ def full_run(run_id: str = "r-0001", **changes) -> Run:
         kept_cells={"metrics": "acc=0.9", "started": "2026-01-01 10:00:00"},
         released=True,
         sweep_id="sweep-1a2b3c4d",
+        time_limit_s=7200.0,
+        launch_error="agent launch failed: refused",
+        avoid_host="gpu-b",
+        stall_reason="stalled: no heartbeat for 700s; killed",
+        timed_out=True,
     )
-    return replace(run, **changes)
+    values.update(changes)
+    return make_run(run_id, **values)
 
 
 def test_full_run_sets_every_field_away_from_its_default() -> None:
     run = full_run()
     checked = 0
-    for f in fields(Run):
-        if f.default is not MISSING:
-            default = f.default
-        elif f.default_factory is not MISSING:
-            default = f.default_factory()
-        else:
-            continue
-        assert getattr(run, f.name) != default, f.name
-        checked += 1
-    assert checked >= 15
+    for part, kind in ((run, Run), (run.link, RowLink), (run.seen, Seen)):
+        for f in fields(kind):
+            if f.default is not MISSING:
+                default = f.default
+            elif f.default_factory is not MISSING:
+                default = f.default_factory()
+            else:
+                continue
+            assert getattr(part, f.name) != default, f.name
+            checked += 1
+    assert checked >= 30
 
 
 def test_run_round_trips_through_a_fresh_store(tmp_path: Path) -> None:
@@ -94,17 +103,17 @@ def test_run_round_trips_through_a_fresh_store(tmp_path: Path) -> None:
     assert loaded.attempt_started_at.utcoffset() == timedelta(hours=1)
     assert loaded.attempt_started_at == run.attempt_started_at
     assert isinstance(loaded.status, Status) and loaded.status is Status.RETRYING
-    assert loaded.last_action is Action.RERUN
-    assert type(loaded.params) is tuple and all(type(p) is tuple for p in loaded.params)
+    assert loaded.link.last_action is Action.RERUN
+    assert type(loaded.spec.params) is tuple and all(type(p) is tuple for p in loaded.spec.params)
     assert type(loaded.accelerators) is tuple
-    assert loaded.metrics == run.metrics
+    assert loaded.seen.metrics == run.seen.metrics
     assert again.runs() == {"r-0001": run, "r-0002": other}
     assert again.run("missing") is None
     again.close()
 
 
 def test_run_with_defaults_round_trips() -> None:
-    run = Run(run_id="r", key="k", job="j", params=(), gpus=0, where=None, status=Status.QUEUED,
+    run = make_run(run_id="r", key="k", job="j", params=(), gpus=0, where=None, status=Status.QUEUED,
               created_at=T0, updated_at=T0)
     assert run_from_json(run_to_json(run)) == run
 
@@ -238,7 +247,7 @@ def test_hosts_keep_the_latest_observation(tmp_path: Path) -> None:
     assert a["disk_free_bytes"] == 123_456_789_000
     assert a["accelerators"][1] == {
         "index": "1", "name": "H100", "memory_used_mib": 0, "memory_total_mib": 81559,
-        "utilization_pct": 0, "foreign": True,
+        "utilization_pct": 0, "foreign": True, "healthy": True, "health": "",
     }
     (attempt,) = a["attempts"]
     assert attempt["run_id"] == "r-0001" and attempt["state"] == "running"
@@ -275,7 +284,7 @@ def test_store_shared_by_eight_threads_loses_nothing(tmp_path: Path) -> None:
     assert errors == []
     runs = store.runs()
     assert len(runs) == 8 * per_thread
-    assert all(runs[f"t{t}-{i}"].row == i for t in range(8) for i in range(per_thread))
+    assert all(runs[f"t{t}-{i}"].link.row == i for t in range(8) for i in range(per_thread))
     events = store.events()
     assert len(events) == 8 * per_thread + 8 * (per_thread // 5)
     for t in range(8):  # each thread's events are in its own order

@@ -93,7 +93,7 @@ class SheetView:
         metric = self.config.curve or ""
         tab: list[list[Any]] = [["run", metric]]
         for row, run_id in sorted(plan.rows.items()):
-            history = _curve_points(runs[run_id].summary.get("history", {}).get(metric, []))
+            history = _curve_points(runs[run_id].seen.summary.get("history", {}).get(metric, []))
             tab.append([run_id, *history])
             spark = Sparkline(history, METRICS_TAB, len(tab))
             if self._curves_written.get(run_id) != spark:

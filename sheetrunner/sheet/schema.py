@@ -23,7 +23,7 @@ from .table import RowUpdate, SheetWrite, Sparkline, Table, UnsavedFormula
 
 METRICS_TAB = "_metrics"  # hidden tab of curve histories ([sheet] curve)
 CURVE_COLUMN = "curve"  # the column holding a run's curve ([sheet] curve)
-USER_COLUMNS = ("job", "gpus", "where", "priority", "retries", "action")
+USER_COLUMNS = ("job", "gpus", "where", "priority", "retries", "action", "time_limit")
 OWNED_COLUMNS = (
     "id",
     "status",
@@ -251,6 +251,7 @@ def _parse_row(
     children = _sweep(values, run_id, errors) if expanded or not bad_cells else ()
     gpus = _int_cell(text["gpus"], 1, "gpus", errors)
     retries = _int_cell(text["retries"], None, "retries", errors)
+    time_limit = _duration_cell(text["time_limit"], errors)
     priority = _number_cell(text["priority"], errors)
     action = _action_cell(text["action"], errors)
     if errors and not expanded:
@@ -269,6 +270,7 @@ def _parse_row(
         where=text["where"] or None,
         priority=priority,
         retries=retries,
+        time_limit_s=time_limit,
         action=action,
         error="; ".join(errors) or None,
         shown_status=cell_text(table.value(row, "status")).strip(),
@@ -364,6 +366,31 @@ def _int_cell(text: str, default: int | None, name: str, errors: list[str]) -> i
     return int(number)
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(text: str) -> float | None:
+    """`7200`, `90m`, `2h`, `1.5d` as seconds; None when it is none of these."""
+    unit = text[-1:].lower()
+    number = text[:-1] if unit in DURATION_UNITS else text
+    try:
+        value = float(number) * DURATION_UNITS.get(unit, 1)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def _duration_cell(text: str, errors: list[str]) -> float | None:
+    if text == "":
+        return None
+    seconds = duration_seconds(text)
+    if seconds is None:
+        errors.append(
+            f"time_limit must be a duration such as 2h, 90m or 3600 (seconds), not {shorten(text)!r}"
+        )
+    return seconds
+
+
 def _number_cell(text: str, errors: list[str]) -> float:
     if text == "":
         return 0.0
@@ -398,7 +425,7 @@ def owned_values(run: Run, now: datetime) -> dict[str, Any]:
     """The owned cells a row shows for its run; for a run rebuilt from the sheet, what
     the sheet showed stands wherever the run has no value of its own."""
     values = _own_values(run, now)
-    for name, shown in run.kept_cells.items():
+    for name, shown in run.link.kept_cells.items():
         if values.get(name) in ("", None):
             values[name] = shown
     return values
@@ -412,9 +439,9 @@ def _own_values(run: Run, now: datetime) -> dict[str, Any]:
         "attempt": run.attempt or "",
         "started": format_time(run.started_at),
         "elapsed": format_elapsed(run, now),
-        "metrics": format_metrics(run.metrics),
+        "metrics": format_metrics(run.seen.metrics),
         "message": run.message,
-        "log": run.log_path,
+        "log": run.seen.log_path,
     }
 
 
@@ -430,9 +457,9 @@ def metric_values(run: Run, metric_columns: Iterable[str]) -> dict[str, Any]:
     """`acc` (latest) and `best acc` (over the current attempt) for each configured metric."""
     values: dict[str, Any] = {}
     for name in metric_columns:
-        values[name] = run.metrics.get(name, "")
+        values[name] = run.seen.metrics.get(name, "")
         side = "min" if best_is_lowest(name) else "max"
-        values[f"best {name}"] = run.summary.get(side, {}).get(name, "")
+        values[f"best {name}"] = run.seen.summary.get(side, {}).get(name, "")
     return values
 
 
