@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from helpers import FAKE_JOB
+from helpers import FAKE_JOB, make_run
 
 from sheetrunner.config import HostConfig
 from sheetrunner.pool.hosts import HostAgent
@@ -82,10 +82,10 @@ def test_kill_stops_the_whole_process_group(agent):
     agent.launch(spec(rid("r3"), 1, "--hang", "1"))
     wait_for(agent, rid("r3"), 1, "running")
     pid = int((attempt_dir(agent, rid("r3"), 1) / "pid").read_text().split()[0])
-    assert agent.kill(rid("r3"), 1, grace_s=2) == "exited"
-    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    assert agent.kill(rid("r3"), 1, grace_s=2) in ("running", "exited")  # returns at once
     assert (attempt_dir(agent, rid("r3"), 1) / "stop").exists()
     assert wait_for(agent, rid("r3"), 1, "exited")["exit_code"] == 128 + 15
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
 def test_probe_reports_unfinished_attempts_nobody_asked_about(agent):
@@ -155,8 +155,9 @@ def test_the_agent_is_uploaded_once_and_again_if_it_vanishes(agent):
     restarted.probe(set())
     assert counting.puts == [] and counting.runs == 1  # this version is there: one call, no upload
     path.unlink()
-    restarted.probe(set())  # finds it missing, uploads, runs again
-    assert path.exists() and counting.puts == [str(path)]
+    restarted.probe(set())  # finds it missing, uploads (the job library first), runs again
+    assert path.exists() and counting.puts[-1] == str(path)
+    assert all("/lib/" in p for p in counting.puts[:-1]) and len(counting.puts) > 1
 
 
 class CountingTransport(LocalTransport):
@@ -178,12 +179,12 @@ class CountingTransport(LocalTransport):
 
 def test_a_shared_checkpoint_root_reaches_the_job(agent, tmp_path):
     from sheetrunner.config import JobConfig
-    from sheetrunner.model import Run, Status
+    from sheetrunner.model import Status
     from sheetrunner.pool.hosts import launch_spec
 
     job = JobConfig("fake", (sys.executable, str(FAKE_JOB)), checkpoint_root=str(tmp_path / "nfs"))
     now = __import__("datetime").datetime.now()
-    run = Run(rid("r10"), "k", "fake", (("steps", "1"),), 0, None, Status.LAUNCHING, now, now, attempt=1)
+    run = make_run(rid("r10"), "k", "fake", (("steps", "1"),), 0, None, Status.LAUNCHING, now, now, attempt=1)
     spec = launch_spec(run, job, agent.config, None)
     assert spec["checkpoint_dir"] == f"{tmp_path}/nfs/{rid('r10')}"
     agent.launch(spec)
@@ -281,7 +282,8 @@ def test_junk_a_job_writes_into_its_attempt_directory_never_breaks_the_probe(age
     (path.parent.parent / "not-a-run").mkdir()
     facts = agent.probe({(rid("junk"), 1)})
     (seen,) = facts["attempts"]
-    assert seen["state"] in ("starting", "lost") and seen["summary"]["min"] == {}
+    # a damaged pid file while the supervisor lives: the job runs (facts, not a timeout)
+    assert seen["state"] == "running" and seen["summary"]["min"] == {}
     assert seen["spec"] == {"key": "", "job": "", "params": [], "gpus": 0, "accelerators": []}
     (path / "metrics.summary.json").write_text('{"source": 3, "offset": "x"}')
     (path / "exit_code").write_text("not a number")
@@ -304,12 +306,12 @@ def test_an_attempt_reports_its_spec_and_ages_measured_on_the_host(agent):
     from datetime import UTC, datetime, timedelta
 
     from sheetrunner.config import JobConfig
-    from sheetrunner.model import Run, Status
+    from sheetrunner.model import Status
     from sheetrunner.pool.hosts import launch_spec, observation_from_probe
 
     job = JobConfig("fake", (sys.executable, str(FAKE_JOB)))
     now = datetime.now(UTC)
-    run = Run(rid("spec"), "k" * 64, "fake", (("steps", "1"), ("lr", "0.1")), 0, None,
+    run = make_run(rid("spec"), "k" * 64, "fake", (("steps", "1"), ("lr", "0.1")), 0, None,
               Status.LAUNCHING, now, now, attempt=1)
     agent.launch(launch_spec(run, job, agent.config, None))
     seen = wait_for(agent, rid("spec"), 1, "exited")

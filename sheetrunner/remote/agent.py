@@ -16,6 +16,7 @@ import itertools
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import stat
@@ -39,7 +40,8 @@ USAGE = """usage: agent.pyz COMMAND ...
   kill     NS_ROOT HOST RUN_ID ATTEMPT [GRACE_S]
   tail     NS_ROOT HOST RUN_ID ATTEMPT SIZE|+OFFSET
   history  NS_ROOT HOST RUN_ID ATTEMPT MOST
-  supervise ATTEMPT_DIR                      (started by launch)"""
+  supervise ATTEMPT_DIR                      (started by launch)
+  reap     ATTEMPT_DIR GRACE_S               (started by kill when the supervisor is gone)"""
 
 
 class Refused(Exception):
@@ -54,6 +56,7 @@ def main(argv):
         "launch": launch,
         "supervise": supervise,
         "kill": kill,
+        "reap": reap,
         "tail": tail,
         "history": history,
     }
@@ -145,25 +148,29 @@ def boot_id():
         return "unknown"
 
 
-def start_ticks(pid):
-    """The process's start time in clock ticks since boot: pid plus this is unique."""
+def _stat_fields(pid):
+    """The fields of /proc/PID/stat after the command name (state first), or None."""
     try:
         with open("/proc/%d/stat" % pid) as f:
-            stat = f.read()
-    except OSError:
+            text = f.read()
+        return text[text.rindex(")") + 2 :].split()
+    except (OSError, ValueError):
         return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] == "Z":
+
+
+def start_ticks(pid):
+    """The process's start time in clock ticks since boot: pid plus this is unique."""
+    fields = _stat_fields(pid)
+    if not fields or len(fields) < 20 or fields[0] == "Z":
         return None  # a zombie has finished
     return fields[19]
 
 
 def session_of(pid):
+    fields = _stat_fields(pid)
     try:
-        with open("/proc/%d/stat" % pid) as f:
-            stat = f.read()
-        return int(stat[stat.rindex(")") + 2 :].split()[3])
-    except (OSError, ValueError, IndexError):
+        return int(fields[3])
+    except (TypeError, ValueError, IndexError):
         return None
 
 
@@ -177,47 +184,220 @@ def alive(pid, ticks):
         return False
 
 
-def nvidia_gpus(our_sessions):
-    """GPUs from nvidia-smi; a GPU used by a process outside our runs is foreign."""
+def same_process(pid, ticks):
+    """The process recorded (pid and start ticks), alive or a zombie not yet reaped: while it
+    is either, its pid, and so its process group id, cannot name another process."""
+    fields = _stat_fields(pid)
+    return ticks is not None and bool(fields) and len(fields) >= 20 and fields[19] == ticks
+
+
+# -- the processes of an attempt: found by the token every one of them inherits ----------------
+
+ENVIRON_BYTES = 1 << 20  # a process's environment read, at most
+CMDLINE_CHARS = 200
+LEFTOVERS_LISTED = 20
+
+
+def token_of(pid):
+    """The attempt token in a process's environment, or None (unreadable: not ours)."""
+    try:
+        fd = os.open("/proc/%d/environ" % pid, os.O_RDONLY | CLOEXEC)
+    except OSError:
+        return None
+    try:
+        data = read_fd(fd, ENVIRON_BYTES)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    key = protocol.ENV_ATTEMPT_TOKEN.encode() + b"="
+    for entry in data.split(b"\0"):
+        if entry.startswith(key):
+            return entry[len(key) :].decode("ascii", "replace")
+    return None
+
+
+def attempt_processes(token, group=None):
+    """Live processes of this user carrying `token` in their environment, or in process group
+    `group`; never this process. Unreadable processes (another user's) are skipped."""
+    if not token and not group:
+        return []
+    me, uid, found = os.getpid(), os.getuid(), []
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in names:
+        if not name.isdigit() or int(name) == me:
+            continue
+        pid = int(name)
+        try:
+            if os.stat("/proc/%d" % pid).st_uid != uid:
+                continue
+        except OSError:
+            continue
+        fields = _stat_fields(pid)
+        if not fields or fields[0] in ("Z", "X"):
+            continue  # finished: nothing to stop
+        in_group = group is not None and len(fields) > 2 and fields[2] == str(group)
+        if in_group or (token and token_of(pid) == token):
+            found.append(pid)
+    return sorted(found)
+
+
+def command_line(pid):
+    try:
+        fd = os.open("/proc/%d/cmdline" % pid, os.O_RDONLY | CLOEXEC)
+    except OSError:
+        return "?"
+    try:
+        data = read_fd(fd, 4096)
+    except OSError:
+        data = b""
+    finally:
+        os.close(fd)
+    text = data.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
+    return (text or "?")[:CMDLINE_CHARS]
+
+
+def send(pids, signals):
+    """Each signal to each process; how many were there to signal."""
+    reached = 0
+    for pid in pids:
+        try:
+            for sig in signals:
+                os.kill(pid, sig)
+            reached += 1
+        except OSError:
+            pass
+    return reached
+
+
+def signal_group(pid, ticks, signals):
+    """Each signal to the job's process group, when the recorded leader is still the process
+    recorded (alive or a zombie): never a group whose id was reused."""
+    if pid is None or not same_process(pid, ticks):
+        return False
+    try:
+        for sig in signals:
+            os.killpg(pid, sig)
+        return True
+    except OSError:
+        return False
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGCONT)  # a stopped process acts on SIGTERM once continued
+
+
+def read_token(paths):
+    """The attempt's token (written by launch), or None when absent or not in its format."""
+    try:
+        text = read_text(paths.token)
+    except Damaged:
+        return None
+    return text if protocol.is_token(text) else None
+
+
+# -- accelerators -------------------------------------------------------------------------------
+
+GPU_QUERY = "index,uuid,name,memory.used,memory.total,utilization.gpu"
+ECC_FIELD = "ecc.errors.uncorrected.volatile.total"
+LOST_MARKS = ("[GPU is lost]", "[Unknown Error]")
+
+
+def nvidia_gpus(our_sessions, our_tokens=frozenset()):
+    """GPUs from nvidia-smi (two calls). A GPU used by a process outside our runs (not in the
+    session of one of our jobs, not carrying one of our attempts' tokens) is foreign; one
+    reported lost or with uncorrected ECC errors is not healthy. A failing nvidia-smi is
+    gpu_error; the rows it printed still count."""
     if shutil.which("nvidia-smi") is None:
         return [], ""
-    try:
-        gpus = _smi(["--query-gpu=index,uuid,name,memory.used,memory.total,utilization.gpu"])
-        apps = _smi(["--query-compute-apps=gpu_uuid,pid,used_memory"])
-    except (OSError, subprocess.SubprocessError) as exc:
-        return [], "nvidia-smi failed: %s" % exc
+    errors = []
+    gpus, error = _smi(["--query-gpu=" + GPU_QUERY + "," + ECC_FIELD])
+    if error and "not a valid field" in error and ECC_FIELD in error:  # a driver without it
+        gpus, error = _smi(["--query-gpu=" + GPU_QUERY])
+    if error:
+        errors.append(error)
+    apps = []
+    if not error.endswith(SMI_HUNG):  # one that hung once would hang again: one wait per probe
+        apps, error = _smi(["--query-compute-apps=gpu_uuid,pid,used_memory"])
+        if error and error not in errors:
+            errors.append(error)
     foreign = set()
     for app in apps:
-        if len(app) >= 2 and app[1].isdigit() and session_of(int(app[1])) not in our_sessions:
+        if len(app) >= 2 and app[1].isdigit() and not _ours(int(app[1]), our_sessions, our_tokens):
             foreign.add(app[0])
     out = []
     for row in gpus:
         if len(row) < 6:
             continue
-        out.append(
-            {
-                "index": row[0],
-                "uuid": row[1],
-                "name": row[2],
-                "memory_used_mib": _int(row[3]),
-                "memory_total_mib": _int(row[4]),
-                "utilization_pct": _int(row[5]),
-                "foreign": row[1] in foreign,
-            }
-        )
-    return out, ""
+        gpu = {
+            "index": row[0],
+            "uuid": row[1],
+            "name": row[2],
+            "memory_used_mib": _int(row[3]),
+            "memory_total_mib": _int(row[4]),
+            "utilization_pct": _int(row[5]),
+            "foreign": row[1] in foreign,
+            "healthy": True,
+        }
+        health = _gpu_health(row)
+        if health:
+            gpu.update(healthy=False, health=health)
+        out.append(gpu)
+    return out, "; ".join(errors)
+
+
+def _ours(pid, sessions, tokens):
+    if session_of(pid) in sessions:
+        return True
+    return bool(tokens) and token_of(pid) in tokens
+
+
+def _gpu_health(row):
+    """Why a GPU's row says it cannot be used, or "" when it can."""
+    for mark in LOST_MARKS:
+        if any(mark.lower() in cell.lower() for cell in row):
+            return "GPU is lost" if "lost" in mark else "nvidia-smi: Unknown Error"
+    if len(row) >= 7:
+        errors = _int(row[6])
+        if errors:
+            return "%d uncorrected ECC error%s" % (errors, "" if errors == 1 else "s")
+    return ""
+
+
+SMI_TIMEOUT_S = 15
+SMI_HUNG = "no answer within %ds" % SMI_TIMEOUT_S
 
 
 def _smi(query):
-    text = subprocess.run(
-        ["nvidia-smi"] + query + ["--format=csv,noheader,nounits"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        timeout=15,
-        check=True,
-        universal_newlines=True,
-    ).stdout
-    return [[c.strip() for c in line.split(",")] for line in text.splitlines() if line.strip()]
+    """(rows, error): nvidia-smi's CSV rows and, when it failed, why."""
+    argv = ["nvidia-smi"] + query + ["--format=csv,noheader,nounits"]
+    try:
+        done = subprocess.run(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            timeout=SMI_TIMEOUT_S,
+            universal_newlines=True,
+            errors="replace",
+        )
+    except subprocess.TimeoutExpired:
+        return [], "nvidia-smi failed: " + SMI_HUNG
+    except (OSError, subprocess.SubprocessError) as exc:
+        return [], "nvidia-smi failed: %s" % exc
+    rows = [
+        [c.strip() for c in line.split(",")] for line in done.stdout.splitlines() if line.strip()
+    ]
+    if done.returncode == 0:
+        return rows, ""
+    said = (done.stderr.strip() or done.stdout.strip()).splitlines()
+    reason = said[-1][:300] if said else ""
+    error = "nvidia-smi failed: exit status %d%s" % (
+        done.returncode,
+        ": " + reason if reason else "",
+    )
+    return [r for r in rows if len(r) >= 6], error
 
 
 def _int(text):
@@ -492,42 +672,93 @@ def _pid_parts_valid(parts):
     )
 
 
-def attempt_state(paths, boot, damage=None):
-    """(state, exit_code, job session) of an attempt directory; see model.AttemptState.
-    A pid file that is damaged counts as absent: the attempt is starting while young,
-    then lost."""
+REBOOTED = "host rebooted"
+SUPERVISOR_KILLED = "supervisor killed; outcome unknown"
+SUPERVISOR_GONE = "supervisor gone"
+
+
+def supervisor_record(paths, damage):
+    """(pid, start ticks, boot id) of the supervisor, written by launch; None when absent or
+    not in that form."""
+    text = guarded(damage, None, read_text, paths.supervisor)
+    parts = text.split() if text else []
+    if len(parts) != 3 or not PID_RE.match(parts[0]) or int(parts[0]) <= 1:
+        return None
+    if not TICKS_RE.match(parts[1]) or not BOOT_RE.match(parts[2]):
+        return None
+    return int(parts[0]), parts[1], parts[2]
+
+
+def attempt_state(paths, boot, damage=None, mark=True):
+    """(state, exit_code, job session, reason) of an attempt directory; see
+    model.AttemptState. Facts only: an attempt whose job has not been recorded yet is
+    `starting` however old (the daemon judges that against its launch timeout); `lost` is
+    reported only when the supervisor is known gone without an exit code, with the reason."""
     damage = [] if damage is None else damage
     if not os.path.lexists(paths.dir):
-        return "missing", None, None
+        return "missing", None, None, ""
     if not is_real_dir(paths.dir):
         damage.append("attempt directory is not a directory")
-        return "lost", None, None
+        return "lost", None, None, "attempt directory is not a directory"
     written, code = exit_code_of(paths, damage)
     if written:
-        return "exited", code, None
+        return "exited", code, None, ""
     record = pid_record(paths, damage)
     if record is None:
-        young = time.time() - _mtime(paths.dir, 0) < 60
-        return ("starting" if young else _lost(paths)), None, None
+        sup = supervisor_record(paths, damage)
+        if sup is None:
+            return "starting", None, None, ""
+        if sup[2] != boot:
+            return _gone(paths, REBOOTED, boot, mark)
+        if alive(sup[0], sup[1]):
+            # the supervisor records the job's pid right after starting it: a pid file that is
+            # there but damaged means the job runs
+            state = "running" if os.path.lexists(paths.pid) else "starting"
+            return state, None, None, ""
+        return _ended_without_code(paths, boot, damage, mark)
     pid, ticks, job_boot, sup_pid, sup_ticks = record
     if job_boot != boot:
-        return _lost(paths), None, None
-    if alive(pid, ticks) or (sup_pid and alive(sup_pid, sup_ticks)):
-        return "running", None, pid
+        return _gone(paths, REBOOTED, boot, mark)
+    if sup_pid and alive(sup_pid, sup_ticks):
+        return "running", None, pid, ""
+    if alive(pid, ticks):
+        return "running", None, pid, SUPERVISOR_GONE if sup_pid else ""
+    return _ended_without_code(paths, boot, damage, mark)
+
+
+def _ended_without_code(paths, boot, damage, mark):
     written, code = exit_code_of(paths, damage)  # it may have ended just now
     if written:
-        return "exited", code, None
-    return _lost(paths), None, None
+        return "exited", code, None, ""
+    return _gone(paths, SUPERVISOR_KILLED, boot, mark)
 
 
-def _lost(paths):
+def _gone(paths, reason, boot, mark):
+    if mark:
+        _lost(paths, reason, contain=reason != REBOOTED)
+    return "lost", None, None, reason
+
+
+def _lost(paths, reason, contain=False):
     """Gone for good (host rebooted, or killed with its supervisor): mark it, so the scan
     for unfinished attempts skips it from now on. A `lost` a job planted (a symlink, a
-    directory) is left as it is: it marks the attempt ended all the same."""
+    directory) is left as it is: it marks the attempt ended all the same. The first time,
+    on the same boot, what is left of the attempt's processes is stopped (by a detached
+    reaper: the probe never waits)."""
+    if os.path.lexists(paths.lost):
+        return "lost"
     try:
-        os.close(create_file(paths.lost))
+        fd = create_file(paths.lost)
+        try:
+            os.write(fd, (reason + "\n").encode("utf-8"))
+        finally:
+            os.close(fd)
     except OSError:
-        pass
+        return "lost"
+    if contain:
+        token = read_token(paths)
+        if token and send(attempt_processes(token), STOP_SIGNALS):
+            detach(["reap", paths.dir, str(protocol.DEFAULT_GRACE_S)])
     return "lost"
 
 
@@ -701,7 +932,8 @@ def metrics_summary(paths, damage):
         source, prefix = paths.log, METRIC_PREFIX_BYTES
     summary = _stored_summary(paths.summary, source, damage)
     before = (summary["offset"], summary["skipping"])
-    chunk = guarded(damage, b"", _read_from, source, summary["offset"])
+    cut_by = paths if source == paths.log else None
+    chunk = guarded(damage, b"", _read_from, source, summary, cut_by)
     for line in _new_lines(summary, chunk, prefix):
         found, names = parse_report(line, prefix)
         if found is None:
@@ -717,11 +949,22 @@ def metrics_summary(paths, damage):
     return summary
 
 
-def _read_from(path, offset):
+def _read_from(path, summary, cut_by=None):
+    """What follows the summary's offset. For a log the supervisor has cut (`cut_by`: the
+    attempt's paths), the offset counts the job's output, dropped bytes included: a position
+    in the dropped part moves on to the first line after the marker."""
     fd = open_read(path)
     if fd is None:
         return b""
     try:
+        offset = summary["offset"]
+        cut = log_cut(cut_by, fd) if cut_by is not None else None
+        if cut is not None:
+            head, dropped, marker = cut
+            if offset < head + dropped:
+                summary["offset"], summary["skipping"] = head + dropped, False
+                offset = head + dropped
+            offset = offset - dropped + marker
         os.lseek(fd, offset, os.SEEK_SET)
         return read_fd(fd, SUMMARY_READ_BYTES)
     except OSError as exc:
@@ -862,10 +1105,10 @@ def observe(paths, boot, now):
     its files hold, this answers for this attempt alone (`damaged` says what was wrong)."""
     damage = []
     try:
-        state, code, session = attempt_state(paths, boot, damage)
+        state, code, session, reason = attempt_state(paths, boot, damage)
     except Exception as exc:  # a case the checks above missed must not fail the whole probe
         damage.append("agent could not read the attempt (%s)" % type(exc).__name__)
-        state, code, session = "lost", None, None
+        state, code, session, reason = "lost", None, None, ""
     seen = {
         "run_id": os.path.basename(paths.run_dir),
         "attempt": int(os.path.basename(paths.dir)),
@@ -876,6 +1119,8 @@ def observe(paths, boot, now):
         "heartbeat_age_s": None,
         "started_age_s": None,
     }
+    if reason:
+        seen["reason"] = reason
     if is_real_dir(paths.dir):
         try:
             _observe_files(paths, now, seen, damage)
@@ -903,6 +1148,24 @@ def _observe_files(paths, now, seen, damage):
             seen["metrics_note"] = note
     if seen["state"] == "lost" or (seen["state"] == "exited" and seen["exit_code"] != 0):
         seen["log_tail"] = last_lines(paths.log, damage)
+    if seen["state"] in ("exited", "lost"):
+        left = leftovers_text(paths, damage)
+        if left:
+            seen["leftovers"] = left
+
+
+LEFTOVERS_CHARS = 500
+
+
+def leftovers_text(paths, damage):
+    """What the supervisor found still running when the job ended (and killed): one short
+    line for the row."""
+    text = guarded(damage, None, read_text, paths.leftovers)
+    if not text:
+        return ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    said = "; ".join(lines).replace(":; ", ": ", 1)
+    return said if len(said) <= LEFTOVERS_CHARS else said[: LEFTOVERS_CHARS - 1] + "\u2026"
 
 
 def _unique(items):
@@ -1000,14 +1263,19 @@ def probe(args):
     runs_root = protocol.runs_dir(ns_root, host)
     boot, now = boot_id(), time.time()
     keys = wanted | set(unfinished_attempts(runs_root)) | set(newest_attempts(runs_root, run_ids))
-    attempts, sessions = [], set()
+    attempts, sessions, tokens = [], set(), set()
     for run_id, attempt in sorted(keys):
-        seen, session = observe(AttemptPaths(ns_root, host, run_id, attempt), boot, now)
+        paths = AttemptPaths(ns_root, host, run_id, attempt)
+        seen, session = observe(paths, boot, now)
         attempts.append(seen)
         if session:
             sessions.add(session)
+        if seen["state"] in ("running", "starting"):
+            token = read_token(paths)
+            if token:
+                tokens.add(token)
     make_dirs(ns_root)
-    print(json.dumps(dict(host_facts(ns_root, boot, sessions), attempts=attempts)))
+    print(json.dumps(dict(host_facts(ns_root, boot, sessions, tokens), attempts=attempts)))
 
 
 def facts(args):
@@ -1045,8 +1313,8 @@ def _program_exists(program, workdir):
     return shutil.which(program) is not None
 
 
-def host_facts(where, boot, sessions):
-    gpus, gpu_error = nvidia_gpus(sessions)
+def host_facts(where, boot, sessions, tokens=frozenset()):
+    gpus, gpu_error = nvidia_gpus(sessions, tokens)
     return {
         "boot_id": boot,
         "hostname": os.uname()[1],
@@ -1081,16 +1349,30 @@ def launch(args):
         )
         return
     write_atomic(paths.spec, text)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    subprocess.Popen(
-        [sys.executable, os.path.abspath(sys.argv[0]), "supervise", paths.dir],
-        stdin=devnull,
-        stdout=devnull,
-        stderr=devnull,
-        start_new_session=True,
-        close_fds=True,
-    )
+    write_atomic(paths.token, protocol.random_base36(protocol.TOKEN_LENGTH))
+    sup = detach(["supervise", paths.dir])
+    try:
+        write_atomic(paths.supervisor, "%d %s %s" % (sup.pid, start_ticks(sup.pid), boot_id()))
+    except OSError:
+        pass  # the pid file the supervisor writes says as much once the job runs
     print(json.dumps({"launched": True, "dir": paths.dir}))
+
+
+def detach(command):
+    """This agent with `command`, in a session of its own, detached from the caller (its
+    stdin, stdout and stderr go nowhere): it outlives the connection that started it."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        return subprocess.Popen(
+            [sys.executable, os.path.abspath(sys.argv[0])] + command,
+            stdin=devnull,
+            stdout=devnull,
+            stderr=devnull,
+            start_new_session=True,
+            close_fds=True,
+        )
+    finally:
+        os.close(devnull)
 
 
 def check_spec(spec):
@@ -1107,6 +1389,11 @@ def check_spec(spec):
     accelerators = spec.get("accelerators", [])
     if not isinstance(accelerators, list) or not all(carriable(a) for a in accelerators):
         raise Refused("accelerators is not a list of plain strings")
+    cap = spec.get("max_log_bytes")
+    if cap is not None and (
+        isinstance(cap, bool) or not isinstance(cap, int) or cap < protocol.MIN_MAX_LOG_BYTES
+    ):
+        raise Refused("max_log_bytes is not a whole number >= %d" % protocol.MIN_MAX_LOG_BYTES)
 
 
 def carriable(text):
@@ -1149,7 +1436,7 @@ def expanded_paths(spec, paths):
     }
 
 
-def job_env(spec, paths):
+def job_env(spec, paths, token):
     env = dict(os.environ)
     env.update(spec.get("env") or {})
     env.update(
@@ -1161,6 +1448,7 @@ def job_env(spec, paths):
             protocol.ENV_METRICS_FILE: paths.metrics,
             protocol.ENV_HEARTBEAT_FILE: paths.heartbeat,
             protocol.ENV_ACCELERATORS: ",".join(spec.get("accelerators", [])),
+            protocol.ENV_ATTEMPT_TOKEN: token,
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -1187,65 +1475,351 @@ def supervised_paths(args):
     return paths
 
 
+POLL_S = 0.1  # how often the supervisor looks at `stop` and at the job while it waits
+DRAIN_S = 2.0  # how long output is still read once the job and its processes are gone
+
+
 def supervise(args):
-    """Run the job in its own session, record its pid, write its exit code when it ends.
+    """Run the job in its own session with its output through a pipe into a capped
+    output.log, record its pid, stop it when asked (SIGTERM, then SIGKILL once the stop's
+    grace has passed), stop whatever it left running when it ends, write its exit code.
     Whatever keeps the job from starting ends as exit code 127 with the reason in the log,
     never as a supervisor gone without a word (the attempt would look lost)."""
     paths = supervised_paths(args)
     if os.path.lexists(paths.stop):  # stopped before it started: never start it
         write_atomic(paths.exit_code, str(128 + signal.SIGTERM))
         return
-    log = create_file(paths.log, os.O_WRONLY | os.O_APPEND)
+    token = read_token(paths)
+    if token is None:
+        token = protocol.random_base36(protocol.TOKEN_LENGTH)
+        write_atomic(paths.token, token)
+    log = create_file(paths.log, os.O_RDWR | os.O_APPEND)  # read too: a cut copies its tail
+    read_end, write_end = os.pipe()
     try:
-        job = start_job(paths, log)
+        job, spec = start_job(paths, log, write_end, token)
     finally:
-        os.close(log)
+        os.close(write_end)
     if job is None:
+        os.close(log)
+        os.close(read_end)
         write_atomic(paths.exit_code, "127")
         return
     me = os.getpid()
-    write_atomic(
-        paths.pid,
-        "%d %s %s %d %s" % (job.pid, start_ticks(job.pid), boot_id(), me, start_ticks(me)),
-    )
-    signal.signal(signal.SIGTERM, lambda *_: _signal_group(job.pid, signal.SIGTERM))
-    if os.path.lexists(paths.stop):  # a kill that came while the job was starting found no pid yet
-        _signal_group(job.pid, signal.SIGTERM)
-    code = job.wait()
-    write_atomic(paths.exit_code, str(128 - code if code < 0 else code))
+    ticks = start_ticks(job.pid)
+    write_atomic(paths.pid, "%d %s %s %d %s" % (job.pid, ticks, boot_id(), me, start_ticks(me)))
+    Supervisor(paths, job, ticks, token, CappedLog(paths, log, _log_cap(spec)), read_end).run()
 
 
-def start_job(paths, log):
-    """The job's process, started from spec.json with its output on `log`; None (and the
-    reason in the log) when it cannot start."""
+def _log_cap(spec):
+    cap = spec.get("max_log_bytes")
+    if isinstance(cap, int) and not isinstance(cap, bool) and cap >= protocol.MIN_MAX_LOG_BYTES:
+        return cap
+    return protocol.DEFAULT_MAX_LOG_BYTES
+
+
+class Supervisor(object):
+    """The loop of `supervise`: output, stop requests, the job's end, its leftovers."""
+
+    def __init__(self, paths, job, ticks, token, log, pipe):
+        self.paths, self.job, self.ticks, self.token, self.log = paths, job, ticks, token, log
+        self.pipe = pipe
+        self.stop = StopRequest(paths)
+        self.killed = False
+        signal.signal(signal.SIGTERM, lambda *_: self.stop.now(protocol.DEFAULT_GRACE_S))
+
+    def run(self):
+        while not self._job_ended():
+            self._read_output(POLL_S)
+            self._enforce_stop()
+        leftovers = self._contain()
+        self._drain()
+        code = self.job.wait()
+        self.log.close()
+        if leftovers:
+            try:
+                write_atomic(self.paths.leftovers, leftovers)
+            except OSError:
+                pass
+        write_atomic(self.paths.exit_code, str(128 - code if code < 0 else code))
+
+    def _job_ended(self):
+        """Whether the job's main process exited, without reaping it: while it is a zombie
+        its process group id cannot be taken by another process."""
+        try:
+            return (
+                os.waitid(os.P_PID, self.job.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+            )
+        except ChildProcessError:
+            return True
+
+    def _read_output(self, timeout_s):
+        """Copy what the job wrote into the log; False once the pipe has no writer left."""
+        if self.pipe is None:
+            time.sleep(timeout_s)
+            return False
+        try:
+            ready = select.select([self.pipe], [], [], timeout_s)[0]
+        except InterruptedError:
+            return True
+        if not ready:
+            return True
+        data = os.read(self.pipe, 1 << 16)
+        if not data:
+            os.close(self.pipe)
+            self.pipe = None
+            return False
+        self.log.write(data)
+        return True
+
+    def _enforce_stop(self):
+        fresh = self.stop.check()
+        if fresh:  # a kill sends these itself; a stop written while the job started did not
+            signal_group(self.job.pid, self.ticks, STOP_SIGNALS)
+            send(attempt_processes(self.token), STOP_SIGNALS)
+        if self.stop.deadline is not None and time.time() >= self.stop.deadline:
+            self._kill_all()
+
+    def _kill_all(self):
+        signal_group(self.job.pid, self.ticks, (signal.SIGKILL,))
+        send(attempt_processes(self.token, self.job.pid), (signal.SIGKILL,))
+        self.killed = True
+
+    def _contain(self):
+        """Stop what the job left running (its token, its process group): SIGTERM, then
+        SIGKILL after the grace. The text for the `leftovers` file, or ""."""
+        found = attempt_processes(self.token, self.job.pid)
+        if not found:
+            return ""
+        lines = ["%d %s" % (pid, command_line(pid)) for pid in found[:LEFTOVERS_LISTED]]
+        if len(found) > LEFTOVERS_LISTED:
+            lines.append("and %d more" % (len(found) - LEFTOVERS_LISTED))
+        self.stop.check()
+        grace = self.stop.grace if self.stop.deadline is not None else protocol.DEFAULT_GRACE_S
+        deadline = time.time() + grace
+        if self.stop.deadline is not None:
+            deadline = min(deadline, max(self.stop.deadline, time.time()))
+        signal_group(self.job.pid, self.ticks, STOP_SIGNALS)
+        send(found, STOP_SIGNALS)
+        while attempt_processes(self.token, self.job.pid):
+            if time.time() >= deadline:
+                self._kill_all()
+                break
+            self._read_output(POLL_S)
+        return "killed after the job ended:\n" + "\n".join(lines) + "\n"
+
+    def _drain(self):
+        """Output still in the pipe; bounded, since a process that dropped our token may
+        hold the pipe open."""
+        until = time.time() + DRAIN_S
+        while self.pipe is not None and time.time() < until:
+            self._read_output(POLL_S)
+        if self.pipe is not None:
+            os.close(self.pipe)
+            self.pipe = None
+
+
+class StopRequest(object):
+    """`stop` in the attempt directory: "<time> <grace_s>" written by kill. The deadline for
+    SIGKILL is the earliest any request asked for (a kill sent again does not postpone it)."""
+
+    def __init__(self, paths):
+        self.paths = paths
+        self.seen = None
+        self.deadline = None
+        self.grace = protocol.DEFAULT_GRACE_S
+
+    def check(self):
+        """Read `stop` if it changed; True when it is a new request."""
+        try:
+            info = os.lstat(self.paths.stop)
+        except OSError:
+            return False
+        key = (info.st_ino, info.st_mtime, info.st_size)
+        if key == self.seen:
+            return False
+        self.seen = key
+        asked, grace = time.time(), protocol.DEFAULT_GRACE_S
+        try:
+            parts = (read_text(self.paths.stop) or "").split()
+        except Damaged:
+            parts = []
+        try:
+            if len(parts) >= 2 and 0 <= float(parts[1]) <= 3600:
+                grace = float(parts[1])
+            if parts and asked - 3600 <= float(parts[0]) <= asked:
+                asked = float(parts[0])
+        except ValueError:
+            pass
+        self.now(grace, asked)
+        return True
+
+    def now(self, grace, asked=None):
+        asked = time.time() if asked is None else asked
+        if self.deadline is None or asked + grace < self.deadline:
+            self.deadline, self.grace = asked + grace, grace
+
+
+def start_job(paths, log, output, token):
+    """(the job's process, its spec), started from spec.json with its output on the pipe
+    `output`; (None, None) and the reason in the log when it cannot start."""
     spec = None
     try:
         spec = read_json(paths.spec, SPEC_FILE_BYTES)
         if not isinstance(spec, dict):
             raise Damaged("spec.json is not an object")
         make_dirs(spec["checkpoint_dir"])
-        return subprocess.Popen(
+        job = subprocess.Popen(
             spec["argv"],
             cwd=spec["workdir"],
-            env=job_env(spec, paths),
+            env=job_env(spec, paths, token),
             stdin=subprocess.DEVNULL,
-            stdout=log,
+            stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        return job, spec
     except (Damaged, OSError, ValueError, TypeError, KeyError) as exc:
         argv = spec.get("argv") if isinstance(spec, dict) else None
         os.write(
             log, ("sheetrunner: could not start %r: %s\n" % (argv, exc)).encode("utf-8", "replace")
         )
-        return None
+        return None, None
 
 
-def _signal_group(pid, sig):
+# -- output.log: the first LOG_HEAD_BYTES and a rolling tail, never over the cap --------------
+
+
+class CappedLog(object):
+    """The job's output as the supervisor writes it into output.log. Once the file would
+    pass `cap`, it is rewritten (temp file, rename) as its first `head` bytes, one marker
+    line saying how many bytes were dropped, and the newest output, starting at a line; the
+    tail is cut to half the room each time, so rewrites stay rare. The marker and where it
+    lies are also in output.log.cut (JSON), so readers can tell a position in the job's
+    output from one in the file."""
+
+    def __init__(self, paths, fd, cap):
+        self.paths, self.fd, self.cap = paths, fd, cap
+        self.head = min(protocol.LOG_HEAD_BYTES, cap // 4)
+        self.size = os.fstat(fd).st_size
+        self.dropped = 0
+        self.marker = b""
+
+    def write(self, data):
+        if self.size + len(data) > self.cap:
+            try:
+                self._cut(data)
+                return
+            except OSError:
+                pass  # no room for the copy: go on appending rather than lose the output
+        _write_all(self.fd, data)
+        self.size += len(data)
+
+    def close(self):
+        os.close(self.fd)
+
+    def _cut(self, data):
+        tail_at = self.head + len(self.marker)  # where the tail starts in the file now
+        room = self.cap - self.head - MARKER_ROOM
+        keep = max(1, room // 2)
+        existing = self.size - tail_at
+        drop = max(0, existing + len(data) - keep)
+        drop += _to_next_line(self._tail_bytes(tail_at, existing, data, drop))
+        drop = min(drop, existing + len(data))
+        old = self.fd
+        head = _pread_all(old, 0, self.head)
+        self.dropped += drop
+        marker = b"" if head.endswith(b"\n") else b"\n"
+        marker += (
+            "[sheetrunner: %d bytes of output dropped here; output.log keeps the first %s and "
+            "the newest output, at most %s in all]\n"
+            % (self.dropped, _kib(self.head), _kib(self.cap))
+        ).encode()
+        tmp = "%s.tmp.%d.%s" % (self.paths.log, os.getpid(), protocol.random_base36(6))
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL | NOFOLLOW | CLOEXEC
+        fd = os.open(tmp, flags, protocol.FILE_MODE)
+        try:
+            os.fchmod(fd, protocol.FILE_MODE)
+            _write_all(fd, head + marker)
+            position = tail_at + min(drop, existing)
+            while position < self.size:
+                chunk = _pread_all(old, position, min(1 << 20, self.size - position))
+                if not chunk:
+                    break
+                _write_all(fd, chunk)
+                position += len(chunk)
+            _write_all(fd, data[max(0, drop - existing) :])
+            os.replace(tmp, self.paths.log)
+        except BaseException:
+            os.close(fd)
+            _unlink(tmp)
+            raise
+        self.fd, self.marker = fd, marker
+        self.size = os.fstat(fd).st_size
+        os.close(old)
+        cut = {"head": len(head), "dropped": self.dropped, "marker": marker.decode()}
+        try:
+            write_atomic(self.paths.log_cut, json.dumps(cut))
+        except OSError:
+            pass
+
+    def _tail_bytes(self, tail_at, existing, data, drop):
+        """Up to one report line of what would be kept, from `drop` on: where the first
+        whole line starts."""
+        want = protocol.REPORT_LINE_BYTES + 1
+        if drop < existing:
+            part = _pread_all(self.fd, tail_at + drop, min(want, existing - drop))
+            return part + data[: max(0, want - len(part))]
+        return data[drop - existing : drop - existing + want]
+
+
+MARKER_ROOM = 512  # the marker line, at most
+
+
+def _to_next_line(data):
+    """Bytes up to and including the first newline, or 0 when a line starts right there
+    or none ends within `data`."""
+    newline = data.find(b"\n")
+    return 0 if newline < 0 else newline + 1
+
+
+def _pread_all(fd, offset, size):
+    parts = []
+    while size > 0:
+        part = os.pread(fd, min(size, 1 << 20), offset)
+        if not part:
+            break
+        parts.append(part)
+        offset += len(part)
+        size -= len(part)
+    return b"".join(parts)
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def log_cut(paths, fd):
+    """(head, dropped, marker length) of a log the supervisor has cut, from output.log.cut,
+    checked against the log open at `fd`; None when the log was never cut (or the two
+    disagree for a moment, while a cut is being made)."""
     try:
-        os.killpg(pid, sig)
+        cut = read_json(paths.log_cut)
+    except Damaged:
+        return None
+    if not isinstance(cut, dict):
+        return None
+    head, dropped, marker = cut.get("head"), cut.get("dropped"), cut.get("marker")
+    if not (_count(head) and _count(dropped) and isinstance(marker, str)):
+        return None
+    data = marker.encode("utf-8", "replace")
+    try:
+        if _pread_all(fd, head, len(data)) != data:
+            return None
     except OSError:
-        pass
+        return None
+    return head, dropped, len(data)
 
 
 def named_attempt(args, count):
@@ -1255,27 +1829,64 @@ def named_attempt(args, count):
 
 
 def kill(args):
-    """Stop an attempt: SIGTERM to its process group, SIGKILL after a grace period."""
+    """Ask an attempt to stop and return at once: `stop` (time and grace) is written, SIGTERM
+    and SIGCONT go to the job's process group and to every process carrying the attempt's
+    token. The supervisor sends SIGKILL once the grace has passed; when the supervisor is
+    gone, a detached reaper does."""
     paths = named_attempt(args, 4)
-    grace_s = _seconds(args[4]) if len(args) > 4 else 10.0
+    grace_s = _seconds(args[4]) if len(args) > 4 else protocol.DEFAULT_GRACE_S
     if not os.path.isdir(paths.dir):
         print(json.dumps({"killed": False, "state": "missing"}))
         return
     try:
-        write_atomic(paths.stop, str(time.time()))
+        write_atomic(paths.stop, "%.3f %s" % (time.time(), grace_s))
     except OSError:
         pass  # a `stop` a job made a directory: the signals below still go out
-    state, _, pid = attempt_state(paths, boot_id())
-    if state != "running" or pid is None:
-        print(json.dumps({"killed": False, "state": state}))
-        return
-    _signal_group(pid, signal.SIGTERM)
-    deadline = time.time() + grace_s
-    while time.time() < deadline and attempt_state(paths, boot_id())[0] == "running":
-        time.sleep(0.1)
-    if attempt_state(paths, boot_id())[0] == "running":
-        _signal_group(pid, signal.SIGKILL)
-    print(json.dumps({"killed": True, "state": attempt_state(paths, boot_id())[0]}))
+    boot = boot_id()
+    state, _, _, reason = attempt_state(paths, boot)
+    record = pid_record(paths, [])
+    signalled = 0
+    if record is not None and record[2] == boot:
+        signalled += signal_group(record[0], record[1], STOP_SIGNALS)
+    token = read_token(paths)
+    signalled += send(attempt_processes(token), STOP_SIGNALS) if token else 0
+    if signalled and not _supervisor_alive(paths, record, boot):
+        detach(["reap", paths.dir, str(grace_s)])
+    answer = {"killed": bool(signalled) or state in ("running", "starting"), "state": state}
+    if reason:
+        answer["reason"] = reason
+    print(json.dumps(answer))
+
+
+def _supervisor_alive(paths, record, boot):
+    if record is not None and record[3]:
+        return record[2] == boot and alive(record[3], record[4])
+    sup = supervisor_record(paths, [])
+    return sup is not None and sup[2] == boot and alive(sup[0], sup[1])
+
+
+def reap(args):
+    """(Detached, when the supervisor is gone.) SIGKILL what is left of an attempt once the
+    grace has passed since its stop request, then end."""
+    if len(args) != 2:
+        raise Refused("expected ATTEMPT_DIR GRACE_S")
+    paths = supervised_paths(args[:1])
+    stop = StopRequest(paths)
+    stop.now(_seconds(args[1]))
+    stop.check()
+    record = pid_record(paths, [])
+    pid, ticks = (record[0], record[1]) if record and record[2] == boot_id() else (None, None)
+    token = read_token(paths)
+    while True:
+        left = attempt_processes(token, pid if same_process(pid, ticks) else None)
+        if not left:
+            return
+        stop.check()
+        if time.time() >= stop.deadline:
+            signal_group(pid, ticks, (signal.SIGKILL,))
+            send(left, (signal.SIGKILL,))
+            return
+        time.sleep(POLL_S)
 
 
 def _seconds(text):

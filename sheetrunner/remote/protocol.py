@@ -119,6 +119,22 @@ class AttemptPaths(object):
     def lost(self):
         return self.file("lost")
 
+    @property
+    def token(self):
+        return self.file("token")
+
+    @property
+    def supervisor(self):
+        return self.file("supervisor")
+
+    @property
+    def leftovers(self):
+        return self.file("leftovers")
+
+    @property
+    def log_cut(self):
+        return self.file("output.log.cut")
+
 
 def namespace_root(root, namespace):
     """`<root>/<namespace>`: everything of one sheet on a host lies below it."""
@@ -154,3 +170,21 @@ ENV_ACCELERATORS = "SHEETRUNNER_ACCELERATORS"
 ENV_KEEP_CHECKPOINTS = "SHEETRUNNER_KEEP_CHECKPOINTS"
 ENV_BEST_METRIC = "SHEETRUNNER_BEST_METRIC"
 ENV_BEST_MODE = "SHEETRUNNER_BEST_MODE"
+# A random token every process of an attempt inherits (set by the supervisor): the agent finds
+# the attempt's processes by it, including those that left the job's process group or session.
+ENV_ATTEMPT_TOKEN = "SHEETRUNNER_ATTEMPT_TOKEN"
+TOKEN_RE = re.compile(r"^[0-9a-z]{32}$")
+TOKEN_LENGTH = 32
+
+
+def is_token(text):
+    return _full(TOKEN_RE, text)
+
+
+# output.log: the supervisor keeps the job's first LOG_HEAD_BYTES and a rolling tail, so that
+# the file never exceeds the spec's max_log_bytes (default below).
+DEFAULT_MAX_LOG_BYTES = 50 << 20
+MIN_MAX_LOG_BYTES = 64 << 10
+LOG_HEAD_BYTES = 1 << 20
+# Seconds between SIGTERM and SIGKILL when nothing else says (a kill names its own).
+DEFAULT_GRACE_S = 10.0
