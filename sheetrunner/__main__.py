@@ -1,7 +1,5 @@
 """`python -m sheetrunner ...` is the `sheetrunner` command (useful before PATH knows it)."""
 
-import sys
+from .cli import run
 
-from .cli import main
-
-sys.exit(main())
+run()

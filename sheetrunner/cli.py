@@ -11,8 +11,10 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -25,14 +27,15 @@ from rich.highlighter import NullHighlighter
 from rich.logging import RichHandler
 from rich.text import Text
 
-from . import __version__, views
+from . import __version__, repair, views
 from . import config as config_module
-from .daemon import DaemonLock, build, open_pool, open_store
+from .daemon import DaemonLock, build, finish_on_signals, open_pool, open_store
 from .errors import ConfigError, SheetrunnerError, TransportError
 
 DEFAULT_CONFIG = "sheetrunner.toml"
 CONFIG_VARIABLE = "SHEETRUNNER_CONFIG"
 EXIT_PIPE_CLOSED = 128 + signal.SIGPIPE
+EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 DESCRIPTION = """\
 Type a row into a spreadsheet (which job, its parameters, how many GPUs) and it runs on
@@ -47,7 +50,7 @@ config: -c PATH, else ${CONFIG_VARIABLE}, else ./{DEFAULT_CONFIG}, else the near
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, getattr(args, "log_format", "auto"))
     console = Console()
     try:
         code = args.func(args, console)
@@ -61,6 +64,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except BrokenPipeError:
         return _pipe_closed()
+    except KeyboardInterrupt:  # Ctrl-C in a command that has nothing to finish
+        return EXIT_INTERRUPTED
+
+
+def run() -> None:
+    """The program (console script, `python -m sheetrunner`): main, then exit with its code."""
+    code = main()
+    _ignore_late_signals()
+    sys.exit(code)
+
+
+def _ignore_late_signals() -> None:
+    """The command is over: a Ctrl-C arriving while the interpreter exits must not turn a
+    clean exit into an interrupted one."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def _pipe_closed() -> int:
@@ -169,6 +189,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="take the sheet from the daemon holding its lease (make sure it is gone)",
     )
+    _log_format_argument(p)
     p = command(
         "once", cmd_once, "do what the daemon does once (start, check, write back), then exit"
     )
@@ -177,6 +198,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="take the sheet from the daemon holding its lease (make sure it is gone)",
     )
+    _log_format_argument(p)
     _ps_arguments(
         command(
             "ps",
@@ -256,6 +278,20 @@ def _ps_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+LOG_FORMATS = ("auto", "plain", "rich", "json")
+
+
+def _log_format_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="auto",
+        help="how log lines look on stderr: rich (colours), plain (one line per event), json "
+        "(one object per line: time, level, logger, message, run and host when named); "
+        "default auto: rich on a terminal, else plain",
+    )
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -270,9 +306,10 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool, log_format: str = "auto") -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, handlers=[_log_handler(sys.stderr)]
+        level=logging.DEBUG if verbose else logging.INFO,
+        handlers=[_log_handler(sys.stderr, log_format)],
     )
     for noisy in ("apscheduler", "paramiko", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -294,10 +331,48 @@ class OneLineFormatter(logging.Formatter):
         return super().format(record).translate(self._ESCAPES)
 
 
-def _log_handler(stream) -> logging.Handler:
-    """Rich colours on a terminal, one plain line per record elsewhere. Neither highlights:
-    rich's highlighter takes time quadratic in a line's length, and lines carry row data."""
-    if stream.isatty():
+# What a message names, in the `key=value` form the daemon's log lines use.
+NAMED_IN_MESSAGE = {
+    "run": re.compile(r"\brun=([0-9a-f]{8}-[0-9a-z]{6})\b"),
+    "host": re.compile(r"\bhost=([A-Za-z0-9][A-Za-z0-9_.-]*)"),
+}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line (`--log-format json`), for a log collector: time (ISO 8601,
+    UTC), level, logger, message, and `run` / `host` when the message names them
+    (`run=ID`, `host=NAME`) or the record carries them; a traceback under `exception`. JSON
+    escapes every control character, so a cell's newline never starts a forged line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": message,
+        }
+        for key, pattern in NAMED_IN_MESSAGE.items():
+            given = getattr(record, key, None)
+            found = pattern.search(message)
+            if isinstance(given, str) and given:
+                entry[key] = given
+            elif found:
+                entry[key] = found.group(1)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=True, default=str)
+
+
+def _log_handler(stream, log_format: str = "auto") -> logging.Handler:
+    """Rich colours on a terminal, one plain line per record elsewhere, or JSON lines. None
+    highlights: rich's highlighter takes time quadratic in a line's length, and lines carry
+    row data."""
+    if log_format == "json":
+        as_json = logging.StreamHandler(stream)
+        as_json.setFormatter(JsonFormatter())
+        return as_json
+    if log_format == "rich" or (log_format == "auto" and stream.isatty()):
         handler: logging.Handler = RichHandler(
             console=Console(file=stream),
             show_path=False,
@@ -313,27 +388,42 @@ def _log_handler(stream) -> logging.Handler:
 
 
 def cmd_daemon(args: argparse.Namespace, console: Console) -> int:
-    config = _load(args)
-    lock = DaemonLock(config.daemon.state_dir).acquire()
-    daemon = build(config, take_over=args.take_over)
-    try:
-        return daemon.run_forever(exit_when_done=args.exit_when_done)
-    finally:
-        daemon.close()
-        lock.release()
+    """SIGTERM or Ctrl-C from the first moment on: the daemon starts no cycle after it,
+    finishes the one in progress, closes the store and exits 0."""
+    stopping = threading.Event()
+    with finish_on_signals(stopping, keep=True):
+        config = _load(args)
+        lock = DaemonLock(config.daemon.state_dir).acquire()
+        try:
+            daemon = build(config, take_over=args.take_over)
+        except BaseException:
+            lock.release()
+            raise
+        daemon.stopping = stopping
+        try:
+            return daemon.run_forever(exit_when_done=args.exit_when_done)
+        finally:
+            daemon.close()
+            lock.release()
 
 
 def cmd_once(args: argparse.Namespace, console: Console) -> int:
-    config = _load(args)
-    lock = DaemonLock(config.daemon.state_dir).acquire()
-    daemon = build(config, take_over=args.take_over)
-    try:
-        report = daemon.cycle()
-        if not report.acting and report.sheet_ok:  # the first cycle only claimed the sheet
+    stopping = threading.Event()
+    with finish_on_signals(stopping):  # Ctrl-C: the cycle in progress finishes
+        config = _load(args)
+        lock = DaemonLock(config.daemon.state_dir).acquire()
+        try:
+            daemon = build(config, take_over=args.take_over)
+        except BaseException:
+            lock.release()
+            raise
+        try:
             report = daemon.cycle()
-    finally:
-        daemon.close()
-        lock.release()
+            if not report.acting and report.sheet_ok and not stopping.is_set():
+                report = daemon.cycle()  # the first cycle only claimed the sheet
+        finally:
+            daemon.close()
+            lock.release()
     _say(
         console,
         f"launched {len(report.launched)}, killed {len(report.killed)}, "
@@ -400,7 +490,7 @@ def ps_entries(config, args: argparse.Namespace) -> list[dict[str, Any]]:
     finally:
         store.close()
     if not args.all:
-        runs = [r for r in runs if r.replaced_by is None]
+        runs = [r for r in runs if r.link.replaced_by is None]
     keep = views.ps_filter(args.status, args.job, args.sweep, args.host)
     return [e for e in views.ps_entries(runs, noted) if keep(e)]
 
@@ -574,7 +664,13 @@ def cmd_pool(args: argparse.Namespace, console: Console) -> int:
     pool = open_pool(config, namespace)
     try:
         seen = _probe_for_view(pool, runs)
-        entries = views.pool_json(list(config.hosts), seen, runs, pool.down_since)
+        entries = views.pool_json(
+            list(config.hosts),
+            seen,
+            runs,
+            pool.down_since,
+            repairs=repair.load(config.daemon.state_dir),
+        )
     finally:
         pool.close()
     if args.json:
@@ -649,7 +745,7 @@ def _histories(config, run_ids: list[str]) -> tuple[dict[str, list[dict]], dict[
     runs = {run_id: store.run(run_id) for run_id in run_ids}
     namespace = store.last_namespace()
     store.close()
-    params = {run_id: run.params if run else None for run_id, run in runs.items()}
+    params = {run_id: run.spec.params if run else None for run_id, run in runs.items()}
     pool = open_pool(config, namespace)
     try:
         found = {}
@@ -678,4 +774,4 @@ def cmd_init(args: argparse.Namespace, console: Console) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -45,6 +45,9 @@ class SheetConfig:
     pool_tab: str | None = None
     metric_columns: tuple[str, ...] = ()
     curve: str | None = None  # metric drawn as a sparkline in the `curve` column
+    # Google Sheets: seconds one cycle may spend on the API, retries and their pauses
+    # included; past it the cycle goes on without the sheet and tries again next cycle.
+    retry_budget_s: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ class Defaults:
     backoff_s: float = 30.0  # first retry waits this long, doubling each time
     backoff_max_s: float = 3600.0
     launch_timeout_s: float = 120.0  # a launch not seen by the probe after this is lost
+    stop_grace_s: float = 10.0  # a kill: SIGTERM, then SIGKILL after this many seconds
+    time_limit_s: float | None = None  # a run's longest time running; None: no limit
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,7 @@ class JobConfig:
     best_mode: str = "max"
     checkpoint_root: str | None = None  # shared storage: a restart on another host resumes
     no_retry_exit_codes: tuple[int, ...] = (2,)  # exits that fail at once (2: a usage error)
+    time_limit_s: float | None = None  # overrides [defaults] time_limit for this job
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,10 @@ class HostConfig:
     root: str = "~/.sheetrunner"  # where runs live on the host
     python: str = "python3"  # interpreter for the agent and for "{python}" in job commands
     drain: bool = False  # take no new runs (for maintenance); running ones go on
+    # argv run on the daemon's machine (never through a shell) to bring the host back once it
+    # has been unreachable for repair_after seconds (sheetrunner/repair.py); () = never
+    repair: tuple[str, ...] = ()
+    repair_after_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -218,6 +228,7 @@ def _sheet(raw: dict[str, Any], base: Path) -> SheetConfig:
             "pool_tab",
             "metric_columns",
             "curve",
+            "retry_budget",
         },
     )
     path = opt_str("sheet.path", raw.get("path"))
@@ -254,6 +265,7 @@ def _sheet(raw: dict[str, Any], base: Path) -> SheetConfig:
         pool_tab=pool_tab,
         metric_columns=tuple(columns),
         curve=opt_str("sheet.curve", raw.get("curve")),
+        retry_budget_s=positive("sheet.retry_budget", raw.get("retry_budget", 20), "20"),
     )
 
 
@@ -296,7 +308,17 @@ def _daemon(raw: dict[str, Any], base: Path) -> DaemonConfig:
 def _defaults(raw: dict[str, Any]) -> Defaults:
     expect("defaults", raw, dict, "a table [defaults]")
     known_keys(
-        "defaults", raw, {"retries", "hang_timeout", "backoff", "backoff_max", "launch_timeout"}
+        "defaults",
+        raw,
+        {
+            "retries",
+            "hang_timeout",
+            "backoff",
+            "backoff_max",
+            "launch_timeout",
+            "stop_grace",
+            "time_limit",
+        },
     )
     return Defaults(
         retries=non_negative_int("defaults.retries", raw.get("retries", 2), "2"),
@@ -304,6 +326,8 @@ def _defaults(raw: dict[str, Any]) -> Defaults:
         backoff_s=positive("defaults.backoff", raw.get("backoff", 30), "30"),
         backoff_max_s=positive("defaults.backoff_max", raw.get("backoff_max", 3600), "3600"),
         launch_timeout_s=positive("defaults.launch_timeout", raw.get("launch_timeout", 120), "120"),
+        stop_grace_s=checks.stop_grace("defaults.stop_grace", raw.get("stop_grace", 10)),
+        time_limit_s=checks.duration("defaults.time_limit", raw.get("time_limit")),
     )
 
 
@@ -332,6 +356,7 @@ def _job(name: str, raw: Any) -> JobConfig:
             "best_mode",
             "checkpoint_root",
             "no_retry_exit_codes",
+            "time_limit",
         },
     )
     command = raw.get("command")
@@ -358,6 +383,7 @@ def _job(name: str, raw: Any) -> JobConfig:
         no_retry_exit_codes=_exit_codes(
             f"{where}.no_retry_exit_codes", raw.get("no_retry_exit_codes", [2])
         ),
+        time_limit_s=checks.duration(f"{where}.time_limit", raw.get("time_limit")),
     )
 
 
@@ -386,6 +412,8 @@ HOST_KEYS = {
     "root",
     "python",
     "drain",
+    "repair",
+    "repair_after",
 }
 
 
@@ -442,6 +470,8 @@ def _host(index: int, raw: Any, base: Path) -> HostConfig:
         root=root,
         python=python or (sys.executable if local else "python3"),
         drain=drain,
+        repair=checks.repair_command(f"{where}.repair", raw.get("repair")),
+        repair_after_s=positive(f"{where}.repair_after", raw.get("repair_after", 300), "300"),
     )
 
 

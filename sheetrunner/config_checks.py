@@ -384,3 +384,64 @@ def notify_max_per_hour(where: str, value: Any) -> int:
             f"{NOTIFY_MAX_PER_HOUR} (messages an hour), e.g. max_per_hour = 30"
         )
     return count
+
+
+# -- the lifecycle: kills, time limits, repair ------------------------------------------------
+
+# The agent refuses a longer grace (remote/agent.py): an hour is more than any job needs to
+# save a checkpoint, and a kill that waits longer is a kill that does not happen.
+MAX_STOP_GRACE_S = 3600.0
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+DURATION_EXAMPLE = 'time_limit = "2h" (or 7200, "90m", "1d")'
+
+
+def stop_grace(where: str, value: Any) -> float:
+    """Seconds between SIGTERM and SIGKILL: 0 (SIGKILL at once) up to an hour."""
+    number = not isinstance(value, bool) and isinstance(value, int | float)
+    if not number or not math.isfinite(value) or not 0 <= value <= MAX_STOP_GRACE_S:
+        raise ConfigError(
+            f"{where} = {value!r}; expected a number of seconds from 0 to "
+            f"{MAX_STOP_GRACE_S:.0f} between SIGTERM and SIGKILL, e.g. stop_grace = 10"
+        )
+    return float(value)
+
+
+def duration(where: str, value: Any) -> float | None:
+    """A duration: seconds as a number, or text like "90m", "2h", "1d"; None when absent."""
+    if value is None:
+        return None
+    seconds: float | None = None
+    if not isinstance(value, bool) and isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        found = DURATION_RE.match(value)
+        if found:
+            seconds = float(found.group(1)) * DURATION_UNITS[found.group(2)]
+    if seconds is None or not math.isfinite(seconds) or not 0 < seconds <= MAX_SECONDS:
+        shown = value if not isinstance(value, str) or len(value) <= 40 else value[:40] + "…"
+        raise ConfigError(
+            f"{where} = {shown!r}; expected a positive duration: seconds as a number or text "
+            f"with a unit s, m, h or d, at most {MAX_SECONDS:.0f} s, e.g. {DURATION_EXAMPLE}; "
+            "leave it out for no limit"
+        )
+    return seconds
+
+
+def repair_command(where: str, value: Any) -> tuple[str, ...]:
+    """The argv that brings a host back, run on the daemon's machine, never through a shell."""
+    example = (
+        'repair = ["gcloud", "compute", "tpus", "tpu-vm", "start", "tpu-a", "--zone=us-central2-b"]'
+    )
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(
+            f"{where} = {value!r}; expected a list of strings (argv, run without a shell), "
+            f"e.g. {example}"
+        )
+    if not value or not value[0]:
+        raise ConfigError(f"{where} names no program; e.g. {example}")
+    if any("\0" in item for item in value):
+        raise ConfigError(f"{where} holds a NUL character, which no argv item can; e.g. {example}")
+    return tuple(value)

@@ -1,26 +1,32 @@
 """The cycle: read the sheet, probe the pool, plan, journal, act, write back.
 
 Everything here is IO and ordering; every decision is `reconcile.plan`'s.
-One cycle runs at a time (APScheduler interval job, max_instances=1,
-coalesced). SIGTERM/SIGINT let the current cycle finish, then the daemon
-exits cleanly. A sheet or host that cannot be reached is logged and retried
-next cycle; it never stops the daemon.
+One cycle runs at a time, in the main thread, every poll_interval (a cycle
+that takes longer is followed by the next at once, never overlapped).
+SIGTERM/SIGINT at any point let the current cycle finish (its launches are
+journalled, its write made), then the store closes and the daemon exits 0.
+A sheet or host that cannot be reached is logged and retried next cycle; it
+never stops the daemon, and the Sheets API gets at most `[sheet]
+retry_budget` seconds a cycle. Hosts with `[[hosts]] repair` are repaired in
+the background (repair.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerThreads
+from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from . import config as config_module
@@ -28,13 +34,14 @@ from . import reconcile, views
 from .config import Config, HostConfig, job_workdir
 from .errors import SheetError, SheetOwned, SheetrunnerError, SheetUnavailable, TransportError
 from .log_archive import ARCHIVED_BYTES, LogArchive
-from .model import Experiment, Run, Status
+from .model import ENDED_STATUSES, UNFINISHED_STATUSES, Experiment, Run
 from .notify import Notifier, sheet_label
 from .ownership import Ownership, lease_seconds, this_daemon
 from .pool.hosts import HostAgent, Pool, describe_argv, launch_spec
 from .pool.local import LocalTransport
 from .pool.transport import Transport
 from .reconcile import Kill, Launch, Plan
+from .repair import Repairs
 from .sheet import expansion, guard
 from .sheet import schema as rows
 from .sheet.render import SheetView
@@ -42,12 +49,6 @@ from .sheet.table import SheetBackend, SheetWrite, Table
 from .store import Store
 
 log = logging.getLogger(__name__)
-
-ENDED = frozenset({Status.SUCCEEDED, Status.FAILED, Status.RETRYING, Status.STOPPED})
-
-UNFINISHED = frozenset(
-    {Status.QUEUED, Status.LAUNCHING, Status.RUNNING, Status.RETRYING, Status.STALLED, Status.LOST}
-)
 
 
 def utc_now() -> datetime:
@@ -128,12 +129,23 @@ class Daemon:
         self.exit_code = 0  # what `daemon --exit-when-done` exits with (see Outcome)
         self._reload_requested = threading.Event()  # SIGHUP: reload the config between cycles
         self.notifier = Notifier(config.notify, label=sheet_label(config.sheet))
+        self.repairs = Repairs(Path(config.daemon.state_dir), config.base_dir, clock=clock)
+        self.stopping = threading.Event()  # SIGTERM/SIGINT: no cycle starts after this one
 
     # -- one cycle ----------------------------------------------------------------------------
 
     def cycle(self) -> CycleReport:
-        with self._cycle_lock:
+        with self._cycle_lock, self._sheet_budget():
             return self._cycle()
+
+    def _sheet_budget(self) -> contextlib.AbstractContextManager:
+        """The Sheets API's share of one cycle: reads, writes, retries and pauses together
+        get `[sheet] retry_budget` seconds, then the cycle goes on without the sheet."""
+        if self.config.sheet.url is None:
+            return contextlib.nullcontext()
+        from .sheets.google_http import cycle_budget
+
+        return cycle_budget(self.config.sheet.retry_budget_s)
 
     def _cycle(self) -> CycleReport:
         now = self.clock()
@@ -158,6 +170,7 @@ class Daemon:
             _attempts_to_probe(known), now, runs=_runs_to_ask(known, plain or [])
         )
         self.store.save_hosts(observed.values())
+        self._repair(now)
         plan = reconcile.plan(plain, known, observed, self.pool.capacities(), self.policy, now)
         self.store.save_runs(
             plan.runs.values(), [(e.run_id, e.kind, e.detail) for e in plan.events], now
@@ -177,6 +190,14 @@ class Daemon:
             self._write_meta(table, turn.tab)
         report.unfinished = _unfinished(runs.values(), plan) + _unexpanded(experiments or [])
         return report
+
+    def _repair(self, now: datetime) -> None:
+        """Start the repairs due (in the background); a host whose repair try just ended is
+        reconnected at once next cycle, not after its SSH reconnect backoff."""
+        for host in self.repairs.tick(self.config.hosts, self.pool.down_since, now):
+            agent = self.pool.agents.get(host)
+            if agent is not None:
+                agent.transport.close()
 
     def _use_namespace(self, table: Table | None) -> None:
         namespace = self.ownership.namespace
@@ -228,7 +249,7 @@ class Daemon:
         """Copy the log of every attempt that ended this cycle into the state directory."""
         for run in plan.runs.values():
             before = known.get(run.run_id)
-            if before is None or not before.status.is_live or run.status not in ENDED:
+            if before is None or not before.status.is_live or run.status not in ENDED_STATUSES:
                 continue
             agent = self.pool.agents.get(before.host or "")
             if agent is None:
@@ -266,7 +287,7 @@ class Daemon:
             if agent is None:
                 continue
             try:
-                state = agent.kill(kill.run_id, kill.attempt)
+                state = agent.kill(kill.run_id, kill.attempt, grace_s=self.policy.stop_grace_s)
             except TransportError as exc:
                 log.warning(
                     "kill failed run=%s attempt=%s host=%s: %s (retried next cycle)",
@@ -297,9 +318,9 @@ class Daemon:
             agent = self.pool.agents[launch.host]
             spec = launch_spec(
                 run,
-                self.config.jobs[run.job],
+                self.config.jobs[run.spec.job],
                 agent.config,
-                job_workdir(self.config, run.job, agent.config),
+                job_workdir(self.config, run.spec.job, agent.config),
             )
             self.store.record_intent(run, now)  # journal before acting
             try:
@@ -366,71 +387,94 @@ class Daemon:
             return {}
         runs = list(self.store.runs().values())
         entries = views.pool_json(
-            list(self.config.hosts), self.pool.last, runs, self.pool.down_since
+            list(self.config.hosts),
+            self.pool.last,
+            runs,
+            self.pool.down_since,
+            repairs=self.repairs.snapshot(),
         )
         return {name: views.pool_rows(entries)}
 
     # -- running for a long time ----------------------------------------------------------------
 
     def run_forever(self, exit_when_done: bool = False) -> int:
-        """Cycle every poll_interval until a signal (or, with exit_when_done, until done)."""
+        """Cycle every poll_interval (an APScheduler interval job, one at a time, coalesced)
+        until a signal (or, with exit_when_done, until done). A signal at any moment lets the
+        cycle in progress finish and starts none after it: `stopping` is set, and a watcher
+        thread shuts the scheduler down *waiting* for the running cycle, so the store is
+        closed only after the cycle's last write."""
         scheduler = BlockingScheduler(executors={"default": SchedulerThreads(1)}, timezone=UTC)
-        stop = threading.Event()
 
-        def job() -> None:
-            if stop.is_set():
+        def one_cycle() -> None:
+            if self.stopping.is_set():
                 return
             if self._reload_requested.is_set():
                 self._reload_requested.clear()
                 self.reload()
-            try:
-                report = self.cycle()
-            except SheetOwned as exc:
-                log.error("%s", exc)
-                self.fatal = exc
-                stop.set()
-                scheduler.shutdown(wait=False)
-                return
-            except SheetrunnerError as exc:
-                log.error("cycle failed, retried next cycle: %s", exc)
-                return
-            except Exception:
-                log.exception("cycle crashed, retried next cycle")
-                return
-            if exit_when_done and report.sheet_ok and report.unfinished == 0:
-                outcome = self.outcome()
-                for line in outcome.lines():
-                    log.info("%s", line)
-                self.exit_code = outcome.exit_code
-                stop.set()
-                scheduler.shutdown(wait=False)
+            report = self._guarded_cycle()
+            if self.fatal is not None or (exit_when_done and self._done(report)):
+                self.stopping.set()
 
-        def on_signal(signum: int, _frame: object) -> None:
-            log.info(
-                "%s received: finishing the current cycle, then exiting",
-                signal.Signals(signum).name,
-            )
-            stop.set()
-            scheduler.shutdown(wait=False)
+        over = threading.Event()
 
+        def shut_down_when_stopping() -> None:
+            self.stopping.wait()
+            while not scheduler.running and not over.is_set():  # a signal before start()
+                over.wait(0.05)
+            with contextlib.suppress(SchedulerNotRunningError):
+                scheduler.shutdown(wait=True)
+
+        poll_s = self.config.daemon.poll_interval_s
         scheduler.add_job(
-            job,
+            one_cycle,
             "interval",
-            seconds=self.config.daemon.poll_interval_s,
+            seconds=poll_s,
             next_run_time=datetime.now(UTC),
             max_instances=1,
             coalesce=True,
-            misfire_grace_time=max(1, int(self.config.daemon.poll_interval_s)),
+            misfire_grace_time=max(1, int(poll_s)),
         )
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGHUP, lambda *_: self._reload_requested.set())
-        scheduler.start()
-        with self._cycle_lock:  # let a cycle in progress finish
-            pass
+        with self.signals_finish_the_cycle():
+            watcher = threading.Thread(target=shut_down_when_stopping, daemon=True)
+            watcher.start()
+            if not self.stopping.is_set():
+                scheduler.start()
+            over.set()
+            self.stopping.set()
+            watcher.join()  # the cycle in progress has ended: its writes are in the store
         if self.fatal is not None:
             raise self.fatal
         return self.exit_code
+
+    def _done(self, report: CycleReport | None) -> bool:
+        """`--exit-when-done`: nothing left to run; say how the rows ended."""
+        if report is None or not report.sheet_ok or report.unfinished:
+            return False
+        outcome = self.outcome()
+        for line in outcome.lines():
+            log.info("%s", line)
+        self.exit_code = outcome.exit_code
+        return True
+
+    def _guarded_cycle(self) -> CycleReport | None:
+        """One cycle; its failure is logged and the next cycle tries again (SheetOwned, a
+        second daemon's lease, stops the daemon)."""
+        try:
+            return self.cycle()
+        except SheetOwned as exc:
+            log.error("%s", exc)
+            self.fatal = exc
+        except SheetrunnerError as exc:
+            log.error("cycle failed, retried next cycle: %s", exc)
+        except Exception:
+            log.exception("cycle crashed, retried next cycle")
+        return None
+
+    def signals_finish_the_cycle(self) -> contextlib.AbstractContextManager[threading.Event]:
+        """SIGTERM and SIGINT (Ctrl-C) set `stopping` instead of interrupting: the cycle in
+        progress runs to its end (every launch journalled, the sheet written), and the caller
+        stops before the next. SIGHUP asks for a config reload between cycles."""
+        return finish_on_signals(self.stopping, self._reload_requested)
 
     def reload(self) -> bool:
         """Read the config file again (SIGHUP), between cycles. A config that fails to load
@@ -473,7 +517,7 @@ class Daemon:
         runs = self.store.runs()
         shown = [runs[run_id] for _, run_id in sorted(self._shown.items()) if run_id in runs]
         return Outcome(
-            [(r.row, r.status.value, r.message) for r in shown]
+            [(r.link.row, r.status.value, r.message) for r in shown]
             + [(n["row"], n["status"], n["message"]) for n in self.store.noted_rows()]
         )
 
@@ -487,9 +531,38 @@ class Daemon:
                     self.sheet.write(SheetWrite(meta=tab, meta_expect=self.ownership.last_meta))
                 except SheetError as exc:
                     log.info("lease not handed back (it ends by itself): %s", exc)
+        self.repairs.close()
         self.notifier.close()
         self.pool.close()
         self.store.close()
+
+
+@contextlib.contextmanager
+def finish_on_signals(
+    stopping: threading.Event, reload: threading.Event | None = None, keep: bool = False
+) -> Iterator[threading.Event]:
+    """While inside, SIGTERM and SIGINT set `stopping` (logged once) rather than raise, and
+    SIGHUP sets `reload`; the previous handlers come back on the way out, unless `keep`
+    (the daemon command: the process ends right after, and a late Ctrl-C must not turn
+    its clean exit into an interrupted one). Main thread only."""
+
+    def on_signal(signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        if stopping.is_set():
+            log.info("%s received again: already finishing the current cycle", name)
+            return
+        stopping.set()
+        log.info("%s received: finishing the current cycle, then exiting", name)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    if reload is not None:
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: reload.set())
+    try:
+        yield stopping
+    finally:
+        for sig, handler in previous.items():
+            if not keep:
+                signal.signal(sig, handler)
 
 
 def _attempts_to_probe(runs: dict[str, Run]) -> dict[str, set[tuple[str, int]]]:
@@ -519,7 +592,7 @@ def _runs_to_ask(known: dict[str, Run], experiments: list[Experiment]) -> list[s
 def _unfinished(runs: Iterable[Run], plan: Plan) -> int:
     """Runs the sheet shows that are not finished yet (for --exit-when-done)."""
     shown = set(plan.rows.values())
-    return sum(1 for r in runs if r.run_id in shown and r.status in UNFINISHED)
+    return sum(1 for r in runs if r.run_id in shown and r.status in UNFINISHED_STATUSES)
 
 
 def _log_status_changes(known: dict[str, Run], plan: Plan) -> None:
@@ -530,7 +603,7 @@ def _log_status_changes(known: dict[str, Run], plan: Plan) -> None:
             log.info(
                 "run=%s row=%s status=%s%s",
                 run.run_id,
-                run.row,
+                run.link.row,
                 run.status.value,
                 f" message={_clip(run.message, 300)}" if run.message else "",
             )
@@ -567,6 +640,11 @@ def policy_from(config: Config) -> reconcile.Policy:
         on_host_lost=config.daemon.on_host_lost,
         host_lost_timeout_s=config.daemon.host_lost_timeout_s,
         no_retry_exit_codes={name: job.no_retry_exit_codes for name, job in config.jobs.items()},
+        stop_grace_s=d.stop_grace_s,
+        time_limit_s=d.time_limit_s,
+        job_time_limit_s={
+            name: job.time_limit_s for name, job in config.jobs.items() if job.time_limit_s
+        },
     )
 
 

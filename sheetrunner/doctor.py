@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from .config import Config, HostConfig, job_workdir
 from .daemon import open_pool, open_sheet
 from .errors import HostKeyError, HostUnreachable, SheetError, TransportError
-from .model import Run, Status
+from .model import RowLink, Run, RunSpec, Status
 from .placement import never_fits
 from .pool.accelerators import is_tpu, tpu_chips
 from .pool.hosts import HostAgent, capacity, observation_from_probe
@@ -96,14 +96,11 @@ def _rows_no_host_takes(config: Config, table: Table, seen: dict[str, dict]) -> 
             continue
         shape = Run(
             run_id="",
-            key=exp.key,
-            job=exp.job,
-            params=exp.params,
-            gpus=exp.gpus,
-            where=exp.where,
+            spec=RunSpec(exp.key, exp.job, exp.params),
             status=Status.QUEUED,
             created_at=datetime.now(UTC),
             updated_at=datetime.now(UTC),
+            link=RowLink(gpus=exp.gpus, where=exp.where),
         )
         reason = never_fits(shape, hosts)
         if reason is not None:
@@ -154,6 +151,7 @@ def _host(agent: HostAgent, config: Config, seen: dict[str, dict]) -> Iterator[C
     yield Check(name, "reachable, agent runs", True, f"boot {facts.get('boot_id', '?')[:8]}")
     yield _disk(agent.config, facts)
     yield _accelerators(agent.config, facts)
+    yield from _unhealthy(agent.config, facts)
     yield from _programs(agent, config)
 
 
@@ -250,3 +248,17 @@ def _accelerators(host: HostConfig, facts: dict) -> Check:
         "" if agree else f'set accelerators = {len(seen)} (or "auto") for {host.name}',
         warning=not agree,
     )
+
+
+def _unhealthy(host: HostConfig, facts: dict) -> Iterator[Check]:
+    """A GPU lost or with uncorrected ECC errors gets no runs until it is fixed."""
+    for acc in observation_from_probe(host.name, facts, datetime.now(UTC)).accelerators:
+        if not acc.healthy:
+            yield Check(
+                host.name,
+                f"GPU {acc.index} healthy",
+                False,
+                acc.health or "unhealthy",
+                f"reset or replace GPU {acc.index} on {host.name} (nvidia-smi -q); "
+                "sheetrunner gives it no runs meanwhile",
+            )

@@ -91,11 +91,11 @@ def _current(run_id: str, runs: Mapping[str, Run]) -> Run | None:
     """The run a row's id stands for: a rerun's replacement, if any (`replaced_by`)."""
     run = runs.get(run_id)
     seen = {run_id}
-    while run is not None and run.replaced_by and run.replaced_by in runs:
-        if run.replaced_by in seen:
+    while run is not None and run.link.replaced_by and run.link.replaced_by in runs:
+        if run.link.replaced_by in seen:
             break
-        seen.add(run.replaced_by)
-        run = runs[run.replaced_by]
+        seen.add(run.link.replaced_by)
+        run = runs[run.link.replaced_by]
     return run
 
 
@@ -140,13 +140,18 @@ def derive_notices(
         if status not in wanted or status not in FINAL:
             continue
         old = before.get(run.run_id)
-        if old is None and run.in_sheet:
+        if old is None and run.link.in_sheet:
             continue  # rebuilt, not new: its end may be old news
         if old is not None and old.status == run.status:
             continue
         notices.append(
             Notice(
-                status, run.run_id, rows.get(run.run_id, run.row), run.job, run.params, run.message
+                status,
+                run.run_id,
+                rows.get(run.run_id, run.link.row),
+                run.spec.job,
+                run.spec.params,
+                run.message,
             )
         )
     notices.sort(key=lambda n: (n.row, n.run_id))

@@ -78,7 +78,8 @@ def render(
     width = max(20, width)
     all_runs = list(runs.values()) if isinstance(runs, Mapping) else list(runs)
     shown = sorted(
-        (r for r in all_runs if r.replaced_by is None), key=lambda r: (r.row, _ts(r.created_at))
+        (r for r in all_runs if r.link.replaced_by is None),
+        key=lambda r: (r.link.row, _ts(r.created_at)),
     )
     seen = {name: _observation(name, data) for name, data in hosts_seen.items()}
     down_since = {name: obs.down_since for name, obs in seen.items() if obs.down_since}
@@ -447,14 +448,14 @@ def _run_line(run: Run, config: Config, now: datetime, curve_width: int) -> dict
     message = (run.message or "").strip().splitlines()
     return {
         "id": Text(run.run_id, style="bold" if run.status.is_live else ""),
-        "row": str(run.row or ""),
-        "job": run.job,
+        "row": str(run.link.row or ""),
+        "job": run.spec.job,
         "status": Text(f" {run.status.value} ", style=_status_style(run.status)),
         "host": run.host or "",
         "attempt": str(run.attempt or ""),
         "elapsed": _elapsed(run, now),
         "curve": Text(curve_text(run, config, curve_width), style="cyan"),
-        "metrics": format_metrics(run.metrics),
+        "metrics": format_metrics(run.seen.metrics),
         "message": Text(message[-1] if message else "", style="dim"),
     }
 
@@ -467,10 +468,15 @@ def _status_style(status: Status) -> str:
 def curve_metric(run: Run, config: Config) -> str | None:
     """The metric drawn: the sheet's `curve`, else its first metric column, else the first
     metric the run reports (besides step and time) that has a history."""
-    history = run.summary.get("history") if isinstance(run.summary, dict) else None
+    history = run.seen.summary.get("history") if isinstance(run.seen.summary, dict) else None
     if not isinstance(history, dict) or not history:
         return None
-    for name in (config.sheet.curve, *config.sheet.metric_columns, *run.metrics, *sorted(history)):
+    for name in (
+        config.sheet.curve,
+        *config.sheet.metric_columns,
+        *run.seen.metrics,
+        *sorted(history),
+    ):
         if name and name not in ("step", "time") and name in history:
             return name
     return None
@@ -481,7 +487,7 @@ def curve_text(run: Run, config: Config, width: int) -> str:
     metric = curve_metric(run, config)
     if metric is None:
         return ""
-    points = [v for v in run.summary["history"][metric] if _finite(v)]
+    points = [v for v in run.seen.summary["history"][metric] if _finite(v)]
     if len(points) > width:
         step = (len(points) - 1) / (width - 1)
         points = [points[round(i * step)] for i in range(width)]

@@ -67,9 +67,9 @@ def run_json(run: Run, now: datetime | None = None) -> dict[str, Any]:
     now = now or datetime.now(UTC)
     return {
         "id": run.run_id,
-        "row": run.row,
-        "job": run.job,
-        "params": dict(run.params),
+        "row": run.link.row,
+        "job": run.spec.job,
+        "params": dict(run.spec.params),
         "sweep": getattr(run, "sweep_id", "") or "",  # the store keeps it once it is wired
         "status": run.status.value,
         "host": run.host,
@@ -77,9 +77,9 @@ def run_json(run: Run, now: datetime | None = None) -> dict[str, Any]:
         "accelerators": list(run.accelerators),
         "started": run.attempt_started_at.isoformat() if run.attempt_started_at else None,
         "elapsed": format_elapsed(run, now),
-        "metrics": run.metrics,
+        "metrics": run.seen.metrics,
         "message": run.message,
-        "log": run.log_path,
+        "log": run.seen.log_path,
     }
 
 
@@ -278,20 +278,29 @@ def pool_json(
     seen: Mapping[str, HostObservation],
     runs: list[Run],
     down_since: Mapping[str, datetime],
+    repairs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """One entry per host: reachability, facts, and each accelerator with who holds it."""
+    """One entry per host: reachability, facts, and each accelerator with who holds it.
+    `state`: "up", "down" or "repairing" (its `[[hosts]] repair` runs now); `repair`: the
+    host's repair as `repair.Repairs` keeps it (tries, last try, result), or None."""
     held = holders(runs)
     out = []
     for host in hosts:
         obs = seen.get(host.name)
         since = down_since.get(host.name)
+        reachable = bool(obs and obs.reachable)
+        repair = dict((repairs or {}).get(host.name) or {}) or None
+        state = "up" if reachable else "down"
+        if repair is not None and repair.get("state") == "repairing":
+            state = "repairing"
         cpu_runs = [
-            r.run_id for r in runs if r.host == host.name and r.status.is_live and r.gpus == 0
+            r.run_id for r in runs if r.host == host.name and r.status.is_live and r.link.gpus == 0
         ]
         out.append(
             {
                 "host": host.name,
-                "reachable": bool(obs and obs.reachable),
+                "state": state,
+                "reachable": reachable,
                 "unreachable_since": since.isoformat()
                 if since and not (obs and obs.reachable)
                 else None,
@@ -306,6 +315,7 @@ def pool_json(
                     _accelerator_json(host, a, held) for a in _accelerators_of(host, obs)
                 ],
                 "slots": {"total": host.slots, "used_by": cpu_runs},
+                "repair": repair,
             }
         )
     return out
@@ -336,6 +346,8 @@ def _accelerator_json(
         "utilization_pct": acc.utilization_pct,
         "run": held.get((host.name, acc.index)),
         "foreign": acc.foreign,
+        "healthy": acc.healthy,
+        "health": acc.health,
     }
 
 
@@ -346,6 +358,7 @@ def pool_rows(entries: list[dict[str, Any]], tz: tzinfo | None = None) -> list[l
     ]
     for e in entries:
         state = "up" if e["reachable"] else f"down since {_since(e['unreachable_since'], tz)}"
+        state += _repair_text(e.get("repair"), tz)
         state += ", draining" if e["draining"] else ""
         host_cells = [e["host"], state]
         tail = [
@@ -357,6 +370,19 @@ def pool_rows(entries: list[dict[str, Any]], tz: tzinfo | None = None) -> list[l
             first = host_cells if i == 0 else ["", ""]
             rows.append([*first, *_acc_cells(acc, e), *(tail if i == 0 else ["", ""])])
     return rows
+
+
+def _repair_text(repair: Mapping[str, Any] | None, tz: tzinfo | None) -> str:
+    """`, repairing (try 2 since ...)` or `, repair try 1 at ...: exit 1: ...; next ...`."""
+    if not repair:
+        return ""
+    tries, last = repair.get("tries") or 0, _since(repair.get("last_try"), tz)
+    if repair.get("state") == "repairing":
+        return f", repairing (try {tries} since {last})"
+    text = f", repair try {tries} at {last}: {repair.get('last_result') or '?'}"
+    if repair.get("next_try"):
+        text += f"; next try {_since(repair['next_try'], tz)}"
+    return text
 
 
 def _since(iso: str | None, tz: tzinfo | None) -> str:
@@ -380,6 +406,8 @@ def _acc_cells(acc: dict[str, Any] | None, entry: dict[str, Any]) -> list[str]:
         )
     util = "" if acc["utilization_pct"] is None else f"{acc['utilization_pct']}%"
     holder = acc["run"] or ("another user's process" if acc["foreign"] else "free")
+    if not acc.get("healthy", True):
+        holder = f"unhealthy, not used: {acc.get('health') or 'unknown'}"
     return [f"{acc['index']}: {acc['name']}".rstrip(": "), memory, util, holder]
 
 
@@ -390,6 +418,8 @@ def pool_table(entries: list[dict[str, Any]], tz: tzinfo | None = None) -> Table
         table.add_column(name, overflow="fold")
     for row in rows:
         style = "red" if str(row[1]).startswith("down") else None
+        if ", repairing" in str(row[1]):
+            style = "yellow"
         table.add_row(*[Text(str(c)) for c in row], style=style)  # cells are text, not markup
     return table
 

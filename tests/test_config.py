@@ -526,3 +526,113 @@ def test_no_retry_exit_codes_default_to_the_usage_error_and_are_checked(tmp_path
     assert config.jobs["fake"].no_retry_exit_codes == (2,)
     with pytest.raises(ConfigError, match="no_retry_exit_codes"):
         local_config(tmp_path, extra='\n[jobs.bad]\ncommand = ["x"]\nno_retry_exit_codes = [0]\n')
+
+
+# -- the lifecycle: stop_grace, time_limit, repair, the Sheets retry budget ---------------------
+
+
+LIFECYCLE = """
+[sheet]
+url = "https://docs.google.com/spreadsheets/d/KEY/edit"
+retry_budget = 12
+
+[defaults]
+stop_grace = 30
+time_limit = "2h"
+
+[jobs.train]
+command = ["python3", "train.py"]
+time_limit = "90m"
+
+[jobs.quick]
+command = ["python3", "quick.py"]
+time_limit = 600
+
+[jobs.open]
+command = ["python3", "open.py"]
+
+[[hosts]]
+name = "tpu-a"
+address = "10.0.0.2"
+repair = ["gcloud", "compute", "tpus", "tpu-vm", "start", "tpu-a"]
+repair_after = 120
+
+[[hosts]]
+name = "gpu-b"
+address = "10.0.0.3"
+"""
+
+
+def test_lifecycle_keys_parse_with_their_units_and_reach_the_policy(tmp_path: Path) -> None:
+    from sheetrunner.daemon import policy_from
+
+    cfg = config.load(write(tmp_path, LIFECYCLE))
+    assert cfg.sheet.retry_budget_s == 12.0
+    assert cfg.defaults.stop_grace_s == 30.0 and cfg.defaults.time_limit_s == 7200.0
+    assert cfg.jobs["train"].time_limit_s == 5400.0 and cfg.jobs["quick"].time_limit_s == 600.0
+    assert cfg.jobs["open"].time_limit_s is None
+    tpu, gpu = cfg.hosts
+    assert tpu.repair == ("gcloud", "compute", "tpus", "tpu-vm", "start", "tpu-a")
+    assert tpu.repair_after_s == 120.0
+    assert gpu.repair == () and gpu.repair_after_s == 300.0
+    policy = policy_from(cfg)
+    assert policy.stop_grace_s == 30.0 and policy.time_limit_s == 7200.0
+    assert dict(policy.job_time_limit_s) == {"train": 5400.0, "quick": 600.0}
+
+
+def test_lifecycle_defaults(tmp_path: Path) -> None:
+    from sheetrunner.daemon import policy_from
+
+    cfg = config.load(write(tmp_path, MINIMAL))
+    assert cfg.defaults.stop_grace_s == 10.0 and cfg.defaults.time_limit_s is None
+    assert cfg.sheet.retry_budget_s == 20.0
+    assert cfg.hosts[0].repair == () and cfg.hosts[0].repair_after_s == 300.0
+    policy = policy_from(cfg)
+    assert policy.stop_grace_s == 10.0 and policy.time_limit_s is None
+    assert dict(policy.job_time_limit_s) == {}
+
+
+@pytest.mark.parametrize("value,seconds", [
+    ("45", 45.0), ("1.5", 1.5), ('"30s"', 30.0), ('"90m"', 5400.0), ('"2h"', 7200.0),
+    ('"1d"', 86400.0), ('"1.5h"', 5400.0), ('" 2h "', 7200.0),
+])
+def test_time_limit_takes_seconds_or_a_duration_with_a_unit(tmp_path, value, seconds):
+    cfg = config.load(write(tmp_path, MINIMAL + f"\n[defaults]\ntime_limit = {value}\n"))
+    assert cfg.defaults.time_limit_s == seconds
+
+
+LIFECYCLE_BAD = {
+    "stop_grace negative": ("[defaults]\nstop_grace = -1\n",
+                            ["defaults.stop_grace = -1", "stop_grace = 10"]),
+    "stop_grace text": ('[defaults]\nstop_grace = "10s"\n',
+                        ["defaults.stop_grace = '10s'", "stop_grace = 10"]),
+    "stop_grace too long": ("[defaults]\nstop_grace = 7200\n",
+                            ["defaults.stop_grace = 7200", "3600"]),
+    "stop_grace nan": ("[defaults]\nstop_grace = nan\n", ["defaults.stop_grace = nan"]),
+    "time_limit no unit": ('[defaults]\ntime_limit = "2 hours"\n',
+                           ["defaults.time_limit = '2 hours'", 'time_limit = "2h"']),
+    "time_limit zero": ("[defaults]\ntime_limit = 0\n", ["defaults.time_limit = 0", '"90m"']),
+    "time_limit bool": ("[defaults]\ntime_limit = true\n", ["defaults.time_limit = True"]),
+    "time_limit inf": ("[defaults]\ntime_limit = inf\n", ["defaults.time_limit = inf"]),
+    "job time_limit": ('[jobs.slow]\ncommand = ["x"]\ntime_limit = "1w"\n',
+                       ["jobs.slow.time_limit = '1w'", 'time_limit = "2h"']),
+    "repair not a list": ('[[hosts]]\nname = "t"\naddress = "h"\nrepair = "gcloud start t"\n',
+                          ["hosts[t].repair = 'gcloud start t'", "argv", 'repair = ["gcloud"']),
+    "repair empty": ('[[hosts]]\nname = "t"\naddress = "h"\nrepair = []\n',
+                     ["hosts[t].repair names no program", 'repair = ["gcloud"']),
+    "repair_after zero": ('[[hosts]]\nname = "t"\naddress = "h"\nrepair = ["x"]\nrepair_after = 0\n',
+                          ["hosts[t].repair_after = 0", "repair_after = 300"]),
+    "retry_budget text": ('[sheet]\nurl = "KEY"\nretry_budget = "20s"\n',
+                          ["sheet.retry_budget = '20s'", "retry_budget = 20"]),
+}
+
+
+@pytest.mark.parametrize("text,fragments", list(LIFECYCLE_BAD.values()), ids=list(LIFECYCLE_BAD))
+def test_bad_lifecycle_key_names_the_key_and_a_right_value(tmp_path, text, fragments):
+    base = MINIMAL
+    if text.startswith("[sheet]"):
+        base = base.replace('[sheet]\npath = "experiments.xlsx"\n', "")
+    with pytest.raises(ConfigError) as raised:
+        config.load(write(tmp_path, base + "\n" + text))
+    for fragment in fragments:
+        assert fragment in str(raised.value)

@@ -21,6 +21,7 @@ import pytest
 from sheetrunner.config import NotifyConfig
 from sheetrunner.model import Experiment, Run, Status
 from sheetrunner.notify import MAX_LISTED, Notice, Notifier, compose, derive_notices
+from tests.helpers import make_run
 
 SECRET_PATH = "/services/T0001/B0002/s3cr3tT0k3nXYZ"
 LOGGER = "sheetrunner.notify"
@@ -407,7 +408,7 @@ def test_without_webhook_or_command_nothing_runs() -> None:
 def run(run_id: str, status: Status, **fields) -> Run:
     fields.setdefault("job", "digits")
     fields.setdefault("params", (("lr", "0.1"),))
-    return Run(run_id=run_id, key=fields.pop("key", "k"), gpus=0, where=None, status=status,
+    return make_run(run_id=run_id, key=fields.pop("key", "k"), gpus=0, where=None, status=status,
                created_at=NOW, updated_at=NOW, **fields)
 
 

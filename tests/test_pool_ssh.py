@@ -86,10 +86,10 @@ def test_the_ssh_example_runs_its_rows_across_hosts_on_the_right_accelerators(tm
     runs = {r.run_id: r for r in daemon.store.runs().values()}
     for row in rows:
         run = runs[row["id"]]
-        assert len(run.accelerators) == run.gpus
-        spec = json.loads((Path(run.log_path).parent / "spec.json").read_text())
+        assert len(run.accelerators) == run.link.gpus
+        spec = json.loads((Path(run.seen.log_path).parent / "spec.json").read_text())
         assert spec["env"]["CUDA_VISIBLE_DEVICES"] == ",".join(run.accelerators)
-    by_gpus = {runs[r["id"]].gpus: runs[r["id"]].host for r in rows if r["where"] is None}
+    by_gpus = {runs[r["id"]].link.gpus: runs[r["id"]].host for r in rows if r["where"] is None}
     assert by_gpus[4] == "gpu-b" and by_gpus[2] == "gpu-b" and by_gpus[1] == "gpu-a"
     assert runs[rows[3]["id"]].host == "gpu-a"  # where = a100
     assert all(r["acc"] > 0.5 for r in rows)

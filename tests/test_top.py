@@ -20,6 +20,7 @@ from sheetrunner.model import Accelerator, HostObservation, Run, Status
 from sheetrunner.sheet.table import SPARK_BLOCKS
 from sheetrunner.store import Store
 from sheetrunner.top import curve_text, render
+from tests.helpers import make_run as new_run
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -54,12 +55,12 @@ slots = 2
 """
 
 
-def make_run(run_id: str, row: int, status: Status, host: str | None = None,
+def top_run(run_id: str, row: int, status: Status, host: str | None = None,
              accelerators: tuple[str, ...] = (), gpus: int = 1, minutes: int = 5,
              acc: list[float] | None = None, message: str = "") -> Run:
     started = NOW - timedelta(minutes=minutes)
     final = status.is_final
-    return Run(run_id, "k" + run_id, "digits", (("lr", "0.1"),), gpus, None, status,
+    return new_run(run_id, "k" + run_id, "digits", (("lr", "0.1"),), gpus, None, status,
                started, NOW, attempt=1 if host else 0, host=host, accelerators=accelerators,
                started_at=started if host else None, attempt_started_at=started if host else None,
                finished_at=NOW - timedelta(minutes=1) if final else None, row=row,
@@ -70,11 +71,11 @@ def make_run(run_id: str, row: int, status: Status, host: str | None = None,
 
 CURVE = [0.1, 0.3, 0.45, 0.6, 0.7, 0.78, 0.84, 0.88, 0.9, 0.91]
 RUNS = [
-    make_run("1a2b3c4d-k7m2qx", 2, Status.RUNNING, "gpu-alpha", ("0",), acc=CURVE, minutes=42),
-    make_run("5e6f7a8b-p3n8zr", 3, Status.SUCCEEDED, "cpu-local", gpus=0, acc=CURVE[::-1]),
-    make_run("9c0d1e2f-aa11bb", 4, Status.FAILED, "gpu-alpha", ("1",), acc=[1.0, 2.0],
+    top_run("1a2b3c4d-k7m2qx", 2, Status.RUNNING, "gpu-alpha", ("0",), acc=CURVE, minutes=42),
+    top_run("5e6f7a8b-p3n8zr", 3, Status.SUCCEEDED, "cpu-local", gpus=0, acc=CURVE[::-1]),
+    top_run("9c0d1e2f-aa11bb", 4, Status.FAILED, "gpu-alpha", ("1",), acc=[1.0, 2.0],
              message="Traceback (most recent call last):\nValueError: lr must be positive"),
-    make_run("3a4b5c6d-q9w8e7", 5, Status.QUEUED, message="waiting for 1 free accelerator"),
+    top_run("3a4b5c6d-q9w8e7", 5, Status.QUEUED, message="waiting for 1 free accelerator"),
 ]
 HOSTS = [
     HostObservation("gpu-alpha", True, NOW - timedelta(seconds=3), load=3.5,
@@ -135,7 +136,7 @@ def test_render_at_160_columns_shows_everything(config_path: Path):
 
 def test_render_gives_way_on_a_short_screen(config_path: Path):
     config = config_module.load(config_path)
-    many = [make_run(f"{i:08x}-aaaaaa", i, Status.SUCCEEDED, "cpu-local", gpus=0) for i in range(50)]
+    many = [top_run(f"{i:08x}-aaaaaa", i, Status.SUCCEEDED, "cpu-local", gpus=0) for i in range(50)]
     text = as_text(render([*RUNS, *many], {h.host: h for h in HOSTS}, config, 100, height=24,
                           now=NOW), 100)
     assert len(text.splitlines()) <= 24, text

@@ -20,6 +20,7 @@ from sheetrunner.views import (
     ps_table,
     runs_table,
 )
+from tests.helpers import make_run
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
 
@@ -33,7 +34,7 @@ def render(table, width: int = 200) -> str:
 def run(run_id: str, host: str, accelerators: tuple[str, ...], gpus: int = 1,
         params=(("lr", "0.1"),), status: Status = Status.RUNNING, row: int = 3,
         message: str = "", job: str = "digits") -> Run:
-    return Run(run_id, "k", job, params, gpus, None, status, NOW, NOW,
+    return make_run(run_id, "k", job, params, gpus, None, status, NOW, NOW,
                attempt=2, host=host, accelerators=accelerators, attempt_started_at=NOW,
                metrics={"step": 7, "acc": 0.91}, row=row, message=message)
 

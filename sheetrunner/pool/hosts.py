@@ -117,24 +117,18 @@ class HostAgent:
         return path[2:] if path.startswith("~/") else path
 
     def _upload(self) -> None:
-        """The job library first (remote hosts), then the agent: an agent present means both are.
+        """The job library first, then the agent: an agent present means both are. The local
+        host gets the library too (its jobs use the installed one): a root shared by the
+        local host and SSH hosts (one home directory, NFS) must hold both for all of them.
 
         Their directories are made first, 0700 whatever the umask (a transport's put_file
         leaves the directories it creates to the umask: under `umask 000`, a `bin/` anyone
         could write into would let anyone replace the code this daemon runs); the files are
         0600, the agent 0700."""
-        files = (
-            {}
-            if self.config.local
-            else {
-                f"{lib_dir(self.config)}/{name}": data for name, data in job_library_files().items()
-            }
-        )
-        lib = (
-            []
-            if self.config.local
-            else [posixpath.dirname(lib_dir(self.config)), lib_dir(self.config)]
-        )
+        files = {
+            f"{lib_dir(self.config)}/{name}": data for name, data in job_library_files().items()
+        }
+        lib = [posixpath.dirname(lib_dir(self.config)), lib_dir(self.config)]
         self._make_private_dirs(
             [
                 posixpath.dirname(self._agent_path()),
@@ -195,8 +189,11 @@ class HostAgent:
         return LaunchResult(bool(out.get("launched")), out.get("reason") or out.get("dir", ""))
 
     def kill(self, run_id: str, attempt: int, grace_s: float = 10.0) -> str:
-        args = [*self._where("kill"), run_id, str(attempt), str(grace_s)]
-        out = json.loads(self._call(args, timeout_s=self.timeout_s + grace_s))
+        """SIGCONT and SIGTERM to the attempt's process group; the agent returns at once and
+        its supervisor sends SIGKILL after `grace_s` if the job is still there (the caller
+        never waits out the grace: a kill does not hold the cycle)."""
+        args = [*self._where("kill"), run_id, str(attempt), f"{grace_s:g}"]
+        out = json.loads(self._call(args, timeout_s=self.timeout_s))
         return out.get("state", "")
 
     def tail(
@@ -319,6 +316,8 @@ def _accelerator(gpu: dict) -> Accelerator:
         memory_total_mib=gpu.get("memory_total_mib"),
         utilization_pct=gpu.get("utilization_pct"),
         foreign=bool(gpu.get("foreign")),
+        healthy=gpu.get("healthy") is not False,
+        health=str(gpu.get("health") or ""),
     )
 
 
@@ -335,6 +334,8 @@ def _attempt(seen: dict, now: datetime) -> AttemptObservation:
         summary=seen.get("summary") or {},
         log_tail=seen.get("log_tail", ""),
         log_path=seen.get("log_path", ""),
+        reason=str(seen.get("reason") or ""),
+        leftovers=str(seen.get("leftovers") or ""),
         key=str(spec.get("key") or ""),
         job=str(spec.get("job") or ""),
         params=_params(spec.get("params")),
@@ -371,7 +372,7 @@ def capacity(config: HostConfig, seen: HostObservation | None) -> HostCapacity:
         ids = tuple(str(i) for i in range(tpu_chips(str(config.accelerators))))
     else:
         ids = tuple(str(i) for i in range(int(config.accelerators)))
-    busy = tuple(a.index for a in observed if a.foreign)
+    busy = tuple(a.index for a in observed if a.foreign or not a.healthy)  # unhealthy: drained
     known = config.accelerators != "auto" or reachable  # "auto" counts only once probed
     return HostCapacity(
         config.name, config.labels, ids, busy, config.slots, reachable, config.drain, known
@@ -392,11 +393,11 @@ def launch_spec(run: Run, job: JobConfig, host: HostConfig, workdir: str | None)
     spec = {
         "run_id": run.run_id,
         "attempt": run.attempt,
-        "key": run.key,
-        "job": run.job,
-        "params": [[name, value] for name, value in run.params],
-        "gpus": run.gpus,
-        "argv": command + param_argv(run.params),
+        "key": run.spec.key,
+        "job": run.spec.job,
+        "params": [[name, value] for name, value in run.spec.params],
+        "gpus": run.link.gpus,
+        "argv": command + param_argv(run.spec.params),
         "env": env,
         "workdir": workdir,
         "accelerators": list(run.accelerators),

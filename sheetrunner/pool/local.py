@@ -28,7 +28,15 @@ class LocalTransport:
     ) -> CommandResult:
         try:
             done = subprocess.run(
-                list(argv), input=stdin, capture_output=True, timeout=timeout_s, check=False
+                list(argv),
+                input=stdin,
+                capture_output=True,
+                timeout=timeout_s,
+                check=False,
+                # Its own session: a Ctrl-C typed in the daemon's terminal goes to the whole
+                # foreground process group, and must not kill a probe in flight (its host
+                # would look unreachable and its healthy runs lost) or a launch half-way.
+                start_new_session=True,
             )
         except subprocess.TimeoutExpired:
             raise CommandTimeout(

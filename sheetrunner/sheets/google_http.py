@@ -4,7 +4,11 @@ The backend (google.py) decides what to read and write; this module decides
 how it travels and what a failure means, so neither concern hides the other.
 gspread itself is used unmodified; `SheetsHTTPClient` is its documented
 extension point and adds the endpoint override (tests run against the
-emulator in tests/sheets_emulator), a timeout and bounded, jittered retries.
+emulator in tests/sheets_emulator), a timeout and bounded, jittered retries,
+all within a budget of seconds (`cycle_budget`: one per daemon cycle, shared by
+its reads and writes), so a storm of errors or a slow API never holds a cycle
+for minutes: past the budget the request gives up with `SheetUnavailable`, the
+cycle goes on without the sheet and the next cycle tries again.
 Credentials are loaded here for the spreadsheets scope only. gspread, requests
 and google-auth errors are translated here, once, into `SheetUnavailable`
 (transient: retried next cycle) or `SheetError`.
@@ -13,13 +17,14 @@ and google-auth errors are translated here, once, into `SheetUnavailable`
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import os
 import random
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,13 +62,20 @@ _FOREIGN_ERRORS = (
 # ---------------------------------------------------------------- retries
 
 
+DEFAULT_BUDGET_S = 20.0
+# An attempt with less time than this left is not worth starting.
+LEAST_ATTEMPT_S = 0.05
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Bounded exponential backoff with jitter: delays base, 2*base, 4*base... capped."""
+    """Bounded exponential backoff with jitter: delays base, 2*base, 4*base... capped, and
+    all attempts of one request (or, within `cycle_budget`, of one cycle) within budget_s."""
 
     max_attempts: int = 6
     backoff_base_s: float = 1.0
     backoff_max_s: float = 32.0
+    budget_s: float = DEFAULT_BUDGET_S
 
     def delay_s(self, attempt: int, retry_after_s: float | None = None) -> float:
         """The pause after failed attempt `attempt` (1-based); half to full of the step."""
@@ -72,6 +84,38 @@ class RetryPolicy:
         if retry_after_s is not None:
             delay = max(delay, min(retry_after_s, self.backoff_max_s))
         return delay
+
+
+class Budget:
+    """Seconds the Sheets API may still take: every request, its retries and their pauses
+    spend from it."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.spent = 0.0
+
+    def left(self) -> float:
+        return self.seconds - self.spent
+
+
+_cycle_budget: contextvars.ContextVar[Budget | None] = contextvars.ContextVar(
+    "sheets_cycle_budget", default=None
+)
+
+
+@contextlib.contextmanager
+def cycle_budget(seconds: float) -> Iterator[Budget]:
+    """Every Sheets request made inside (in this thread) shares one budget of `seconds`:
+    the daemon wraps each cycle in it. Outside, each request has a budget of its own."""
+    budget = Budget(seconds)
+    token = _cycle_budget.set(budget)
+    try:
+        yield budget
+    finally:
+        _cycle_budget.reset(token)
+
+
+_REQUEST_ARGS = ("params", "data", "json", "files", "headers")
 
 
 class SheetsHTTPClient(gspread.HTTPClient):
@@ -88,9 +132,24 @@ class SheetsHTTPClient(gspread.HTTPClient):
 
     def request(self, method: str, endpoint: str, *args: Any, **kwargs: Any) -> requests.Response:
         url = self._rewrite(endpoint)
+        kwargs.update(zip(_REQUEST_ARGS, args, strict=False))
+        budget = _cycle_budget.get() or Budget(self.policy.budget_s)
+        started = time.monotonic()
+        try:
+            return self._request(method, url, kwargs, budget, started)
+        finally:
+            budget.spent += time.monotonic() - started
+
+    def _request(
+        self, method: str, url: str, kwargs: Mapping[str, Any], budget: Budget, started: float
+    ) -> requests.Response:
+        reason = "no attempt made"
         for attempt in range(1, self.policy.max_attempts + 1):
+            left = budget.left() - (time.monotonic() - started)
+            if left < LEAST_ATTEMPT_S:
+                raise self._over_budget(method, budget, reason, attempt - 1)
             try:
-                return super().request(method, url, *args, **kwargs)
+                return self._send(method, url, kwargs, left)
             except APIError as exc:
                 status = exc.response.status_code
                 if status not in RETRY_STATUSES or attempt == self.policy.max_attempts:
@@ -100,8 +159,39 @@ class SheetsHTTPClient(gspread.HTTPClient):
                 if attempt == self.policy.max_attempts:
                     raise
                 reason, retry_after = type(exc).__name__, None
-            self._pause(method, reason, attempt, self.policy.delay_s(attempt, retry_after))
+            delay = self.policy.delay_s(attempt, retry_after)
+            if delay >= budget.left() - (time.monotonic() - started) - LEAST_ATTEMPT_S:
+                raise self._over_budget(method, budget, reason, attempt)
+            self._pause(method, reason, attempt, delay)
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _send(
+        self, method: str, url: str, kwargs: Mapping[str, Any], left: float
+    ) -> requests.Response:
+        """One attempt, as gspread's own `request` makes it, its timeout cut to the budget."""
+        response = self.session.request(
+            method=method, url=url, timeout=_within(self.timeout, left), **kwargs
+        )
+        if response.ok:
+            return response
+        raise APIError(response)
+
+    def _over_budget(
+        self, method: str, budget: Budget, reason: str, attempts: int
+    ) -> SheetUnavailable:
+        origin = self.endpoint or API_ORIGIN
+        log.warning(
+            "Sheets API %s gave up: %s after %d attempts, the budget of %g s is spent",
+            method.upper(),
+            reason,
+            attempts,
+            budget.seconds,
+        )
+        return SheetUnavailable(
+            f"Google Sheets at {origin} did not answer within this cycle's budget of "
+            f"{budget.seconds:g} s ({reason} after {attempts} attempts; [sheet] retry_budget); "
+            "runs go on and the sheet is tried again next cycle"
+        )
 
     def _pause(self, method: str, reason: str, attempt: int, delay_s: float) -> None:
         log.warning(
@@ -118,6 +208,15 @@ class SheetsHTTPClient(gspread.HTTPClient):
         if self.endpoint and url.startswith(API_ORIGIN):
             return self.endpoint.rstrip("/") + url[len(API_ORIGIN) :]
         return url
+
+
+def _within(timeout: Any, left: float) -> Any:
+    """A requests timeout (seconds, a (connect, read) pair or None) no longer than `left`."""
+    if timeout is None:
+        return left
+    if isinstance(timeout, tuple):
+        return tuple(left if t is None else min(t, left) for t in timeout)
+    return min(float(timeout), left)
 
 
 def _retry_after_s(response: requests.Response) -> float | None:

@@ -60,7 +60,7 @@ def test_rows_sorted_between_every_read_and_write_keep_their_runs(emu, tmp_path)
         daemon.close()
     assert [r["status"] for r in shown_rows] == ["succeeded"] * 6
     for shown_row in shown_rows:  # every row shows the run of its own experiment
-        assert dict(runs[shown_row["id"]].params)["tag"] == shown_row["--tag"]
+        assert dict(runs[shown_row["id"]].spec.params)["tag"] == shown_row["--tag"]
     starts, concurrent = guard_report(guard)
     assert starts == dict.fromkeys("abcdef", 1) and concurrent == []
     assert not any(r.status.value == "stopped" for r in runs.values())

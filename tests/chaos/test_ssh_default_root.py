@@ -28,6 +28,7 @@ from sheetrunner.pool.hosts import HostAgent, Pool, launch_spec
 from sheetrunner.pool.ssh import SshTransport
 from sheetrunner.remote import agent_name, version
 from sheetrunner.remote.protocol import new_namespace, new_run_id
+from tests.helpers import make_run
 
 TESTS = Path(__file__).resolve().parents[1]
 try:
@@ -81,7 +82,7 @@ def pool(tmp_path: Path, sshd_lab: SshdLab) -> Iterator[Pool]:
 def new_run(tag: str, gpus: int = 1) -> Run:
     key = hashlib.sha256(tag.encode()).hexdigest()
     now = datetime.now(UTC)
-    return Run(new_run_id(key), key, "probe", (("tag", tag),), gpus, None, Status.LAUNCHING,
+    return make_run(new_run_id(key), key, "probe", (("tag", tag),), gpus, None, Status.LAUNCHING,
                now, now, attempt=1, accelerators=tuple(str(i) for i in range(gpus)))
 
 
@@ -113,7 +114,7 @@ def test_a_row_runs_to_exit_code_0_under_the_default_root(pool, sshd_lab):
     seen = wait_for(pool, "gpu-a", run, AttemptState.EXITED)
     assert seen.exit_code == 0 and seen.metrics.get("acc") == 0.75
     assert (seen.key, seen.job, seen.params, seen.gpus, seen.accelerators) == (
-        run.key, "probe", (("tag", "default-root"),), 1, ("0",))
+        run.spec.key, "probe", (("tag", "default-root"),), 1, ("0",))
     where = host_dir(sshd_lab, pool, "gpu-a") / "runs" / run.run_id / "1"
     assert seen.log_path == str(where / "output.log")
     assert (where / "exit_code").read_text() == "0"
