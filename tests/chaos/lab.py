@@ -8,6 +8,8 @@ daemon believes.
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import time
@@ -103,3 +105,28 @@ def nothing_outside(top: Path, *allowed: Path) -> None:
 def all_final(rows: list[dict]) -> bool:
     return all(r.get("status") in ("succeeded", "failed", "stopped", "invalid", "duplicate")
                for r in rows)
+
+
+def record(**facts: object) -> None:
+    """Hand measured facts (a recovery time, escaped processes) to scripts/reliability.py,
+    which sets SHEETRUNNER_RELIABILITY_FACTS when it runs the chaos suite; a no-op otherwise."""
+    path = os.environ.get("SHEETRUNNER_RELIABILITY_FACTS")
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
+    if path and test:
+        with open(f"{path}.measured", "a") as f:
+            f.write(json.dumps({"test": test, **facts}) + "\n")
+
+
+def our_processes(root: Path) -> list[int]:
+    """Processes still running from attempt directories under `root` (escaped ones, once
+    every row is final)."""
+    marker = f"SHEETRUNNER_RUN_DIR={root}".encode()
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if any(item.startswith(marker) for item in environ.split(b"\0")):
+            found.append(int(pid))
+    return found

@@ -17,6 +17,7 @@ parser.add_argument("--sleep", type=float, default=0.1)
 parser.add_argument("--exit", type=int, default=0, help="exit code at the end")
 parser.add_argument("--fail-attempts", type=int, default=0, help="attempts (1..N) that exit 3")
 parser.add_argument("--hang", type=int, default=0, help="sleep forever silently (1 = yes)")
+parser.add_argument("--hang-attempts", type=int, default=0, help="attempts (1..N) that hang")
 parser.add_argument("--echo", default=None, help="print this argv item back as JSON")
 parser.add_argument("--tag", default=None, help="the row's name for the guard (FAKE_GUARD_DIR)")
 args, unknown = parser.parse_known_args()
@@ -45,7 +46,7 @@ if args.tag and os.environ.get("FAKE_GUARD_DIR"):
 if args.echo is not None:
     print("ECHO " + json.dumps({"echo": args.echo, "argv": sys.argv[1:]}), flush=True)
 attempt = int(os.environ.get("SHEETRUNNER_ATTEMPT", "1"))
-if args.hang:
+if args.hang or attempt <= args.hang_attempts:
     time.sleep(3600)
 for step in range(1, args.steps + 1):
     time.sleep(args.sleep)
