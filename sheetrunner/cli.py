@@ -8,6 +8,7 @@ This is the only module that sets up logging and knows exit codes:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from rich.text import Text
 
 from . import __version__, repair, views
 from . import config as config_module
-from .daemon import DaemonLock, build, finish_on_signals, open_pool, open_store
+from .daemon import Daemon, DaemonLock, build, finish_on_signals, open_pool, open_store
 from .errors import ConfigError, SheetrunnerError, TransportError
 
 DEFAULT_CONFIG = "sheetrunner.toml"
@@ -387,43 +388,37 @@ def _log_handler(stream, log_format: str = "auto") -> logging.Handler:
     return handler
 
 
+@contextlib.contextmanager
+def _owned_daemon(args: argparse.Namespace) -> Iterator[Daemon]:
+    """The daemon of the config, holding its state directory's lock; closed (its lease
+    handed back, its store closed) and the lock released on the way out."""
+    config = _load(args)
+    lock = DaemonLock(config.daemon.state_dir).acquire()
+    try:
+        daemon = build(config, take_over=args.take_over)
+        try:
+            yield daemon
+        finally:
+            daemon.close()
+    finally:
+        lock.release()
+
+
 def cmd_daemon(args: argparse.Namespace, console: Console) -> int:
     """SIGTERM or Ctrl-C from the first moment on: the daemon starts no cycle after it,
     finishes the one in progress, closes the store and exits 0."""
     stopping = threading.Event()
-    with finish_on_signals(stopping, keep=True):
-        config = _load(args)
-        lock = DaemonLock(config.daemon.state_dir).acquire()
-        try:
-            daemon = build(config, take_over=args.take_over)
-        except BaseException:
-            lock.release()
-            raise
+    with finish_on_signals(stopping, keep=True), _owned_daemon(args) as daemon:
         daemon.stopping = stopping
-        try:
-            return daemon.run_forever(exit_when_done=args.exit_when_done)
-        finally:
-            daemon.close()
-            lock.release()
+        return daemon.run_forever(exit_when_done=args.exit_when_done)
 
 
 def cmd_once(args: argparse.Namespace, console: Console) -> int:
     stopping = threading.Event()
-    with finish_on_signals(stopping):  # Ctrl-C: the cycle in progress finishes
-        config = _load(args)
-        lock = DaemonLock(config.daemon.state_dir).acquire()
-        try:
-            daemon = build(config, take_over=args.take_over)
-        except BaseException:
-            lock.release()
-            raise
-        try:
-            report = daemon.cycle()
-            if not report.acting and report.sheet_ok and not stopping.is_set():
-                report = daemon.cycle()  # the first cycle only claimed the sheet
-        finally:
-            daemon.close()
-            lock.release()
+    with finish_on_signals(stopping), _owned_daemon(args) as daemon:  # Ctrl-C: it finishes
+        report = daemon.cycle()
+        if not report.acting and report.sheet_ok and not stopping.is_set():
+            report = daemon.cycle()  # the first cycle only claimed the sheet
     _say(
         console,
         f"launched {len(report.launched)}, killed {len(report.killed)}, "

@@ -334,21 +334,7 @@ def notify_webhook(where: str, value: Any) -> str:
 
 def notify_command(where: str, value: Any) -> tuple[str, ...]:
     """An argv list; the message is appended as its last item (never through a shell)."""
-    example = '["notify-send", "sheetrunner"]'
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(
-            f"{where} = {value!r}; expected a list of strings (argv, no shell), "
-            f"e.g. command = {example}"
-        )
-    if not value or not value[0]:
-        raise ConfigError(f"{where} names no program; e.g. command = {example}")
-    if any("\0" in item for item in value):
-        raise ConfigError(
-            f"{where} holds a NUL character, which no argv item can; e.g. command = {example}"
-        )
-    return tuple(value)
+    return argv_list(where, value, 'command = ["notify-send", "sheetrunner"]')
 
 
 def notify_events(where: str, value: Any) -> tuple[str, ...]:
@@ -430,9 +416,15 @@ def duration(where: str, value: Any) -> float | None:
 
 def repair_command(where: str, value: Any) -> tuple[str, ...]:
     """The argv that brings a host back, run on the daemon's machine, never through a shell."""
-    example = (
-        'repair = ["gcloud", "compute", "tpus", "tpu-vm", "start", "tpu-a", "--zone=us-central2-b"]'
+    return argv_list(
+        where,
+        value,
+        'repair = ["gcloud", "compute", "tpus", "tpu-vm", "start", "tpu-a", "--zone=us-central2-b"]',
     )
+
+
+def argv_list(where: str, value: Any, example: str) -> tuple[str, ...]:
+    """A command from the config as argv items, run without a shell (absent: ())."""
     if value is None:
         return ()
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

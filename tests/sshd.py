@@ -563,3 +563,25 @@ def sshd_lab_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdLa
 def fake_host(sshd_lab: SshdLab) -> FakeHost:
     """One running fake host with 2 fake GPUs."""
     return sshd_lab.add_host("host1", gpus=2)
+
+
+# A stand-in for a cloud's "start the VM" command (`[[hosts]] repair` in tests): after
+# DELAY seconds it starts a fake host's sshd again and waits until its port answers.
+# argv: SSHD CONFIG LOG PID_FILE PORT DELAY
+REVIVE_SSHD = """\
+import socket, subprocess, sys, time
+sshd, config, log, pid_file, port, delay = sys.argv[1:7]
+time.sleep(float(delay))
+with open(log, "ab") as out:
+    proc = subprocess.Popen([sshd, "-D", "-e", "-f", config], stdout=out, stderr=out,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+open(pid_file, "w").write(str(proc.pid))
+deadline = time.monotonic() + 10
+while time.monotonic() < deadline:
+    try:
+        socket.create_connection(("127.0.0.1", int(port)), 0.2).close()
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.05)
+sys.exit(1)
+"""

@@ -25,9 +25,9 @@ from sheetrunner.repair import Repairs
 from sheetrunner.views import pool_json, pool_rows
 
 try:
-    from tests.sshd import SSHD, SshdLab, sshd_lab, wait_for_port  # noqa: F401  (a fixture)
+    from tests.sshd import REVIVE_SSHD, SSHD, SshdLab, sshd_lab, wait_for_port  # noqa: F401  (a fixture)
 except ImportError:
-    from sshd import SSHD, SshdLab, sshd_lab, wait_for_port  # noqa: F401
+    from sshd import REVIVE_SSHD, SSHD, SshdLab, sshd_lab, wait_for_port  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_JOB = REPO / "tests" / "jobs" / "fake_job.py"
@@ -177,31 +177,11 @@ def _alive(pid: int) -> bool:
 
 # -- a preempted fake host, repaired by a stand-in script, end to end ------------------------------
 
-STAND_IN = """
-    # The stand-in for `gcloud ... start`: after a while, the machine's sshd is back.
-    import socket, subprocess, sys, time
-    sshd, config, log, pid_file, port = sys.argv[1:6]
-    time.sleep(3)  # long enough for `pool` to see it running
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sshd, "-D", "-e", "-f", config], stdout=out, stderr=out,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    open(pid_file, "w").write(str(proc.pid))
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", int(port)), 0.2).close()
-            sys.exit(0)
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(1)
-"""
-
-
 @pytest.mark.sshd
 def test_a_preempted_host_is_repaired_shown_repairing_and_rejoins(tmp_path, sshd_lab):
     fake = sshd_lab.add_host("gpu-a", gpus=1)
     script = tmp_path / "stand_in_repair.py"
-    script.write_text(textwrap.dedent(STAND_IN))
+    script.write_text(REVIVE_SSHD)
     pid_file = tmp_path / "repaired-sshd.pid"
     write_workbook(tmp_path / "experiments.xlsx", ["job", "--steps", "--sleep", "gpus"],
                    [["fake", 150, 0.1, 1]])
@@ -215,7 +195,7 @@ def test_a_preempted_host_is_repaired_shown_repairing_and_rejoins(tmp_path, sshd
             "user": fake.user, "root": str(fake.root_dir), "identity": str(sshd_lab.client_key),
             "python": sys.executable, "repair_after": 1,
             "repair": [sys.executable, str(script), SSHD, str(fake.config_path),
-                       str(fake.log_path), str(pid_file), str(fake.port)],
+                       str(fake.log_path), str(pid_file), str(fake.port), "3"],
         }],
         "ssh": {"known_hosts": str(sshd_lab.known_hosts), "connect_timeout": 3, "keepalive": 2,
                 "config_file": str(tmp_path / "no-ssh-config")},

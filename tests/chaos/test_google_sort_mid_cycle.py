@@ -8,22 +8,11 @@ from __future__ import annotations
 
 import time
 
-import pytest
-from sheets_emulator import SheetsEmulator
-
 from sheetrunner.daemon import build
-from sheetrunner.sheets.google import ENDPOINT_ENV
 from tests.chaos.lab import HEADER, all_final, row
 from tests.helpers import guard_report, local_config
 
 TAB = "experiments"
-
-
-@pytest.fixture
-def emu(monkeypatch):
-    monkeypatch.delenv(ENDPOINT_ENV, raising=False)
-    with SheetsEmulator() as emulator:
-        yield emulator
 
 
 def test_rows_sorted_between_every_read_and_write_keep_their_runs(emu, tmp_path):

@@ -14,12 +14,10 @@ from pathlib import Path
 
 import openpyxl
 import pytest
-from sheets_emulator import SheetsEmulator
 
 from sheetrunner.daemon import build
 from sheetrunner.model import AttemptState
 from sheetrunner.sheet.schema import OWNED_COLUMNS
-from sheetrunner.sheets.google import ENDPOINT_ENV
 from tests.chaos.lab import all_final
 from tests.helpers import guard_report, local_config, read_workbook, write_workbook
 
@@ -101,13 +99,6 @@ def test_the_hostile_corpus_on_the_workbook(tmp_path):
     after = _user_cells([list(r) for r in openpyxl.load_workbook(
         tmp_path / "experiments.xlsx").worksheets[0].iter_rows(min_row=2, values_only=True)])
     assert after == before  # every user cell exactly as typed
-
-
-@pytest.fixture
-def emu(monkeypatch):
-    monkeypatch.delenv(ENDPOINT_ENV, raising=False)
-    with SheetsEmulator() as emulator:
-        yield emulator
 
 
 def test_the_hostile_corpus_on_a_google_sheet(emu, tmp_path):

@@ -8,7 +8,6 @@ scripts/reliability.py (docs/reliability.md). The times are reported, never asse
 from __future__ import annotations
 
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -21,10 +20,10 @@ from tests.chaos.lab import all_final, make_lab, our_processes, record, row
 from tests.helpers import guard_report, kill_jobs_under, read_workbook, write_workbook
 
 try:
-    from tests.sshd import SSHD, SshdLab, sshd_lab  # noqa: F401  (a fixture)
+    from tests.sshd import REVIVE_SSHD, SSHD, SshdLab, sshd_lab  # noqa: F401  (a fixture)
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from sshd import SSHD, SshdLab, sshd_lab  # noqa: F401
+    from sshd import REVIVE_SSHD, SSHD, SshdLab, sshd_lab  # noqa: F401
 
 FAKE_JOB = Path(__file__).resolve().parents[1] / "jobs" / "fake_job.py"
 
@@ -143,24 +142,6 @@ def test_a_dead_host_with_requeue_has_its_run_running_elsewhere(tmp_path, sshd_l
     assert escaped == []
 
 
-STAND_IN = """
-    import socket, subprocess, sys, time
-    sshd, config, log, pid_file, port = sys.argv[1:6]
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sshd, "-D", "-e", "-f", config], stdout=out, stderr=out,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    open(pid_file, "w").write(str(proc.pid))
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", int(port)), 0.2).close()
-            sys.exit(0)
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(1)
-"""
-
-
 @pytest.mark.sshd
 def test_a_preempted_host_is_repaired_and_its_run_runs_again(tmp_path, sshd_lab):
     """host preempted (sshd and its jobs gone) → repair command → rejoined → running again."""
@@ -169,10 +150,10 @@ def test_a_preempted_host_is_repaired_and_its_run_runs_again(tmp_path, sshd_lab)
 
     a = sshd_lab.add_host("gpu-a", gpus=1)
     script = tmp_path / "stand_in.py"
-    script.write_text(textwrap.dedent(STAND_IN))
+    script.write_text(REVIVE_SSHD)
     pid_file = tmp_path / "sshd.pid"
     repair = {"repair_after": 1, "repair": [sys.executable, str(script), SSHD, str(a.config_path),
-                                            str(a.log_path), str(pid_file), str(a.port)]}
+                                            str(a.log_path), str(pid_file), str(a.port), "0"]}
     path = _ssh_config(tmp_path, sshd_lab, [("gpu-a", a, repair)])
     daemon = build(load(path))
     book = tmp_path / "experiments.xlsx"
