@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from . import argv as argv_styles
+
 
 class Status(enum.StrEnum):
     """A run's status; the value is exactly the text shown in the sheet."""
@@ -89,8 +91,9 @@ class Action(enum.StrEnum):
 
 
 def param_argv(params: tuple[tuple[str, str], ...]) -> list[str]:
-    """Parameters as argv items, ["--lr", "0.1", ...]: what a job receives, never a shell string."""
-    return [item for name, value in params for item in (f"--{name}", value)]
+    """Parameters as argv items, ["--lr", "0.1", ...]: what a job receives, never a shell
+    string (the styles: `sheetrunner/argv.py`)."""
+    return argv_styles.param_argv(params)
 
 
 @dataclass(frozen=True)

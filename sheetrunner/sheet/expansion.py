@@ -14,8 +14,9 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
+from ..argv import param_header
 from ..model import STATUS_COLOURS, Action, Experiment, Status
-from .schema import PARAM_PREFIX, USER_COLUMNS, cell_text, param_columns, user_cells
+from .schema import USER_COLUMNS, cell_text, param_columns, user_cells
 from .sweeps import SWEEP_ID_PREFIX
 from .table import RowInsert, Table
 
@@ -52,7 +53,7 @@ def expand(table: Table, parent: Experiment) -> tuple[dict[str, Any], RowInsert]
     children = []
     for combo in parent.children:
         child = dict(base)
-        child.update({PARAM_PREFIX + name: value for name, value in combo})
+        child.update({param_header(name): value for name, value in combo})
         child[SWEEP_COLUMN] = sid
         children.append(child)
     own = {"id": sid, "status": f"sweep: {len(children)} rows", "message": ""}

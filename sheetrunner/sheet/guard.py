@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from ..argv import is_key_value_header
 from .expansion import SWEEP_COLUMN
 from .lease import META_TAB
 from .schema import (
@@ -66,7 +67,11 @@ def owned_columns(metric_columns: Iterable[str] = (), curve: bool = True) -> fro
     names = {*OWNED_COLUMNS, SWEEP_COLUMN, *metric_column_names(metric_columns)}
     if curve:
         names.add(CURVE_COLUMN)
-    return frozenset(n for n in names if n not in USER_COLUMNS and not n.startswith(PARAM_PREFIX))
+    return frozenset(
+        n
+        for n in names
+        if n not in USER_COLUMNS and not n.startswith(PARAM_PREFIX) and not is_key_value_header(n)
+    )
 
 
 def only_owned(

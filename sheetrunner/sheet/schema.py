@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from ..argv import KEY_VALUE_HEADER_RE, PARAM_PREFIX, is_key_value_header, param_name
 from ..model import STATUS_COLOURS, Action, Experiment, Run, Status
 from ..remote.protocol import is_run_id
 from .sweeps import SWEEP_ID_PREFIX, SweepError, combinations, is_sweep, shorten
@@ -35,7 +36,6 @@ OWNED_COLUMNS = (
     "message",
     "log",
 )
-PARAM_PREFIX = "--"
 PARAM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 # -- limits on what a cell may hold ----------------------------------------------------------
@@ -57,7 +57,7 @@ ELLIPSIS = "…"
 
 
 def param_columns(header: list[str]) -> list[str]:
-    """Header cells that declare a parameter (`--lr`), in column order; a name that appears
+    """Header cells that declare a parameter (`--lr`, `lr=`), in column order; a name that appears
     twice is left out (its cells are ambiguous: `header_problems` reports it)."""
     return [header[i] for i, _ in _param_layout(header)[0]]
 
@@ -69,6 +69,15 @@ def _param_layout(header: list[Any]) -> tuple[list[tuple[int, str]], dict[int, s
     seen: dict[str, list[int]] = {}
     bad: dict[int, str] = {}
     for i, h in enumerate(header):
+        if isinstance(h, str) and is_key_value_header(h):
+            if not KEY_VALUE_HEADER_RE.match(h):
+                bad[i] = (
+                    f"column {_letter(i)} header {shorten(h)!r} is not a key=value parameter; "
+                    "write a name of letters, digits, _ . / @ or - and then =, e.g. 'model.lr='"
+                )
+                continue
+            seen.setdefault(h, []).append(i)
+            continue
         if not isinstance(h, str) or not h.startswith(PARAM_PREFIX):
             continue
         name = h[len(PARAM_PREFIX) :]
@@ -226,7 +235,7 @@ def _parse_row(
     cells = table.rows[row - 2]
     text = {name: cell_text(table.value(row, name)).strip() for name in (*USER_COLUMNS, "id")}
     raw = [(h, cell_text(_cell(cells, i))) for i, h in params]
-    values = tuple((h[len(PARAM_PREFIX) :], v) for h, v in raw if v.strip() != "")
+    values = tuple((param_name(h), v) for h, v in raw if v.strip() != "")
     unusable = [
         reason
         for i, reason in sorted(bad_columns.items())

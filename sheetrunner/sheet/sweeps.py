@@ -4,6 +4,7 @@
     1..5                  whole numbers, both ends included
     {1e-4..1e-1 log 4}    4 values spaced evenly on a log scale, ends included
     {0..1 lin 5}          5 values spaced evenly, ends included
+    "30,60,90"            not a sweep: in double quotes, a value is passed as it is
 
 A row with at least one such cell is a sweep: it expands into one child row
 per combination (cartesian product across its sweep cells, in column order),
@@ -16,6 +17,8 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+
+from ..argv import is_quoted
 
 # At most this many child rows from one sweep row (the product over all its sweep cells).
 MAX_CHILDREN = 1000
@@ -38,6 +41,10 @@ def shorten(text: str, limit: int = 40) -> str:
 
 
 def is_sweep(text: str) -> bool:
+    """A list, a range or a spaced range; a value in double quotes never is (it is passed
+    as it is: `"30,60,90"`, a JSON object)."""
+    if is_quoted(text):
+        return False
     return "," in text or _range(text) is not None or text.strip().startswith("{")
 
 
