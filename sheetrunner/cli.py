@@ -665,6 +665,7 @@ def cmd_pool(args: argparse.Namespace, console: Console) -> int:
             runs,
             pool.down_since,
             repairs=repair.load(config.daemon.state_dir),
+            namespace=namespace,
         )
     finally:
         pool.close()

@@ -112,6 +112,12 @@ class HostConfig:
     # has been unreachable for repair_after seconds (sheetrunner/repair.py); () = never
     repair: tuple[str, ...] = ()
     repair_after_s: float = 300.0
+    # Shared GPUs (docs/shared-gpus.md): a GPU is free for a run only with this much memory
+    # free (MiB; 0: any); with share_gpus, one that others' processes use still counts free
+    # when enough is left; claims: the directory of per-GPU claim files ("" = no claims).
+    min_free_memory_mib: int = 0
+    share_gpus: bool = False
+    gpu_claims: str = checks.DEFAULT_GPU_CLAIMS
 
 
 @dataclass(frozen=True)
@@ -414,6 +420,9 @@ HOST_KEYS = {
     "drain",
     "repair",
     "repair_after",
+    "min_free_memory",
+    "share_gpus",
+    "gpu_claims",
 }
 
 
@@ -472,6 +481,7 @@ def _host(index: int, raw: Any, base: Path) -> HostConfig:
         drain=drain,
         repair=checks.repair_command(f"{where}.repair", raw.get("repair")),
         repair_after_s=positive(f"{where}.repair_after", raw.get("repair_after", 300), "300"),
+        **checks.gpu_sharing(where, raw),
     )
 
 

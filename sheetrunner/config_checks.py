@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .gpu_memory import EXAMPLE as SIZE_EXAMPLE
+from .gpu_memory import size_mib
 from .sheet.expansion import SWEEP_COLUMN
 from .sheet.lease import META_TAB
 from .sheet.schema import (
@@ -437,3 +439,35 @@ def argv_list(where: str, value: Any, example: str) -> tuple[str, ...]:
     if any("\0" in item for item in value):
         raise ConfigError(f"{where} holds a NUL character, which no argv item can; e.g. {example}")
     return tuple(value)
+
+
+DEFAULT_GPU_CLAIMS = "/tmp/sheetrunner-gpu-claims"
+
+
+def gpu_sharing(where: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """A host's `min_free_memory`, `share_gpus` and `gpu_claims` (docs/shared-gpus.md), as
+    HostConfig fields."""
+    memory = raw.get("min_free_memory")
+    mib = 0
+    if memory is not None:
+        found = size_mib(memory) if isinstance(memory, str) else None
+        if found is None:
+            raise ConfigError(
+                f"{where}.min_free_memory = {memory!r} is not a size; write it with its unit, "
+                f'e.g. min_free_memory = "{SIZE_EXAMPLE}" (or "512MiB")'
+            )
+        mib = found
+    share = raw.get("share_gpus", False)
+    expect(f"{where}.share_gpus", share, bool, "true")
+    if share and not mib:
+        raise ConfigError(
+            f"{where}.share_gpus = true needs min_free_memory: without it a GPU others use "
+            f'would count as free however full it is; add e.g. min_free_memory = "{SIZE_EXAMPLE}"'
+        )
+    claims = raw.get("gpu_claims", DEFAULT_GPU_CLAIMS)
+    if not isinstance(claims, str) or (claims and not claims.startswith(("/", "~"))):
+        raise ConfigError(
+            f"{where}.gpu_claims = {claims!r}; name an absolute directory every user of the host "
+            f'can write, e.g. gpu_claims = "{DEFAULT_GPU_CLAIMS}" (or "" for no claims)'
+        )
+    return {"min_free_memory_mib": mib, "share_gpus": share, "gpu_claims": claims}

@@ -328,6 +328,9 @@ class Daemon:
             except TransportError as exc:
                 self._launch_failed(run, str(exc), now)
                 continue
+            if result.refused:
+                self._launch_refused(run, result.detail, now)
+                continue
             outcome = "sent" if result.launched else "already-claimed"
             self.store.record_outcome(run.run_id, run.attempt, outcome, result.detail, self.clock())
             log.info(
@@ -340,6 +343,20 @@ class Daemon:
             )
             launched.append(run.run_id)
         return launched
+
+    def _launch_refused(self, run: Run, reason: str, now: datetime) -> None:
+        """The host started nothing (a GPU claimed by another sheet's run): the core places
+        the run again next cycle, with no crash counted."""
+        log.info(
+            "launch refused run=%s attempt=%s host=%s: %s",
+            run.run_id,
+            run.attempt,
+            run.host,
+            reason,
+        )
+        self.store.record_outcome(run.run_id, run.attempt, "refused", reason, now)
+        run.launch_refused = reason[:500] or "refused"
+        self.store.save_runs([run], now=now)
 
     def _launch_failed(self, run: Run, error: str, now: datetime) -> None:
         """The launch may not have reached the host: the core counts it next cycle (a crash,
@@ -392,6 +409,7 @@ class Daemon:
             runs,
             self.pool.down_since,
             repairs=self.repairs.snapshot(),
+            namespace=self.pool.namespace,
         )
         return {name: views.pool_rows(entries)}
 

@@ -16,6 +16,7 @@ anything: what a run is doing is its status and its counters, never its text.
                            failed          stop / row deleted (any) ──► stopped
     a host that is silent: launching/running ──► lost ──back──► running (or crash)
     no host could ever take it: queued ──► unplaceable ──a host fits──► queued
+    the host refused the launch (a GPU claimed): launching ──► queued (no crash)
 """
 
 from __future__ import annotations
@@ -50,6 +51,14 @@ def launch(run: Run, host: str, accelerators: tuple[str, ...], now: datetime) ->
     run.finished_at, run.next_attempt_at, run.link.kept_cells = None, None, {}
     if run.crashes == 0:
         run.message = ""
+
+
+def refused(run: Run, reason: str) -> None:
+    """The host refused the launch before starting anything (a GPU claimed by another
+    attempt, docs/shared-gpus.md): waiting again, no crash counted; the attempt number
+    it used is not used again."""
+    run.status, run.message = Status.QUEUED, f"waiting: the launch was refused: {reason}"
+    run.host, run.accelerators = None, ()
 
 
 def running(run: Run) -> None:

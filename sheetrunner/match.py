@@ -125,6 +125,7 @@ def row_link(exp: Experiment, retries: int, in_sheet: bool = False) -> RowLink:
         row=exp.row,
         in_sheet=in_sheet,
         gpus=exp.gpus,
+        gpu_memory_mib=exp.gpu_memory_mib,
         where=exp.where,
         priority=exp.priority,
         retries=retries,

@@ -110,6 +110,7 @@ class Experiment:
     priority: float = 0
     retries: int | None = None  # None: the config's default
     time_limit_s: float | None = None  # the `time_limit` cell (None: the job's or the default)
+    gpu_memory_mib: int | None = None  # the `gpu_memory` cell: free memory wanted on each GPU
     action: Action = Action.RUN
     error: str | None = None
     shown_status: str = ""  # the `status` cell as read: used to adopt an id the store lacks
@@ -148,6 +149,7 @@ class RowLink:
     priority: float = 0
     retries: int = 0  # restarts allowed after a crash or hang
     time_limit_s: float | None = None  # the row's time_limit (None: the job's, the config's)
+    gpu_memory_mib: int | None = None  # free memory wanted on each GPU (None: the host's floor)
     last_action: Action = Action.RUN
     sweep_id: str = ""  # the sweep its row was expanded from (for ps and notifications)
     duplicate_of: str | None = None
@@ -190,6 +192,7 @@ class Run:
     next_attempt_at: datetime | None = None  # backoff: not before this
     message: str = ""
     launch_error: str = ""  # the last launch did not reach its host: the core counts it
+    launch_refused: str = ""  # the host refused the last launch, starting nothing (a GPU claimed)
     avoid_host: str | None = None  # where the last launch failed: another host first
     stall_reason: str = ""  # why the current attempt was killed as stalled
     timed_out: bool = False  # the current attempt passed its time limit and is being stopped
@@ -207,6 +210,19 @@ class Accelerator:
     foreign: bool = False  # busy with a process sheetrunner did not start
     healthy: bool = True  # False: lost, or uncorrected ECC errors; never given to a run
     health: str = ""  # why it is unhealthy
+    uuid: str = ""
+    # Who holds it (docs/shared-gpus.md): a sheetrunner claim on the host (any sheet's,
+    # ours included) and the users of the foreign processes, where the host lets us see them.
+    claim_namespace: str = ""
+    claim_run: str = ""
+    claim_user: str = ""
+    foreign_users: tuple[str, ...] = ()
+
+    @property
+    def memory_free_mib(self) -> int | None:
+        if self.memory_total_mib is None or self.memory_used_mib is None:
+            return None
+        return max(0, self.memory_total_mib - self.memory_used_mib)
 
 
 class AttemptState(enum.StrEnum):

@@ -2,14 +2,18 @@
 
 Part of the pure core (no IO). Multi-accelerator runs are packed onto one
 host; the host with the fewest free accelerators that still fit is chosen,
-so big holes stay free for big runs; nothing is ever handed out twice.
+so big holes stay free for big runs; nothing is ever handed out twice. A GPU
+counts for a run only with the memory it needs free: the host's
+`min_free_memory` and the row's `gpu_memory`, whichever is more (a GPU whose
+memory nvidia-smi does not report is not checked). docs/shared-gpus.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from .gpu_memory import describe_need, format_mib
 from .model import Run
 
 
@@ -25,6 +29,9 @@ class HostCapacity:
     reachable: bool = True
     draining: bool = False  # takes no new runs
     known: bool = True  # its accelerators are known (an "auto" host not yet probed: not)
+    free_memory_mib: tuple[tuple[str, int], ...] = ()  # accelerator -> free MiB, where reported
+    min_free_memory_mib: int = 0  # the host's floor for every run (0: none)
+    largest_memory_mib: int = 0  # its biggest GPU's total memory (0: not reported)
 
     def matches(self, where: str | None) -> bool:
         return where is None or where == self.name or where in self.labels
@@ -51,12 +58,29 @@ class Placement:
 class _Free:
     accelerators: list[str]
     slots: int
+    memory_mib: dict[str, int] = field(default_factory=dict)
+    min_free_memory_mib: int = 0
+
+    def usable(self, run: Run) -> list[str]:
+        """The free accelerators with the memory the run needs (unreported memory: usable)."""
+        need = memory_need(run, self.min_free_memory_mib)
+        return [a for a in self.accelerators if self.memory_mib.get(a, need) >= need]
+
+
+def memory_need(run: Run, floor_mib: int) -> int:
+    """Free MiB a run needs on each of its GPUs: its row's gpu_memory or the host's floor."""
+    return max(floor_mib, run.link.gpu_memory_mib or 0)
 
 
 def _free_capacity(hosts: list[HostCapacity], runs: Iterable[Run]) -> dict[str, _Free]:
     """What is free on each reachable host once live runs and foreign processes are counted."""
     free = {
-        h.name: _Free([a for a in h.accelerators if a not in h.busy], h.slots)
+        h.name: _Free(
+            [a for a in h.accelerators if a not in h.busy],
+            h.slots,
+            dict(h.free_memory_mib),
+            h.min_free_memory_mib,
+        )
         for h in hosts
         if h.reachable and not h.draining
     }
@@ -83,13 +107,13 @@ def _best_fit(run: Run, hosts: list[HostCapacity], free: dict[str, _Free]) -> Ho
         return None
     if run.link.gpus == 0:
         return max(fits, key=lambda h: free[h.name].slots)
-    return min(fits, key=lambda h: len(free[h.name].accelerators))
+    return min(fits, key=lambda h: len(free[h.name].usable(run)))
 
 
 def _fits(run: Run, free: _Free) -> bool:
     if run.link.gpus == 0:
         return free.slots > 0
-    return len(free.accelerators) >= run.link.gpus
+    return len(free.usable(run)) >= run.link.gpus
 
 
 def _take(run: Run, host: HostCapacity, free: dict[str, _Free]) -> tuple[str, ...]:
@@ -97,8 +121,8 @@ def _take(run: Run, host: HostCapacity, free: dict[str, _Free]) -> tuple[str, ..
     if run.link.gpus == 0:
         space.slots -= 1
         return ()
-    given = tuple(space.accelerators[: run.link.gpus])
-    del space.accelerators[: run.link.gpus]
+    given = tuple(space.usable(run)[: run.link.gpus])
+    space.accelerators = [a for a in space.accelerators if a not in given]
     return given
 
 
@@ -121,7 +145,23 @@ def never_fits(run: Run, hosts: list[HostCapacity]) -> str | None:
             f"needs {run.link.gpus} accelerators on one host; the largest matching host has "
             f"{most}; lower gpus or add a bigger host"
         )
-    return None
+    return _never_enough_memory(run, [h for h in matching if len(h.accelerators) >= run.link.gpus])
+
+
+def _never_enough_memory(run: Run, hosts: list[HostCapacity]) -> str | None:
+    """Why no GPU of these hosts could ever have the memory the run needs free, or None
+    (also when a host does not report its GPUs' memory: it might)."""
+    if run.link.gpus == 0 or not hosts or any(not h.largest_memory_mib for h in hosts):
+        return None
+    needs = [memory_need(run, h.min_free_memory_mib) for h in hosts]
+    if any(need <= h.largest_memory_mib for need, h in zip(needs, hosts, strict=True)):
+        return None
+    largest = max(h.largest_memory_mib for h in hosts)
+    return (
+        f"needs {describe_need(min(needs))} on each GPU; the largest GPU of a matching host has "
+        f"{format_mib(largest)}; lower gpu_memory (or the host's min_free_memory) or add a "
+        "host with bigger GPUs"
+    )
 
 
 def _why_waiting(run: Run, hosts: list[HostCapacity]) -> str:
@@ -136,4 +176,7 @@ def _why_waiting(run: Run, hosts: list[HostCapacity]) -> str:
     if all(h.draining for h in matching):
         return "waiting: every matching host is draining"
     need = f"{run.link.gpus} free accelerators" if run.link.gpus else "a free CPU slot"
+    memory = max((memory_need(run, h.min_free_memory_mib) for h in matching), default=0)
+    if run.link.gpus and memory:
+        need += f" with {describe_need(memory)}"
     return f"waiting for {need}"

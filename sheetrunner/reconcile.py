@@ -208,6 +208,7 @@ class _Cycle:
         run.link.sweep_id, run.link.time_limit_s = exp.sweep_id, exp.time_limit_s
         if not run.status.is_live:
             run.link.gpus = exp.gpus  # takes effect at the next launch
+            run.link.gpu_memory_mib = exp.gpu_memory_mib
         if exp.error:
             self._invalidate(run, exp.error)
         elif rerun and (run.status.is_final or run.attempt > 0):
@@ -238,6 +239,7 @@ class _Cycle:
             self.by_key.setdefault(exp.key, []).append(run)
         run.spec = RunSpec(exp.key, exp.job, exp.params)
         run.link.gpus, run.link.where, run.link.retries = exp.gpus, exp.where, self._retries(exp)
+        run.link.gpu_memory_mib = exp.gpu_memory_mib
         lifecycle.queue(run)
         run.link.duplicate_of = None
         self._apply_action(exp.action, run)
@@ -291,6 +293,9 @@ class _Cycle:
         for run in self.runs.values():
             if not run.status.is_live or run.host is None:
                 continue
+            if run.launch_refused:
+                self._launch_refused(run)
+                continue
             if run.launch_error:
                 self._launch_failed(run)
                 continue
@@ -306,6 +311,13 @@ class _Cycle:
         sick = [a for a in host.accelerators if not a.healthy and a.index in run.accelerators]
         if sick and run.status == Status.RUNNING:
             run.message = "; ".join(f"GPU {a.index} unhealthy: {a.health}" for a in sick)
+
+    def _launch_refused(self, run: Run) -> None:
+        """Last cycle's launch was refused by its host before anything started (a GPU claimed
+        by another sheet's run): not a crash, no retry spent; placed again this cycle with
+        the probe that now shows the claim."""
+        reason, run.launch_refused = run.launch_refused, ""
+        lifecycle.refused(run, f"on {run.host}: {reason}")
 
     def _launch_failed(self, run: Run) -> None:
         """Last cycle's launch did not go through: a crash like any other (counted against

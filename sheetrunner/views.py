@@ -279,10 +279,12 @@ def pool_json(
     runs: list[Run],
     down_since: Mapping[str, datetime],
     repairs: Mapping[str, Mapping[str, Any]] | None = None,
+    namespace: str | None = None,
 ) -> list[dict[str, Any]]:
     """One entry per host: reachability, facts, and each accelerator with who holds it.
     `state`: "up", "down" or "repairing" (its `[[hosts]] repair` runs now); `repair`: the
-    host's repair as `repair.Repairs` keeps it (tries, last try, result), or None."""
+    host's repair as `repair.Repairs` keeps it (tries, last try, result), or None.
+    `namespace`: this sheet's, to tell its GPU claims from other sheets'."""
     held = holders(runs)
     out = []
     for host in hosts:
@@ -312,7 +314,7 @@ def pool_json(
                 if obs and obs.disk_free_bytes
                 else None,
                 "accelerators": [
-                    _accelerator_json(host, a, held) for a in _accelerators_of(host, obs)
+                    _accelerator_json(host, a, held, namespace) for a in _accelerators_of(host, obs)
                 ],
                 "slots": {"total": host.slots, "used_by": cpu_runs},
                 "repair": repair,
@@ -336,19 +338,50 @@ def _kind(host: HostConfig) -> str:
 
 
 def _accelerator_json(
-    host: HostConfig, acc: Accelerator, held: dict[tuple[str, str], str]
+    host: HostConfig, acc: Accelerator, held: dict[tuple[str, str], str], namespace: str | None
 ) -> dict[str, Any]:
+    run = held.get((host.name, acc.index))
     return {
         "index": acc.index,
         "name": acc.name,
         "memory_used_mib": acc.memory_used_mib,
         "memory_total_mib": acc.memory_total_mib,
         "utilization_pct": acc.utilization_pct,
-        "run": held.get((host.name, acc.index)),
+        "run": run,
         "foreign": acc.foreign,
+        "foreign_users": list(acc.foreign_users),
+        "claim": _claim_json(acc, namespace),
+        "holder": holder_text(acc, run, namespace),
         "healthy": acc.healthy,
         "health": acc.health,
     }
+
+
+def _claim_json(acc: Accelerator, namespace: str | None) -> dict[str, Any] | None:
+    if not acc.claim_namespace:
+        return None
+    return {
+        "namespace": acc.claim_namespace,
+        "run_id": acc.claim_run,
+        "user": acc.claim_user,
+        "this_sheet": acc.claim_namespace == namespace,
+    }
+
+
+def holder_text(acc: Accelerator, run: str | None, namespace: str | None) -> str:
+    """Who holds a GPU, in words: our run, a run of another sheet (its claim on the host),
+    another user's process (and its user when the host shows it), or nobody."""
+    if run:
+        return run
+    if acc.claim_namespace and acc.claim_namespace == namespace:
+        return f"run {acc.claim_run} of this sheet (claim)"
+    if acc.claim_namespace:
+        user = f", user {acc.claim_user}" if acc.claim_user else ""
+        return f"another sheet: run {acc.claim_run or '?'} ({acc.claim_namespace}{user})"
+    if acc.foreign:
+        users = f" ({', '.join(acc.foreign_users)})" if acc.foreign_users else ""
+        return f"another user's process{users}"
+    return "free"
 
 
 def pool_rows(entries: list[dict[str, Any]], tz: tzinfo | None = None) -> list[list[Any]]:
@@ -405,7 +438,9 @@ def _acc_cells(acc: dict[str, Any] | None, entry: dict[str, Any]) -> list[str]:
             f"{(acc['memory_used_mib'] or 0) / 1024:.1f}/{acc['memory_total_mib'] / 1024:.0f} GiB"
         )
     util = "" if acc["utilization_pct"] is None else f"{acc['utilization_pct']}%"
-    holder = acc["run"] or ("another user's process" if acc["foreign"] else "free")
+    holder = (
+        acc.get("holder") or acc["run"] or ("another user's process" if acc["foreign"] else "free")
+    )
     if not acc.get("healthy", True):
         holder = f"unhealthy, not used: {acc.get('health') or 'unknown'}"
     return [f"{acc['index']}: {acc['name']}".rstrip(": "), memory, util, holder]

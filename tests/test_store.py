@@ -64,6 +64,8 @@ def full_run(run_id: str = "r-0001", **changes) -> Run:
         sweep_id="sweep-1a2b3c4d",
         time_limit_s=7200.0,
         launch_error="agent launch failed: refused",
+        launch_refused="GPU 0 is claimed by run 1a2b3c4d-x1 of sheet ns2",
+        gpu_memory_mib=20480,
         avoid_host="gpu-b",
         stall_reason="stalled: no heartbeat for 700s; killed",
         timed_out=True,
@@ -247,7 +249,8 @@ def test_hosts_keep_the_latest_observation(tmp_path: Path) -> None:
     assert a["disk_free_bytes"] == 123_456_789_000
     assert a["accelerators"][1] == {
         "index": "1", "name": "H100", "memory_used_mib": 0, "memory_total_mib": 81559,
-        "utilization_pct": 0, "foreign": True, "healthy": True, "health": "",
+        "utilization_pct": 0, "foreign": True, "healthy": True, "health": "", "uuid": "",
+        "claim_namespace": "", "claim_run": "", "claim_user": "", "foreign_users": [],
     }
     (attempt,) = a["attempts"]
     assert attempt["run_id"] == "r-0001" and attempt["state"] == "running"

@@ -67,6 +67,7 @@ for path in sys.argv[1:]:
 class LaunchResult:
     launched: bool
     detail: str
+    refused: bool = False  # the host started nothing (a GPU claimed): place the run again
 
 
 class HostAgent:
@@ -172,6 +173,7 @@ class HostAgent:
         request = {
             "attempts": sorted(_well_formed(self.name, wanted)),
             "runs": sorted(_well_formed_runs(self.name, runs)),
+            "gpu_claims": self.config.gpu_claims or None,
         }
         return json.loads(self._call(self._where("probe"), json.dumps(request).encode()))
 
@@ -186,7 +188,11 @@ class HostAgent:
 
     def launch(self, spec: dict) -> LaunchResult:
         out = json.loads(self._call(self._where("launch"), json.dumps(spec).encode()))
-        return LaunchResult(bool(out.get("launched")), out.get("reason") or out.get("dir", ""))
+        return LaunchResult(
+            bool(out.get("launched")),
+            out.get("reason") or out.get("dir", ""),
+            refused=out.get("refused") is True,
+        )
 
     def kill(self, run_id: str, attempt: int, grace_s: float = 10.0) -> str:
         """SIGCONT and SIGTERM to the attempt's process group; the agent returns at once and
@@ -318,7 +324,20 @@ def _accelerator(gpu: dict) -> Accelerator:
         foreign=bool(gpu.get("foreign")),
         healthy=gpu.get("healthy") is not False,
         health=str(gpu.get("health") or ""),
+        uuid=str(gpu.get("uuid") or ""),
+        **_claim(gpu.get("claim")),
+        foreign_users=tuple(str(u) for u in gpu.get("foreign_users") or () if u),
     )
+
+
+def _claim(raw: object) -> dict[str, str]:
+    """A GPU's claim as the probe read it from the claim file (any user may have written it)."""
+    claim = raw if isinstance(raw, dict) else {}
+    return {
+        "claim_namespace": str(claim.get("namespace") or "")[:100],
+        "claim_run": str(claim.get("run_id") or "")[:100],
+        "claim_user": str(claim.get("user") or "")[:100],
+    }
 
 
 def _attempt(seen: dict, now: datetime) -> AttemptObservation:
@@ -372,11 +391,32 @@ def capacity(config: HostConfig, seen: HostObservation | None) -> HostCapacity:
         ids = tuple(str(i) for i in range(tpu_chips(str(config.accelerators))))
     else:
         ids = tuple(str(i) for i in range(int(config.accelerators)))
-    busy = tuple(a.index for a in observed if a.foreign or not a.healthy)  # unhealthy: drained
+    busy = tuple(a.index for a in observed if _busy(a, config.share_gpus))
     known = config.accelerators != "auto" or reachable  # "auto" counts only once probed
     return HostCapacity(
-        config.name, config.labels, ids, busy, config.slots, reachable, config.drain, known
+        config.name,
+        config.labels,
+        ids,
+        busy,
+        config.slots,
+        reachable,
+        config.drain,
+        known,
+        free_memory_mib=tuple(
+            (a.index, a.memory_free_mib) for a in observed if a.memory_free_mib is not None
+        ),
+        min_free_memory_mib=config.min_free_memory_mib,
+        largest_memory_mib=max((a.memory_total_mib or 0 for a in observed), default=0),
     )
+
+
+def _busy(gpu: Accelerator, share: bool) -> bool:
+    """Not for a new run whatever its memory: unhealthy (drained), claimed by a run of any
+    sheet, or used by others' processes unless sharing is allowed and its memory is known
+    (then the memory it has free decides)."""
+    if not gpu.healthy or gpu.claim_namespace:
+        return True
+    return gpu.foreign and not (share and gpu.memory_free_mib is not None)
 
 
 def launch_spec(run: Run, job: JobConfig, host: HostConfig, workdir: str | None) -> dict:
@@ -402,6 +442,7 @@ def launch_spec(run: Run, job: JobConfig, host: HostConfig, workdir: str | None)
         "workdir": workdir,
         "accelerators": list(run.accelerators),
         "lib_dir": None if host.local else lib_dir(host),
+        "gpu_claims": host.gpu_claims or None,  # the agent claims each GPU there
     }
     if job.checkpoint_root:  # else the agent uses <root>/<namespace>/checkpoints/<run-id>
         spec["checkpoint_dir"] = f"{job.checkpoint_root.rstrip('/')}/{run.run_id}"

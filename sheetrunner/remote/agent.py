@@ -12,9 +12,11 @@ with `~`: they are expanded here, on the host. Layout: docs/remote-layout.md.
 """
 
 import errno
+import fcntl
 import itertools
 import json
 import os
+import pwd
 import re
 import select
 import shutil
@@ -305,11 +307,13 @@ ECC_FIELD = "ecc.errors.uncorrected.volatile.total"
 LOST_MARKS = ("[GPU is lost]", "[Unknown Error]")
 
 
-def nvidia_gpus(our_sessions, our_tokens=frozenset()):
+def nvidia_gpus(our_sessions, our_tokens=frozenset(), claims_dir=None):
     """GPUs from nvidia-smi (two calls). A GPU used by a process outside our runs (not in the
-    session of one of our jobs, not carrying one of our attempts' tokens) is foreign; one
-    reported lost or with uncorrected ECC errors is not healthy. A failing nvidia-smi is
-    gpu_error; the rows it printed still count."""
+    session of one of our jobs, not carrying one of our attempts' tokens) is foreign, with
+    the users of those processes where /proc shows them; one reported lost or with
+    uncorrected ECC errors is not healthy; one whose claim file is locked is claimed (by
+    the run the file names). A failing nvidia-smi is gpu_error; the rows it printed still
+    count."""
     if shutil.which("nvidia-smi") is None:
         return [], ""
     errors = []
@@ -323,10 +327,12 @@ def nvidia_gpus(our_sessions, our_tokens=frozenset()):
         apps, error = _smi(["--query-compute-apps=gpu_uuid,pid,used_memory"])
         if error and error not in errors:
             errors.append(error)
-    foreign = set()
+    foreign = {}
     for app in apps:
         if len(app) >= 2 and app[1].isdigit() and not _ours(int(app[1]), our_sessions, our_tokens):
-            foreign.add(app[0])
+            users = foreign.setdefault(app[0], set())
+            users.update(u for u in [user_of(int(app[1]))] if u)
+    locks = ClaimLocks()
     out = []
     for row in gpus:
         if len(row) < 6:
@@ -341,11 +347,210 @@ def nvidia_gpus(our_sessions, our_tokens=frozenset()):
             "foreign": row[1] in foreign,
             "healthy": True,
         }
+        if foreign.get(row[1]):
+            gpu["foreign_users"] = sorted(foreign[row[1]])
+        claim = read_claim(claims_dir, row[1], locks) if claims_dir else None
+        if claim is not None:
+            gpu["claim"] = claim
         health = _gpu_health(row)
         if health:
             gpu.update(healthy=False, health=health)
         out.append(gpu)
     return out, "; ".join(errors)
+
+
+def user_of(pid):
+    """The name of the user a process runs as, or "" when /proc does not tell (hidepid)."""
+    try:
+        return pwd.getpwuid(os.stat("/proc/%d" % pid).st_uid).pw_name
+    except (OSError, KeyError):
+        return ""
+
+
+# -- GPU claims: one flock per GPU, shared by every sheet and user of the host ------------------
+# docs/shared-gpus.md. The launch takes an exclusive flock on <claims dir>/<GPU UUID> for each
+# GPU it was given and hands the open files to the supervisor, which holds them until it exits
+# (the kernel drops them however it ends). The directory is 1777 (anyone creates, only the
+# owner deletes); the files 0666, so that another user's launch can open and lock them.
+
+CLAIM_DIR_MODE = 0o1777
+CLAIM_FILE_MODE = 0o666
+CLAIM_BYTES = 4096
+CLAIM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class ClaimRefused(Exception):
+    """A GPU of the launch is claimed by another attempt, or its claim cannot be taken."""
+
+
+def claim_dir(path):
+    """The claims directory, made 1777 if missing (whatever the umask); never a symlink."""
+    path = os.path.expanduser(path)
+    try:
+        os.mkdir(path, 0o700)
+        os.chmod(path, CLAIM_DIR_MODE)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ClaimRefused("cannot create the GPU claims directory %s: %s" % (path, exc)) from None
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        raise ClaimRefused("the GPU claims path %s is not a directory" % path)
+    return path
+
+
+def gpu_uuids():
+    """{index: UUID} of this host's GPUs as nvidia-smi lists them ({} without nvidia-smi)."""
+    if shutil.which("nvidia-smi") is None:
+        return {}
+    rows, _ = _smi(["--query-gpu=index,uuid"])
+    return {r[0]: r[1] for r in rows if len(r) >= 2 and CLAIM_NAME_RE.match(r[1])}
+
+
+def take_claims(spec, ns_root, host):
+    """The open, locked claim files of the spec's GPUs (to hand to the supervisor), or
+    ClaimRefused naming the attempt that holds one. GPUs nvidia-smi does not list (TPU
+    chips, a host without nvidia-smi) are not claimed."""
+    where, accelerators = spec.get("gpu_claims"), spec.get("accelerators") or []
+    uuids = gpu_uuids() if where and accelerators else {}
+    wanted = [(a, uuids[a]) for a in accelerators if a in uuids]
+    if not wanted:
+        return []
+    directory, held = claim_dir(where), []
+    try:
+        for index, uuid in wanted:
+            held.append(_claim_one(directory, index, uuid))
+        text = json.dumps(_claim_record(spec, ns_root, host)).encode("utf-8")
+        for fd in held:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, text, 0)
+    except ClaimRefused:
+        _close_all(held)
+        raise
+    except OSError as exc:
+        _close_all(held)
+        raise ClaimRefused("GPU claim: %s" % exc) from None
+    return held
+
+
+def _close_all(fds):
+    for fd in fds:
+        os.close(fd)
+
+
+def _claim_one(directory, index, uuid):
+    path = os.path.join(directory, uuid)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, CLAIM_FILE_MODE)
+    except OSError as exc:
+        raise ClaimRefused(
+            "cannot open the claim file of GPU %s (%s): %s; it must be a file every user "
+            "can write (mode 0666) in a directory of mode 1777" % (index, path, exc.strerror)
+        ) from None
+    try:
+        if os.fstat(fd).st_uid == os.geteuid():
+            os.fchmod(fd, CLAIM_FILE_MODE)  # whatever the umask: other users lock it too
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = _claim_text(fd) if exc.errno in (errno.EAGAIN, errno.EACCES) else None
+        os.close(fd)
+        if holder is None:
+            raise ClaimRefused("cannot lock the claim file of GPU %s: %s" % (index, exc)) from None
+        raise ClaimRefused("GPU %s is claimed by %s" % (index, describe_claim(holder))) from None
+    return fd
+
+
+def _claim_record(spec, ns_root, host):
+    return {
+        "namespace": os.path.basename(ns_root.rstrip("/")),
+        "run_id": spec.get("run_id"),
+        "attempt": spec.get("attempt"),
+        "host": host,
+        "user": _me(),
+        "claimed_at": int(time.time()),
+    }
+
+
+def _me():
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+def _claim_text(fd):
+    """What a claim file says (written by whoever holds it: any user), as a dict."""
+    try:
+        found = json.loads(os.pread(fd, CLAIM_BYTES, 0).decode("utf-8", "replace") or "{}")
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def describe_claim(claim):
+    run = claim.get("run_id") or "?"
+    who = " of user %s" % claim["user"] if claim.get("user") else ""
+    return "run %s of sheet %s%s" % (run, claim.get("namespace") or "?", who)
+
+
+class ClaimLocks(object):
+    """Which files hold an flock now, from /proc/locks (read once): looking never takes a
+    lock, so a probe cannot make a concurrent launch find a GPU claimed. Without
+    /proc/locks, a shared lock tried and dropped at once tells."""
+
+    def __init__(self):
+        self.locked = None
+        try:
+            with open("/proc/locks") as f:
+                self.locked = set(_lock_ids(f.read(1 << 22)))
+        except OSError:
+            pass
+
+    def held(self, fd):
+        if self.locked is not None:
+            st = os.fstat(fd)
+            return (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in self.locked
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+
+
+def _lock_ids(text):
+    """(major, minor, inode) of every FLOCK held: `1: FLOCK ADVISORY WRITE pid fe:00:123 0 EOF`
+    (device numbers in hex); waiting locks (`->`) are not held."""
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 6 or parts[1] != "FLOCK":
+            continue
+        dev = parts[5].split(":")
+        try:
+            yield int(dev[0], 16), int(dev[1], 16), int(dev[2])
+        except (ValueError, IndexError):
+            continue
+
+
+def read_claim(directory, uuid, locks):
+    """The claim on a GPU, or None when its file is missing or not locked (stale text)."""
+    if not CLAIM_NAME_RE.match(uuid):
+        return None
+    try:
+        fd = os.open(
+            os.path.join(os.path.expanduser(directory), uuid),
+            os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+        )
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or not locks.held(fd):
+            return None
+        claim = _claim_text(fd)
+        found = {k: str(claim.get(k) or "")[:100] for k in ("namespace", "run_id", "user")}
+        found["namespace"] = found["namespace"] or "?"  # locked, its text not written yet
+        return found
+    finally:
+        os.close(fd)
 
 
 def _ours(pid, sessions, tokens):
@@ -1275,7 +1480,9 @@ def probe(args):
             if token:
                 tokens.add(token)
     make_dirs(ns_root)
-    print(json.dumps(dict(host_facts(ns_root, boot, sessions, tokens), attempts=attempts)))
+    claims = request.get("gpu_claims") if isinstance(request.get("gpu_claims"), str) else None
+    facts = host_facts(ns_root, boot, sessions, tokens, claims)
+    print(json.dumps(dict(facts, attempts=attempts)))
 
 
 def facts(args):
@@ -1313,8 +1520,8 @@ def _program_exists(program, workdir):
     return shutil.which(program) is not None
 
 
-def host_facts(where, boot, sessions, tokens=frozenset()):
-    gpus, gpu_error = nvidia_gpus(sessions, tokens)
+def host_facts(where, boot, sessions, tokens=frozenset(), claims_dir=None):
+    gpus, gpu_error = nvidia_gpus(sessions, tokens, claims_dir)
     return {
         "boot_id": boot,
         "hostname": os.uname()[1],
@@ -1338,6 +1545,11 @@ def launch(args):
     text = json.dumps(spec, indent=2)
     if len(text.encode("utf-8")) > SPEC_FILE_BYTES:
         raise Refused("spec over %s" % _kib(SPEC_FILE_BYTES))
+    try:
+        claims = take_claims(spec, ns_root, host)  # before anything exists: a refusal leaves none
+    except ClaimRefused as exc:
+        print(json.dumps({"launched": False, "refused": True, "reason": str(exc)}))
+        return
     make_dirs(paths.run_dir)
     try:
         make_dir(paths.dir)
@@ -1350,7 +1562,7 @@ def launch(args):
         return
     write_atomic(paths.spec, text)
     write_atomic(paths.token, protocol.random_base36(protocol.TOKEN_LENGTH))
-    sup = detach(["supervise", paths.dir])
+    sup = detach(["supervise", paths.dir], keep_fds=claims)  # it holds the claims from now on
     try:
         write_atomic(paths.supervisor, "%d %s %s" % (sup.pid, start_ticks(sup.pid), boot_id()))
     except OSError:
@@ -1358,9 +1570,10 @@ def launch(args):
     print(json.dumps({"launched": True, "dir": paths.dir}))
 
 
-def detach(command):
+def detach(command, keep_fds=()):
     """This agent with `command`, in a session of its own, detached from the caller (its
-    stdin, stdout and stderr go nowhere): it outlives the connection that started it."""
+    stdin, stdout and stderr go nowhere): it outlives the connection that started it.
+    `keep_fds` stay open in it (the GPU claims it holds while it lives)."""
     devnull = os.open(os.devnull, os.O_RDWR)
     try:
         return subprocess.Popen(
@@ -1370,6 +1583,7 @@ def detach(command):
             stderr=devnull,
             start_new_session=True,
             close_fds=True,
+            pass_fds=tuple(keep_fds),
         )
     finally:
         os.close(devnull)
@@ -1382,7 +1596,7 @@ def check_spec(spec):
     and leave the attempt lost)."""
     check_argv(spec.get("argv"))
     check_env(spec.get("env", {}))
-    for key in ("workdir", "lib_dir", "checkpoint_dir"):
+    for key in ("workdir", "lib_dir", "checkpoint_dir", "gpu_claims"):
         value = spec.get(key)
         if value is not None and not carriable(value):
             raise Refused("%s is not a path an exec can carry: %r" % (key, value))

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ..argv import KEY_VALUE_HEADER_RE, PARAM_PREFIX, is_key_value_header, param_name
+from ..gpu_memory import size_mib
 from ..model import STATUS_COLOURS, Action, Experiment, Run, Status
 from ..remote.protocol import is_run_id
 from .sweeps import SWEEP_ID_PREFIX, SweepError, combinations, is_sweep, shorten
@@ -24,7 +25,16 @@ from .table import RowUpdate, SheetWrite, Sparkline, Table, UnsavedFormula
 
 METRICS_TAB = "_metrics"  # hidden tab of curve histories ([sheet] curve)
 CURVE_COLUMN = "curve"  # the column holding a run's curve ([sheet] curve)
-USER_COLUMNS = ("job", "gpus", "where", "priority", "retries", "action", "time_limit")
+USER_COLUMNS = (
+    "job",
+    "gpus",
+    "where",
+    "priority",
+    "retries",
+    "action",
+    "time_limit",
+    "gpu_memory",
+)
 OWNED_COLUMNS = (
     "id",
     "status",
@@ -261,6 +271,7 @@ def _parse_row(
     gpus = _int_cell(text["gpus"], 1, "gpus", errors)
     retries = _int_cell(text["retries"], None, "retries", errors)
     time_limit = _duration_cell(text["time_limit"], errors)
+    gpu_memory = _gpu_memory_cell(text["gpu_memory"], errors)
     priority = _number_cell(text["priority"], errors)
     action = _action_cell(text["action"], errors)
     if errors and not expanded:
@@ -280,6 +291,7 @@ def _parse_row(
         priority=priority,
         retries=retries,
         time_limit_s=time_limit,
+        gpu_memory_mib=gpu_memory,
         action=action,
         error="; ".join(errors) or None,
         shown_status=cell_text(table.value(row, "status")).strip(),
@@ -398,6 +410,18 @@ def _duration_cell(text: str, errors: list[str]) -> float | None:
             f"time_limit must be a duration such as 2h, 90m or 3600 (seconds), not {shorten(text)!r}"
         )
     return seconds
+
+
+def _gpu_memory_cell(text: str, errors: list[str]) -> int | None:
+    if text == "":
+        return None
+    mib = size_mib(text)
+    if mib is None:
+        errors.append(
+            f"gpu_memory must be a size with its unit such as 20GiB or 512MiB, not "
+            f"{shorten(text)!r}; or clear the cell"
+        )
+    return mib
 
 
 def _number_cell(text: str, errors: list[str]) -> float:
