@@ -371,6 +371,13 @@ class FakeHost:
         gpu["utilization"] = utilization
         self._save_gpu_state(state)
 
+    def set_gpu_memory_used(self, index: int, used_mib: int) -> None:
+        """Memory in use on GPU `index` with no process nvidia-smi lists (another user's, in a
+        container that hides it): only its free memory says the GPU is not free."""
+        state = self._gpu_state()
+        state["gpus"][index]["memory_idle"] = used_mib
+        self._save_gpu_state(state)
+
     def set_gpu_free(self, index: int) -> None:
         state = self._gpu_state()
         state["gpus"][index].update(procs=[], utilization=0)
