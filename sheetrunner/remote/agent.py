@@ -393,8 +393,11 @@ def claim_dir(path):
         pass
     except OSError as exc:
         raise ClaimRefused("cannot create the GPU claims directory %s: %s" % (path, exc)) from None
-    if not stat.S_ISDIR(os.lstat(path).st_mode):
+    found = os.lstat(path)
+    if not stat.S_ISDIR(found.st_mode):
         raise ClaimRefused("the GPU claims path %s is not a directory" % path)
+    if found.st_uid == os.geteuid() and stat.S_IMODE(found.st_mode) != CLAIM_DIR_MODE:
+        os.chmod(path, CLAIM_DIR_MODE)  # ours, made by hand: other users must create files too
     return path
 
 
