@@ -15,7 +15,7 @@ from sheetrunner.model import Accelerator, HostObservation, Status
 from sheetrunner.placement import Placement
 from sheetrunner.pool.hosts import capacity
 from sheetrunner.reconcile import Policy, plan
-from sheetrunner.remote import agent
+from sheetrunner.remote import gpu_claims
 from sheetrunner.sheet.schema import parse_table
 from sheetrunner.sheet.table import Table
 from sheetrunner.views import holder_text
@@ -140,15 +140,24 @@ def test_pool_says_who_holds_each_gpu():
 
 
 def test_a_claim_file_is_locked_by_one_holder_and_seen_held_until_closed(tmp_path):
-    claims = agent.claim_dir(str(tmp_path / "claims"))
+    claims = gpu_claims.claim_dir(str(tmp_path / "claims"))
     assert os.stat(claims).st_mode & 0o7777 == 0o1777
-    fd = agent._claim_one(claims, "0", "GPU-1")
+    fd = gpu_claims._claim_one(claims, "0", "GPU-1")
     os.pwrite(fd, b'{"namespace": "ns1", "run_id": "1a2b3c4d-x1", "user": "bob"}', 0)
     assert os.stat(os.path.join(claims, "GPU-1")).st_mode & 0o777 == 0o666
-    with pytest.raises(agent.ClaimRefused, match="GPU 0 is claimed by run 1a2b3c4d-x1 of sheet ns1"):
-        agent._claim_one(claims, "0", "GPU-1")
-    assert agent.read_claim(claims, "GPU-1", agent.ClaimLocks()) == {
+    with pytest.raises(gpu_claims.GpuClaimed, match="GPU 0 is claimed by run 1a2b3c4d-x1 of sheet ns1"):
+        gpu_claims._claim_one(claims, "0", "GPU-1")
+    assert gpu_claims.read_claim(claims, "GPU-1", gpu_claims.ClaimLocks()) == {
         "namespace": "ns1", "run_id": "1a2b3c4d-x1", "user": "bob"}
     os.close(fd)  # the supervisor ended: the kernel drops the lock, the stale text means nothing
-    assert agent.read_claim(claims, "GPU-1", agent.ClaimLocks()) is None
-    os.close(agent._claim_one(claims, "0", "GPU-1"))
+    assert gpu_claims.read_claim(claims, "GPU-1", gpu_claims.ClaimLocks()) is None
+    os.close(gpu_claims._claim_one(claims, "0", "GPU-1"))
+
+
+def test_a_claim_file_that_cannot_be_locked_is_a_host_problem_not_a_claim(tmp_path):
+    claims = gpu_claims.claim_dir(str(tmp_path / "claims"))
+    os.symlink(tmp_path / "elsewhere", os.path.join(claims, "GPU-2"))
+    with pytest.raises(gpu_claims.ClaimRefused, match="mode 0666") as caught:
+        gpu_claims._claim_one(claims, "0", "GPU-2")
+    assert not isinstance(caught.value, gpu_claims.GpuClaimed)
+    assert not (tmp_path / "elsewhere").exists()

@@ -62,10 +62,11 @@ def test_two_sheets_take_turns_on_one_gpu(tmp_path, sshd_lab_module):
     sshd_lab_module.add_host("one-gpu", gpus=1)
     host = {"name": "one-gpu", "accelerators": "auto", "gpu_claims": str(tmp_path / "claims")}
     guard = tmp_path / "guard"
-    header = ["job", "--tag", "--steps", "--sleep"]
+    release = tmp_path / "release"  # a's job runs until the test has looked
+    header = ["job", "--tag", "--steps", "--sleep", "--wait-for"]
     a, b = (sheet_daemon(tmp_path / name, sshd_lab_module, host, header,
-                         [["fake", "gpu0", steps, 0.5]], {"FAKE_GUARD_DIR": str(guard)})
-            for name, steps in (("a", 8), ("b", 1)))
+                         [["fake", "gpu0", 1, 0.1, wait]], {"FAKE_GUARD_DIR": str(guard)})
+            for name, wait in (("a", str(release)), ("b", None)))
     try:
         b.cycle()  # the first cycle only takes the sheet's lease
         until(a, lambda: statuses(a) == ["launching"])
@@ -85,6 +86,7 @@ def test_two_sheets_take_turns_on_one_gpu(tmp_path, sshd_lab_module):
         refused = agent.launch(spec)
         assert refused.refused and f"GPU 0 is claimed by run {first.run_id}" in refused.detail
         assert not list(Path(agent.ns_root()).glob("hosts/*/runs/0badc0de-zz9999"))
+        release.touch()
 
         for _ in range(200):
             a.cycle()

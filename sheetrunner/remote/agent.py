@@ -12,7 +12,6 @@ with `~`: they are expanded here, on the host. Layout: docs/remote-layout.md.
 """
 
 import errno
-import fcntl
 import itertools
 import json
 import os
@@ -26,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from sheetrunner.remote import protocol
+from sheetrunner.remote import gpu_claims, protocol
 from sheetrunner.remote.protocol import AttemptPaths
 
 TAIL_BYTES = 65536
@@ -332,7 +331,7 @@ def nvidia_gpus(our_sessions, our_tokens=frozenset(), claims_dir=None):
         if len(app) >= 2 and app[1].isdigit() and not _ours(int(app[1]), our_sessions, our_tokens):
             users = foreign.setdefault(app[0], set())
             users.update(u for u in [user_of(int(app[1]))] if u)
-    locks = ClaimLocks()
+    locks = gpu_claims.ClaimLocks()
     out = []
     for row in gpus:
         if len(row) < 6:
@@ -349,7 +348,7 @@ def nvidia_gpus(our_sessions, our_tokens=frozenset(), claims_dir=None):
         }
         if foreign.get(row[1]):
             gpu["foreign_users"] = sorted(foreign[row[1]])
-        claim = read_claim(claims_dir, row[1], locks) if claims_dir else None
+        claim = gpu_claims.read_claim(claims_dir, row[1], locks) if claims_dir else None
         if claim is not None:
             gpu["claim"] = claim
         health = _gpu_health(row)
@@ -367,193 +366,12 @@ def user_of(pid):
         return ""
 
 
-# -- GPU claims: one flock per GPU, shared by every sheet and user of the host ------------------
-# docs/shared-gpus.md. The launch takes an exclusive flock on <claims dir>/<GPU UUID> for each
-# GPU it was given and hands the open files to the supervisor, which holds them until it exits
-# (the kernel drops them however it ends). The directory is 1777 (anyone creates, only the
-# owner deletes); the files 0666, so that another user's launch can open and lock them.
-
-CLAIM_DIR_MODE = 0o1777
-CLAIM_FILE_MODE = 0o666
-CLAIM_BYTES = 4096
-CLAIM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-class ClaimRefused(Exception):
-    """A GPU of the launch is claimed by another attempt, or its claim cannot be taken."""
-
-
-def claim_dir(path):
-    """The claims directory, made 1777 if missing (whatever the umask); never a symlink."""
-    path = os.path.expanduser(path)
-    try:
-        os.mkdir(path, 0o700)
-        os.chmod(path, CLAIM_DIR_MODE)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise ClaimRefused("cannot create the GPU claims directory %s: %s" % (path, exc)) from None
-    found = os.lstat(path)
-    if not stat.S_ISDIR(found.st_mode):
-        raise ClaimRefused("the GPU claims path %s is not a directory" % path)
-    if found.st_uid == os.geteuid() and stat.S_IMODE(found.st_mode) != CLAIM_DIR_MODE:
-        os.chmod(path, CLAIM_DIR_MODE)  # ours, made by hand: other users must create files too
-    return path
-
-
 def gpu_uuids():
     """{index: UUID} of this host's GPUs as nvidia-smi lists them ({} without nvidia-smi)."""
     if shutil.which("nvidia-smi") is None:
         return {}
     rows, _ = _smi(["--query-gpu=index,uuid"])
-    return {r[0]: r[1] for r in rows if len(r) >= 2 and CLAIM_NAME_RE.match(r[1])}
-
-
-def take_claims(spec, ns_root, host):
-    """The open, locked claim files of the spec's GPUs (to hand to the supervisor), or
-    ClaimRefused naming the attempt that holds one. GPUs nvidia-smi does not list (TPU
-    chips, a host without nvidia-smi) are not claimed."""
-    where, accelerators = spec.get("gpu_claims"), spec.get("accelerators") or []
-    uuids = gpu_uuids() if where and accelerators else {}
-    wanted = [(a, uuids[a]) for a in accelerators if a in uuids]
-    if not wanted:
-        return []
-    directory, held = claim_dir(where), []
-    try:
-        for index, uuid in wanted:
-            held.append(_claim_one(directory, index, uuid))
-        text = json.dumps(_claim_record(spec, ns_root, host)).encode("utf-8")
-        for fd in held:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, text, 0)
-    except ClaimRefused:
-        _close_all(held)
-        raise
-    except OSError as exc:
-        _close_all(held)
-        raise ClaimRefused("GPU claim: %s" % exc) from None
-    return held
-
-
-def _close_all(fds):
-    for fd in fds:
-        os.close(fd)
-
-
-def _claim_one(directory, index, uuid):
-    path = os.path.join(directory, uuid)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, CLAIM_FILE_MODE)
-    except OSError as exc:
-        raise ClaimRefused(
-            "cannot open the claim file of GPU %s (%s): %s; it must be a file every user "
-            "can write (mode 0666) in a directory of mode 1777" % (index, path, exc.strerror)
-        ) from None
-    try:
-        if os.fstat(fd).st_uid == os.geteuid():
-            os.fchmod(fd, CLAIM_FILE_MODE)  # whatever the umask: other users lock it too
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = _claim_text(fd) if exc.errno in (errno.EAGAIN, errno.EACCES) else None
-        os.close(fd)
-        if holder is None:
-            raise ClaimRefused("cannot lock the claim file of GPU %s: %s" % (index, exc)) from None
-        raise ClaimRefused("GPU %s is claimed by %s" % (index, describe_claim(holder))) from None
-    return fd
-
-
-def _claim_record(spec, ns_root, host):
-    return {
-        "namespace": os.path.basename(ns_root.rstrip("/")),
-        "run_id": spec.get("run_id"),
-        "attempt": spec.get("attempt"),
-        "host": host,
-        "user": _me(),
-        "claimed_at": int(time.time()),
-    }
-
-
-def _me():
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        return str(os.geteuid())
-
-
-def _claim_text(fd):
-    """What a claim file says (written by whoever holds it: any user), as a dict."""
-    try:
-        found = json.loads(os.pread(fd, CLAIM_BYTES, 0).decode("utf-8", "replace") or "{}")
-    except (OSError, ValueError):
-        return {}
-    return found if isinstance(found, dict) else {}
-
-
-def describe_claim(claim):
-    run = claim.get("run_id") or "?"
-    who = " of user %s" % claim["user"] if claim.get("user") else ""
-    return "run %s of sheet %s%s" % (run, claim.get("namespace") or "?", who)
-
-
-class ClaimLocks(object):
-    """Which files hold an flock now, from /proc/locks (read once): looking never takes a
-    lock, so a probe cannot make a concurrent launch find a GPU claimed. Without
-    /proc/locks, a shared lock tried and dropped at once tells."""
-
-    def __init__(self):
-        self.locked = None
-        try:
-            with open("/proc/locks") as f:
-                self.locked = set(_lock_ids(f.read(1 << 22)))
-        except OSError:
-            pass
-
-    def held(self, fd):
-        if self.locked is not None:
-            st = os.fstat(fd)
-            return (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) in self.locked
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-
-
-def _lock_ids(text):
-    """(major, minor, inode) of every FLOCK held: `1: FLOCK ADVISORY WRITE pid fe:00:123 0 EOF`
-    (device numbers in hex); waiting locks (`->`) are not held."""
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) < 6 or parts[1] != "FLOCK":
-            continue
-        dev = parts[5].split(":")
-        try:
-            yield int(dev[0], 16), int(dev[1], 16), int(dev[2])
-        except (ValueError, IndexError):
-            continue
-
-
-def read_claim(directory, uuid, locks):
-    """The claim on a GPU, or None when its file is missing or not locked (stale text)."""
-    if not CLAIM_NAME_RE.match(uuid):
-        return None
-    try:
-        fd = os.open(
-            os.path.join(os.path.expanduser(directory), uuid),
-            os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-        )
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode) or not locks.held(fd):
-            return None
-        claim = _claim_text(fd)
-        found = {k: str(claim.get(k) or "")[:100] for k in ("namespace", "run_id", "user")}
-        found["namespace"] = found["namespace"] or "?"  # locked, its text not written yet
-        return found
-    finally:
-        os.close(fd)
+    return {r[0]: r[1] for r in rows if len(r) >= 2}
 
 
 def _ours(pid, sessions, tokens):
@@ -1548,11 +1366,14 @@ def launch(args):
     text = json.dumps(spec, indent=2)
     if len(text.encode("utf-8")) > SPEC_FILE_BYTES:
         raise Refused("spec over %s" % _kib(SPEC_FILE_BYTES))
-    try:
-        claims = take_claims(spec, ns_root, host)  # before anything exists: a refusal leaves none
-    except ClaimRefused as exc:
+    try:  # before anything exists: a refusal leaves nothing behind
+        uuids = gpu_uuids() if spec.get("gpu_claims") and spec.get("accelerators") else {}
+        claims = gpu_claims.take_claims(spec, ns_root, host, uuids)
+    except gpu_claims.GpuClaimed as exc:
         print(json.dumps({"launched": False, "refused": True, "reason": str(exc)}))
         return
+    except gpu_claims.ClaimRefused as exc:  # an unusable claims directory: the host's problem
+        raise Refused(str(exc)) from None
     make_dirs(paths.run_dir)
     try:
         make_dir(paths.dir)

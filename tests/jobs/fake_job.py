@@ -20,6 +20,7 @@ parser.add_argument("--hang", type=int, default=0, help="sleep forever silently 
 parser.add_argument("--hang-attempts", type=int, default=0, help="attempts (1..N) that hang")
 parser.add_argument("--echo", default=None, help="print this argv item back as JSON")
 parser.add_argument("--tag", default=None, help="the row's name for the guard (FAKE_GUARD_DIR)")
+parser.add_argument("--wait-for", default=None, help="wait until this file exists (at most 120 s)")
 args, unknown = parser.parse_known_args()
 
 
@@ -42,6 +43,12 @@ def guard(directory, tag):
 
 if args.tag and os.environ.get("FAKE_GUARD_DIR"):
     _held = guard(os.environ["FAKE_GUARD_DIR"], args.tag)
+
+if args.wait_for:
+    waited_until = time.monotonic() + 120
+    while not os.path.exists(args.wait_for) and time.monotonic() < waited_until:
+        print("SHEETRUNNER " + json.dumps({"waiting": 1}), flush=True)  # a heartbeat
+        time.sleep(0.2)
 
 if args.echo is not None:
     print("ECHO " + json.dumps({"echo": args.echo, "argv": sys.argv[1:]}), flush=True)
