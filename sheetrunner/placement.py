@@ -25,9 +25,15 @@ class HostCapacity:
     reachable: bool = True
     draining: bool = False  # takes no new runs
     known: bool = True  # its accelerators are known (an "auto" host not yet probed: not)
+    closed: str = ""  # why it takes no new runs at all (its disk is nearly full)
+    blocked: tuple[tuple[str, str], ...] = ()  # (job, why): jobs it cannot start yet (setup)
 
     def matches(self, where: str | None) -> bool:
         return where is None or where == self.name or where in self.labels
+
+    def blocks(self, job: str) -> str:
+        """Why this host cannot start `job` now ("" when it can)."""
+        return self.closed or dict(self.blocked).get(job, "")
 
 
 class Placement:
@@ -36,11 +42,11 @@ class Placement:
     def __init__(self, hosts: list[HostCapacity], runs: Iterable[Run]):
         self.hosts = hosts
         self.free = _free_capacity(hosts, runs)
-        self.full: dict[tuple[int, str | None], str] = {}  # shapes no host can take this cycle
+        self.full: dict[tuple[int, str | None, str], str] = {}  # shapes no host can take this cycle
 
     def take(self, run: Run) -> tuple[str, tuple[str, ...]] | str:
         """(host, accelerators) for the run, or why it waits."""
-        shape = (run.link.gpus, run.link.where)
+        shape = (run.link.gpus, run.link.where, run.spec.job)
         host = None if shape in self.full else _best_fit(run, self.hosts, self.free)
         if host is None:
             return self.full.setdefault(shape, _why_waiting(run, self.hosts))
@@ -58,7 +64,7 @@ def _free_capacity(hosts: list[HostCapacity], runs: Iterable[Run]) -> dict[str, 
     free = {
         h.name: _Free([a for a in h.accelerators if a not in h.busy], h.slots)
         for h in hosts
-        if h.reachable and not h.draining
+        if h.reachable and not h.draining and not h.closed
     }
     for run in runs:
         if not run.status.is_live or run.host not in free:
@@ -76,7 +82,10 @@ def _best_fit(run: Run, hosts: list[HostCapacity], free: dict[str, _Free]) -> Ho
     fits = [
         h
         for h in hosts
-        if h.name in free and h.matches(run.link.where) and _fits(run, free[h.name])
+        if h.name in free
+        and h.matches(run.link.where)
+        and not h.blocks(run.spec.job)
+        and _fits(run, free[h.name])
     ]
     fits = [h for h in fits if h.name != run.avoid_host] or fits  # not where a launch just failed
     if not fits:
@@ -135,5 +144,9 @@ def _why_waiting(run: Run, hosts: list[HostCapacity]) -> str:
         return "waiting: no matching host is reachable"
     if all(h.draining for h in matching):
         return "waiting: every matching host is draining"
+    open_hosts = [h for h in matching if h.reachable and not h.draining]
+    if all(h.blocks(run.spec.job) for h in open_hosts):
+        why = "; ".join(f"{h.name}: {h.blocks(run.spec.job)}" for h in open_hosts)
+        return f"waiting: {why}"
     need = f"{run.link.gpus} free accelerators" if run.link.gpus else "a free CPU slot"
     return f"waiting for {need}"

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from ..config import HostConfig, JobConfig
 from ..errors import TransportError
 from ..model import Accelerator, AttemptObservation, AttemptState, HostObservation, Run, param_argv
+from ..prep_policy import low_disk
 from ..reconcile import HostCapacity
 from ..remote import agent_name, agent_zipapp, job_library_files, version
 from ..remote.protocol import (
@@ -187,6 +188,12 @@ class HostAgent:
     def launch(self, spec: dict) -> LaunchResult:
         out = json.loads(self._call(self._where("launch"), json.dumps(spec).encode()))
         return LaunchResult(bool(out.get("launched")), out.get("reason") or out.get("dir", ""))
+
+    def command(self, name: str, request: dict, with_host: bool = True) -> dict:
+        """One of the agent's code, setup and disk commands (sheetrunner/remote/codestore.py):
+        the request as JSON on stdin, the answer as JSON."""
+        args = self._where(name) if with_host else [name, self.ns_root()]
+        return json.loads(self._call(args, json.dumps(request).encode()))
 
     def kill(self, run_id: str, attempt: int, grace_s: float = 10.0) -> str:
         """SIGCONT and SIGTERM to the attempt's process group; the agent returns at once and
@@ -375,16 +382,28 @@ def capacity(config: HostConfig, seen: HostObservation | None) -> HostCapacity:
     busy = tuple(a.index for a in observed if a.foreign or not a.healthy)  # unhealthy: drained
     known = config.accelerators != "auto" or reachable  # "auto" counts only once probed
     return HostCapacity(
-        config.name, config.labels, ids, busy, config.slots, reachable, config.drain, known
+        config.name,
+        config.labels,
+        ids,
+        busy,
+        config.slots,
+        reachable,
+        config.drain,
+        known,
+        closed=low_disk(config.min_free_disk, seen.disk_free_bytes if seen else None),
     )
 
 
-def launch_spec(run: Run, job: JobConfig, host: HostConfig, workdir: str | None) -> dict:
+def launch_spec(
+    run: Run, job: JobConfig, host: HostConfig, workdir: str | None, code: dict | None = None
+) -> dict:
     """The JSON document the agent launches from: argv items, never a shell string. The
     agent keeps it as spec.json, so the attempt directory alone says what runs there
-    (key, job, params, gpus: enough to rebuild the run if the store lost it)."""
+    (key, job, params, gpus: enough to rebuild the run if the store lost it), and the code
+    it runs (`code`: content hash, commit, dirty) when the job is synced. The host's `env`
+    is merged over the job's."""
     command = [host.python if part == "{python}" else part for part in job.command]
-    env = dict(job.env)
+    env = {**job.env, **host.env}
     env.update(visible_env(host.accelerators, run.accelerators))
     env[ENV_KEEP_CHECKPOINTS] = str(job.keep_checkpoints)
     if job.best_metric:
@@ -403,6 +422,8 @@ def launch_spec(run: Run, job: JobConfig, host: HostConfig, workdir: str | None)
         "accelerators": list(run.accelerators),
         "lib_dir": None if host.local else lib_dir(host),
     }
+    if code:
+        spec["code"] = code
     if job.checkpoint_root:  # else the agent uses <root>/<namespace>/checkpoints/<run-id>
         spec["checkpoint_dir"] = f"{job.checkpoint_root.rstrip('/')}/{run.run_id}"
     return spec

@@ -23,6 +23,7 @@ from .table import RowUpdate, SheetWrite, Sparkline, Table, UnsavedFormula
 
 METRICS_TAB = "_metrics"  # hidden tab of curve histories ([sheet] curve)
 CURVE_COLUMN = "curve"  # the column holding a run's curve ([sheet] curve)
+CODE_COLUMN = "code"  # the code a run's attempt runs (with `[jobs.NAME] sync`): a1b2c3d+dirty
 USER_COLUMNS = ("job", "gpus", "where", "priority", "retries", "action", "time_limit")
 OWNED_COLUMNS = (
     "id",
