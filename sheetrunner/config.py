@@ -501,8 +501,8 @@ def _host(index: int, raw: Any, base: Path) -> HostConfig:
         repair_after_s=positive(f"{where}.repair_after", raw.get("repair_after", 300), "300"),
         env=checks.env_table(f"{where}.env", raw.get("env", {})),
         setup=checks.setup_commands(f"{where}.setup", raw.get("setup")),
-        keep_finished_days=positive(
-            f"{where}.keep_finished_days", raw.get("keep_finished_days", 30), "30"
+        keep_finished_days=checks.days(
+            f"{where}.keep_finished_days", raw.get("keep_finished_days", 30)
         ),
         min_free_disk=checks.byte_size(
             f"{where}.min_free_disk", raw.get("min_free_disk", 5 << 30), '"5GiB"'

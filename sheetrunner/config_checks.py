@@ -498,3 +498,10 @@ def sync_dir(where: str, path: Path) -> None:
             f"{where} = {str(path)!r} is not a directory on this machine; point it at the "
             'directory holding the job\'s code, relative to the config, e.g. sync = "."'
         )
+
+
+def days(where: str, value: Any) -> float:
+    """A positive number of days (fractions allowed: 0.5 is twelve hours)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e6:
+        raise ConfigError(f"{where} = {value!r}; expected a positive number of days, e.g. 30")
+    return float(value)

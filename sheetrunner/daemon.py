@@ -695,7 +695,7 @@ def _synced(config: Config) -> bool:
     return any(job.sync is not None for job in config.jobs.values())
 
 
-WAITING = frozenset({Status.QUEUED, Status.RETRYING})
+WAITING = frozenset({Status.QUEUED, Status.RETRYING, Status.LOST})  # may launch again
 
 
 def _waiting_jobs(

@@ -72,6 +72,7 @@ class HostPrep:
         """The config (again, after a reload): a tree per synced directory, the daemon's own
         files (state directory, workbook) never part of it."""
         self.config = config
+        self.uploader.present.clear()  # a host's root may have changed: ask again once
         exclude = [config.daemon.state_dir]
         if config.sheet.path is not None:
             exclude.append(config.sheet.path)
