@@ -206,17 +206,17 @@ class Daemon:
         is uploaded and setups started (detached) on the hosts that may take waiting rows
         (host_prep.py); a host with too little free disk is closed (its capacity says so)."""
         capacities = self.pool.capacities()
-        try:
-            self.versions = self.prep.versions()
-        except OSError as exc:
-            log.error("synced code cannot be read, nothing launched from it: %s", exc)
-            self.versions = {}
         needy = {n for n, j in self.config.jobs.items() if j.sync or j.setup} | (
             set(self.config.jobs) if any(h.setup for h in self.config.hosts) else set()
         )
         waiting = {p for p in _waiting_jobs(plain or [], known) if p[0] in needy}
         if not waiting:
-            return capacities
+            return capacities  # nothing to launch: the trees are not even looked at
+        try:
+            self.versions = self.prep.versions()
+        except OSError as exc:
+            log.error("synced code cannot be read, nothing launched from it: %s", exc)
+            self.versions = {}
         open_hosts = {c.name for c in capacities if c.reachable and not c.closed}
         wanted = wanted_hosts(self.config.hosts, waiting, open_hosts)
         blocked = self.prep.prepare(self.pool, wanted, self.versions, now)
@@ -240,6 +240,11 @@ class Daemon:
             return
         for name in due:
             self.tidied_at[name] = now
+        try:
+            self.versions = self.prep.versions()  # the current code is never collected
+        except OSError as exc:
+            log.warning("synced code cannot be read, hosts not tidied: %s", exc)
+            return
         disk_gc.collect(
             self.config,
             self.pool,

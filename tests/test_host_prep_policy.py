@@ -171,3 +171,12 @@ def test_a_host_env_is_merged_over_the_job_env():
     spec = launch_spec(run, job, host, "/w", {"hash": "c" * 64})
     assert spec["env"]["A"] == "host" and spec["env"]["B"] == "job"
     assert spec["code"] == {"hash": "c" * 64} and spec["workdir"] == "/w"
+
+
+def test_doctor_looks_on_the_host_only_for_a_synced_jobs_program(tmp_path):
+    from sheetrunner.doctor import _program_request
+
+    (tmp_path / "code").mkdir()
+    config = parse(raw_config(tmp_path, job={"sync": "code"}), tmp_path / "sheetrunner.toml")
+    asked = _program_request(config, "train", config.hosts[0])
+    assert asked == {"workdir": None, "argv": ["python3"]}  # train.py comes with the code
