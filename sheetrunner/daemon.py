@@ -462,6 +462,7 @@ class Daemon:
             runs,
             self.pool.down_since,
             repairs=self.repairs.snapshot(),
+            setups=self.prep.snapshot(),
         )
         return {name: views.pool_rows(entries)}
 

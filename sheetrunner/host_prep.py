@@ -145,7 +145,11 @@ class HostPrep:
         now: datetime,
         retry: bool,
     ) -> str:
-        commands = [*agent.config.setup, *job.setup]
+        python = agent.config.python
+        commands = [
+            [python if part == "{python}" else part for part in argv]
+            for argv in (*agent.config.setup, *job.setup)
+        ]
         if not commands:
             return ""
         workdir = self.workdir(agent, job, version)
@@ -193,10 +197,15 @@ class HostPrep:
             return set()
         return names or {"*"}
 
-    def _save(self) -> None:
+    def snapshot(self) -> dict[str, list[dict[str, Any]]]:
+        """Each host's setups as last seen: for `pool` and the pool tab."""
         data: dict[str, list[dict[str, Any]]] = {}
         for (host, _job), seen in sorted(self.setups.items()):
             data.setdefault(host, []).append(seen.as_json())
+        return data
+
+    def _save(self) -> None:
+        data = self.snapshot()
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             write_atomic(self.state_dir / STATE_FILE, json.dumps(data, indent=1).encode())

@@ -99,7 +99,7 @@ def test_synced_code_setups_and_env_on_a_host(tmp_path, sshd_lab_module, host):
         "jobs": {
             "train": {"command": ["{python}", "train.py"], "sync": "code",
                       "env": {"FLAG": "job"},
-                      "setup": [sys.executable, "-c", COUNT, str(setups)]},
+                      "setup": ["{python}", "-c", COUNT, str(setups)]},
             "broken": {"command": ["{python}", "train.py"],  # not synced: one setup key
                        "setup": [sys.executable, "-c", FAIL, str(failures)]},
         },
