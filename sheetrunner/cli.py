@@ -28,10 +28,11 @@ from rich.highlighter import NullHighlighter
 from rich.logging import RichHandler
 from rich.text import Text
 
-from . import __version__, repair, views
+from . import __version__, disk_gc, host_prep, repair, views
 from . import config as config_module
 from .daemon import Daemon, DaemonLock, build, finish_on_signals, open_pool, open_store
 from .errors import ConfigError, SheetrunnerError, TransportError
+from .log_archive import LogArchive
 
 DEFAULT_CONFIG = "sheetrunner.toml"
 CONFIG_VARIABLE = "SHEETRUNNER_CONFIG"
@@ -238,6 +239,21 @@ def _parser() -> argparse.ArgumentParser:
         "show the hosts: reachable or not, each GPU's memory and use, which run holds it",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = command(
+        "gc",
+        cmd_gc,
+        "remove finished runs' directories (logs archived first) and unused code from the "
+        "hosts now, and say how much each freed",
+    )
+    p.add_argument("--dry-run", action="store_true", help="say what would go; remove nothing")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = command(
+        "setup",
+        cmd_setup,
+        "start failed setups ([[hosts]] setup, [jobs.NAME] setup) again, next cycle of the daemon",
+    )
+    p.add_argument("--retry", action="store_true", required=True, help="retry failed setups")
+    p.add_argument("hosts", nargs="*", metavar="HOST", help="only on these hosts (default: all)")
     p = command(
         "top", cmd_top, "the pool and the runs, live, full screen (reads the state only; q quits)"
     )
@@ -666,6 +682,7 @@ def cmd_pool(args: argparse.Namespace, console: Console) -> int:
             pool.down_since,
             repairs=repair.load(config.daemon.state_dir),
             namespace=namespace,
+            setups=host_prep.load(config.daemon.state_dir),
         )
     finally:
         pool.close()
@@ -673,6 +690,63 @@ def cmd_pool(args: argparse.Namespace, console: Console) -> int:
         print(json.dumps(entries, indent=2))
     else:
         console.print(views.pool_table(entries))
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace, console: Console) -> int:
+    """`sheetrunner gc [--dry-run]`: what the daemon does hourly, now, with the bytes freed."""
+    config = _load(args)
+    store = open_store(config)
+    namespace = store.last_namespace()
+    if not namespace:
+        store.close()
+        raise SheetrunnerError("no run yet in this state directory: nothing to collect")
+    pool = open_pool(config, namespace)
+    try:
+        versions = host_prep.HostPrep(config).versions()
+        results = disk_gc.collect(
+            config,
+            pool,
+            store,
+            LogArchive(config.daemon.state_dir),
+            datetime.now(UTC),
+            current_code=[v.hash for v in versions.values()],
+            dry_run=args.dry_run,
+        )
+    finally:
+        pool.close()
+        store.close()
+    if args.json:
+        print(json.dumps([vars(r) for r in results], indent=2))
+        return 1 if any(r.error for r in results) else 0
+    verb = "would free" if args.dry_run else "freed"
+    for r in results:
+        text = (
+            f"{r.host}: {r.error}"
+            if r.error
+            else (
+                f"{r.host}: {verb} {r.freed_bytes} bytes ({r.freed_bytes / 2**20:.1f} MiB), "
+                f"{len(r.removed)} paths"
+            )
+        )
+        _say(console, text)
+    return 1 if any(r.error for r in results) else 0
+
+
+def cmd_setup(args: argparse.Namespace, console: Console) -> int:
+    config = _load(args)
+    unknown = sorted(set(args.hosts) - {h.name for h in config.hosts})
+    if unknown:
+        raise ConfigError(
+            f"no such host: {', '.join(unknown)}; the config declares "
+            + ", ".join(h.name for h in config.hosts)
+        )
+    host_prep.ask_retry(config.daemon.state_dir, args.hosts)
+    _say(
+        console,
+        "failed setups start again at the daemon's next cycle on "
+        + (", ".join(args.hosts) or "every host"),
+    )
     return 0
 
 

@@ -83,6 +83,10 @@ class JobConfig:
     checkpoint_root: str | None = None  # shared storage: a restart on another host resumes
     no_retry_exit_codes: tuple[int, ...] = (2,)  # exits that fail at once (2: a usage error)
     time_limit_s: float | None = None  # overrides [defaults] time_limit for this job
+    # A local directory the daemon uploads to each host (content-addressed) and runs the job
+    # in (sheetrunner/code_sync.py); None: the job runs in `workdir` as it is on the host.
+    sync: Path | None = None
+    setup: tuple[tuple[str, ...], ...] = ()  # argv lists run once per host and code version
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,11 @@ class HostConfig:
     min_free_memory_mib: int = 0
     share_gpus: bool = False
     gpu_claims: str = checks.DEFAULT_GPU_CLAIMS
+    env: dict[str, str] = field(default_factory=dict)  # merged over each job's env
+    setup: tuple[tuple[str, ...], ...] = ()  # argv lists run before the job's setup
+    keep_finished_days: float = 30.0  # attempt directories of final runs are removed after
+    min_free_disk: int = 5 << 30  # bytes; a host with less free disk takes no new runs
+    gc_shown_checkpoints: bool = False  # also remove checkpoints of runs the sheet still shows
 
 
 @dataclass(frozen=True)
@@ -190,7 +199,7 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
         sheet=_sheet(_table(raw, "sheet"), base),
         daemon=daemon,
         defaults=_defaults(raw.get("defaults", {})),
-        jobs=_jobs(_table(raw, "jobs")),
+        jobs=_jobs(_table(raw, "jobs"), base),
         hosts=_hosts(raw.get("hosts", []), base),
         ssh=_ssh(raw.get("ssh", {})),
         notify=_notify(raw.get("notify"), base),
@@ -337,16 +346,16 @@ def _defaults(raw: dict[str, Any]) -> Defaults:
     )
 
 
-def _jobs(raw: dict[str, Any]) -> dict[str, JobConfig]:
+def _jobs(raw: dict[str, Any], base: Path) -> dict[str, JobConfig]:
     if not raw:
         raise ConfigError(
             "[jobs] declares no job; add one, e.g.\n"
             '[jobs.digits]\ncommand = ["{python}", "jobs/digits.py"]'
         )
-    return {name: _job(name, spec) for name, spec in raw.items()}
+    return {name: _job(name, spec, base) for name, spec in raw.items()}
 
 
-def _job(name: str, raw: Any) -> JobConfig:
+def _job(name: str, raw: Any, base: Path) -> JobConfig:
     where = f"jobs.{name}"
     check_name("job name", where, name)
     expect(where, raw, dict, f'[jobs.{name}] with command = ["python3", "train.py"]')
@@ -363,6 +372,8 @@ def _job(name: str, raw: Any) -> JobConfig:
             "checkpoint_root",
             "no_retry_exit_codes",
             "time_limit",
+            "sync",
+            "setup",
         },
     )
     command = raw.get("command")
@@ -390,7 +401,18 @@ def _job(name: str, raw: Any) -> JobConfig:
             f"{where}.no_retry_exit_codes", raw.get("no_retry_exit_codes", [2])
         ),
         time_limit_s=checks.duration(f"{where}.time_limit", raw.get("time_limit")),
+        sync=_sync(f"{where}.sync", raw.get("sync"), base),
+        setup=checks.setup_commands(f"{where}.setup", raw.get("setup")),
     )
+
+
+def _sync(where: str, value: Any, base: Path) -> Path | None:
+    text = opt_str(where, value)
+    if text is None:
+        return None
+    path = resolve(base, text)
+    checks.sync_dir(where, path)
+    return path
 
 
 def _exit_codes(where: str, value: Any) -> tuple[int, ...]:
@@ -423,6 +445,11 @@ HOST_KEYS = {
     "min_free_memory",
     "share_gpus",
     "gpu_claims",
+    "env",
+    "setup",
+    "keep_finished_days",
+    "min_free_disk",
+    "gc_shown_checkpoints",
 }
 
 
@@ -482,6 +509,17 @@ def _host(index: int, raw: Any, base: Path) -> HostConfig:
         repair=checks.repair_command(f"{where}.repair", raw.get("repair")),
         repair_after_s=positive(f"{where}.repair_after", raw.get("repair_after", 300), "300"),
         **checks.gpu_sharing(where, raw),
+        env=checks.env_table(f"{where}.env", raw.get("env", {})),
+        setup=checks.setup_commands(f"{where}.setup", raw.get("setup")),
+        keep_finished_days=checks.days(
+            f"{where}.keep_finished_days", raw.get("keep_finished_days", 30)
+        ),
+        min_free_disk=checks.byte_size(
+            f"{where}.min_free_disk", raw.get("min_free_disk", 5 << 30), '"5GiB"'
+        ),
+        gc_shown_checkpoints=expect(
+            f"{where}.gc_shown_checkpoints", raw.get("gc_shown_checkpoints", False), bool, "true"
+        ),
     )
 
 

@@ -471,3 +471,71 @@ def gpu_sharing(where: str, raw: dict[str, Any]) -> dict[str, Any]:
             f'can write, e.g. gpu_claims = "{DEFAULT_GPU_CLAIMS}" (or "" for no claims)'
         )
     return {"min_free_memory_mib": mib, "share_gpus": share, "gpu_claims": claims}
+
+
+SIZE_UNITS = {
+    "": 1,
+    "B": 1,
+    "KIB": 1 << 10,
+    "MIB": 1 << 20,
+    "GIB": 1 << 30,
+    "TIB": 1 << 40,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+}
+
+
+def byte_size(where: str, value: Any, example: str) -> int:
+    """A size in bytes: a whole number of bytes, or text with a unit ("5GiB", "500 MB")."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        text = value.strip().upper().replace(" ", "")
+        number = text.rstrip("KMGTIB")
+        unit = text[len(number) :]
+        try:
+            amount = float(number)
+        except ValueError:
+            amount = -1.0
+        if unit in SIZE_UNITS and amount >= 0:
+            return int(amount * SIZE_UNITS[unit])
+    raise ConfigError(f"{where} = {value!r}; use a size like {example} (or a number of bytes)")
+
+
+def setup_commands(where: str, value: Any) -> tuple[tuple[str, ...], ...]:
+    """`setup`: one argv (["uv", "pip", "install", "-r", "requirements.txt"]) or a list of
+    them, run one after the other without a shell; absent: ()."""
+    example = '["uv", "pip", "install", "-r", "requirements.txt"]'
+    if value is None:
+        return ()
+    if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
+        return tuple(argv_list(f"{where}[{i}]", v, example) for i, v in enumerate(value))
+    return (argv_list(where, value, example),)
+
+
+def env_table(where: str, value: Any) -> dict[str, str]:
+    """An environment table: names to text values."""
+    expect(where, value, dict, '{ OMP_NUM_THREADS = "1" }')
+    for key, item in value.items():
+        expect(f"{where}.{key}", item, str, '"1" (environment values are strings)')
+        if not key or "=" in key or "\0" in key or "\0" in item:
+            raise ConfigError(f"{where}.{key}: not a name and value an environment can hold")
+    return dict(value)
+
+
+def sync_dir(where: str, path: Path) -> None:
+    """`sync`: a directory on this machine, uploaded to the hosts before a launch."""
+    if not path.is_dir():
+        raise ConfigError(
+            f"{where} = {str(path)!r} is not a directory on this machine; point it at the "
+            'directory holding the job\'s code, relative to the config, e.g. sync = "."'
+        )
+
+
+def days(where: str, value: Any) -> float:
+    """A positive number of days (fractions allowed: 0.5 is twelve hours)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e6:
+        raise ConfigError(f"{where} = {value!r}; expected a positive number of days, e.g. 30")
+    return float(value)

@@ -21,7 +21,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,13 +30,16 @@ from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from . import config as config_module
-from . import reconcile, views
+from . import disk_gc, reconcile, views
+from .code_sync import CodeVersion
 from .config import Config, HostConfig, job_workdir
 from .errors import SheetError, SheetOwned, SheetrunnerError, SheetUnavailable, TransportError
+from .host_prep import HostPrep, wanted_hosts
 from .log_archive import ARCHIVED_BYTES, LogArchive
-from .model import ENDED_STATUSES, UNFINISHED_STATUSES, Experiment, Run
+from .model import ENDED_STATUSES, UNFINISHED_STATUSES, Action, Experiment, Run, Status
 from .notify import Notifier, sheet_label
 from .ownership import Ownership, lease_seconds, this_daemon
+from .placement import HostCapacity
 from .pool.hosts import HostAgent, Pool, describe_argv, launch_spec
 from .pool.local import LocalTransport
 from .pool.transport import Transport
@@ -114,7 +117,10 @@ class Daemon:
         self.store = store
         self.clock = clock
         self.policy = policy_from(config)
-        self.view = SheetView(config.sheet)
+        self.view = SheetView(config.sheet, code=_synced(config))
+        self.prep = HostPrep(config)  # code on the hosts, setups (host_prep.py)
+        self.versions: dict[str, CodeVersion] = {}  # each synced job's code this cycle
+        self.tidied_at: dict[str, datetime] = {}  # host -> its last automatic gc
         self.archive = LogArchive(config.daemon.state_dir)
         self._cycle_lock = threading.Lock()
         self.ownership = Ownership(
@@ -171,7 +177,8 @@ class Daemon:
         )
         self.store.save_hosts(observed.values())
         self._repair(now)
-        plan = reconcile.plan(plain, known, observed, self.pool.capacities(), self.policy, now)
+        capacities = self._prepare_hosts(plain, known, now)
+        plan = reconcile.plan(plain, known, observed, capacities, self.policy, now)
         self.store.save_runs(
             plan.runs.values(), [(e.run_id, e.kind, e.detail) for e in plan.events], now
         )
@@ -184,12 +191,69 @@ class Daemon:
         report.killed, report.launched = self._act(plan, runs, now)
         self.notifier.cycle(self.notifier.notices(known, runs, experiments))
         self._archive_logs(known, plan)
+        self._tidy_disks(now)
         if table is not None and experiments is not None:
             report.cells_written = self._write_sheet(table, experiments, plan, runs, now, turn.tab)
         elif table is not None and turn.tab is not None:  # a damaged header: keep the lease
             self._write_meta(table, turn.tab)
         report.unfinished = _unfinished(runs.values(), plan) + _unexpanded(experiments or [])
         return report
+
+    def _prepare_hosts(
+        self, plain: list[Experiment] | None, known: dict[str, Run], now: datetime
+    ) -> list[HostCapacity]:
+        """The hosts' capacities, less the jobs each cannot start yet: the code of synced jobs
+        is uploaded and setups started (detached) on the hosts that may take waiting rows
+        (host_prep.py); a host with too little free disk is closed (its capacity says so)."""
+        capacities = self.pool.capacities()
+        needy = {n for n, j in self.config.jobs.items() if j.sync or j.setup} | (
+            set(self.config.jobs) if any(h.setup for h in self.config.hosts) else set()
+        )
+        waiting = {p for p in _waiting_jobs(plain or [], known) if p[0] in needy}
+        if not waiting:
+            return capacities  # nothing to launch: the trees are not even looked at
+        try:
+            self.versions = self.prep.versions()
+        except OSError as exc:
+            log.error("synced code cannot be read, nothing launched from it: %s", exc)
+            self.versions = {}
+        open_hosts = {c.name for c in capacities if c.reachable and not c.closed}
+        wanted = wanted_hosts(self.config.hosts, waiting, open_hosts)
+        blocked = self.prep.prepare(self.pool, wanted, self.versions, now)
+        unreadable = {n for n, j in self.config.jobs.items() if j.sync and n not in self.versions}
+        for c in capacities:
+            blocked.setdefault(c.name, {}).update(dict.fromkeys(unreadable, "code not readable"))
+        return [replace(c, blocked=tuple(sorted(blocked[c.name].items()))) for c in capacities]
+
+    def _tidy_disks(self, now: datetime) -> None:
+        """Once an hour per host: remove attempt directories of runs final for longer than
+        the host's keep_finished_days (their logs archived here first) and unused code."""
+        due = [
+            h.name
+            for h in self.config.hosts
+            if h.name in self.pool.agents
+            and self.pool.last.get(h.name) is not None
+            and self.pool.last[h.name].reachable
+            and (now - self.tidied_at.get(h.name, now - disk_gc.INTERVAL)) >= disk_gc.INTERVAL
+        ]
+        if not due or not self.pool.namespace:
+            return
+        for name in due:
+            self.tidied_at[name] = now
+        try:
+            self.versions = self.prep.versions()  # the current code is never collected
+        except OSError as exc:
+            log.warning("synced code cannot be read, hosts not tidied: %s", exc)
+            return
+        disk_gc.collect(
+            self.config,
+            self.pool,
+            self.store,
+            self.archive,
+            now,
+            current_code=[v.hash for v in self.versions.values()],
+            hosts=due,
+        )
 
     def _repair(self, now: datetime) -> None:
         """Start the repairs due (in the background); a host whose repair try just ended is
@@ -316,12 +380,18 @@ class Daemon:
         for launch in launches:
             run = runs[launch.run_id]
             agent = self.pool.agents[launch.host]
-            spec = launch_spec(
-                run,
-                self.config.jobs[run.spec.job],
-                agent.config,
-                job_workdir(self.config, run.spec.job, agent.config),
-            )
+            job = self.config.jobs[run.spec.job]
+            workdir = job_workdir(self.config, run.spec.job, agent.config)
+            version = self.versions.get(run.spec.job)
+            if version is not None:
+                try:  # the host has it (host_prep, this cycle): no call, unless it did not
+                    workdir = self.prep.uploader.ensure(agent, version, self.prep.trees[job.sync])  # type: ignore[index]
+                except TransportError as exc:
+                    self.store.record_intent(run, now)
+                    self._launch_failed(run, f"code upload: {exc}", now)
+                    continue
+                run.code, run.code_hash = version.label, version.hash
+            spec = launch_spec(run, job, agent.config, workdir, version.spec() if version else None)
             self.store.record_intent(run, now)  # journal before acting
             try:
                 result = agent.launch(spec)
@@ -410,6 +480,7 @@ class Daemon:
             self.pool.down_since,
             repairs=self.repairs.snapshot(),
             namespace=self.pool.namespace,
+            setups=self.prep.snapshot(),
         )
         return {name: views.pool_rows(entries)}
 
@@ -521,7 +592,9 @@ class Daemon:
                     for h in new.hosts
                 ]
             )
-            self.config, self.policy, self.view = new, policy_from(new), SheetView(new.sheet)
+            self.config, self.policy = new, policy_from(new)
+            self.view = SheetView(new.sheet, code=_synced(new))
+            self.prep.use(new)
             if new.notify != self.notifier.config:
                 self.notifier.close()
                 self.notifier = Notifier(new.notify, label=sheet_label(new.sheet))
@@ -640,6 +713,28 @@ def _noted_rows(experiments: list[Experiment], plan: Plan) -> list[dict]:
         }
         for row, (status, message) in sorted(plan.notes.items())
     ]
+
+
+def _synced(config: Config) -> bool:
+    return any(job.sync is not None for job in config.jobs.values())
+
+
+WAITING = frozenset({Status.QUEUED, Status.RETRYING, Status.LOST})  # may launch again
+
+
+def _waiting_jobs(
+    experiments: list[Experiment], known: dict[str, Run]
+) -> set[tuple[str, str | None]]:
+    """(job, where) of rows and runs that may start soon: rows with no run yet, queued or
+    retrying runs, reruns asked for. Hosts get ready for these before their launch."""
+    found = {(r.spec.job, r.link.where) for r in known.values() if r.status in WAITING}
+    for e in experiments:
+        if e.error or e.is_sweep or e.action in (Action.HOLD, Action.STOP):
+            continue
+        run = known.get(e.run_id or "")
+        if run is None or run.status in WAITING or e.action == Action.RERUN:
+            found.add((e.job, e.where))
+    return found
 
 
 def _unexpanded(experiments: list[Experiment]) -> int:

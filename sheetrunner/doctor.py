@@ -158,15 +158,7 @@ def _host(agent: HostAgent, config: Config, seen: dict[str, dict]) -> Iterator[C
 def _programs(agent: HostAgent, config: Config) -> Iterator[Check]:
     """Each job's program and script exist on the host, in the job's workdir."""
     jobs = sorted(config.jobs)
-    asked = [
-        {
-            "workdir": job_workdir(config, job, agent.config),
-            "argv": [
-                agent.config.python if p == "{python}" else p for p in config.jobs[job].command
-            ],
-        }
-        for job in jobs
-    ]
+    asked = [_program_request(config, job, agent.config) for job in jobs]
     try:
         answers = agent.programs(asked)
     except TransportError as exc:
@@ -193,6 +185,15 @@ def _programs(agent: HostAgent, config: Config) -> Iterator[Check]:
             )
         else:
             yield Check(agent.name, f"job {job}: program exists", True, workdir)
+
+
+def _program_request(config: Config, job: str, host: HostConfig) -> dict:
+    """What to look for on the host: the program and its scripts in the job's workdir; for a
+    synced job only the program (its scripts arrive with its code, before its first launch)."""
+    argv = [host.python if p == "{python}" else p for p in config.jobs[job].command]
+    if config.jobs[job].sync is not None:
+        return {"workdir": None, "argv": argv[:1]}
+    return {"workdir": job_workdir(config, job, host), "argv": argv}
 
 
 def _ssh_fix(host: HostConfig) -> str:

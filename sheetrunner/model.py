@@ -196,6 +196,10 @@ class Run:
     avoid_host: str | None = None  # where the last launch failed: another host first
     stall_reason: str = ""  # why the current attempt was killed as stalled
     timed_out: bool = False  # the current attempt passed its time limit and is being stopped
+    # The code the current attempt runs (`[jobs.NAME] sync`): `a1b2c3d`, `a1b2c3d+dirty`, or
+    # the content hash's first digits outside git; and the content hash itself.
+    code: str = ""
+    code_hash: str = ""
 
 
 @dataclass(frozen=True)

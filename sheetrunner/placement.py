@@ -32,9 +32,15 @@ class HostCapacity:
     free_memory_mib: tuple[tuple[str, int], ...] = ()  # accelerator -> free MiB, where reported
     min_free_memory_mib: int = 0  # the host's floor for every run (0: none)
     largest_memory_mib: int = 0  # its biggest GPU's total memory (0: not reported)
+    closed: str = ""  # why it takes no new runs at all (its disk is nearly full)
+    blocked: tuple[tuple[str, str], ...] = ()  # (job, why): jobs it cannot start yet (setup)
 
     def matches(self, where: str | None) -> bool:
         return where is None or where == self.name or where in self.labels
+
+    def blocks(self, job: str) -> str:
+        """Why this host cannot start `job` now ("" when it can)."""
+        return self.closed or dict(self.blocked).get(job, "")
 
 
 class Placement:
@@ -43,11 +49,11 @@ class Placement:
     def __init__(self, hosts: list[HostCapacity], runs: Iterable[Run]):
         self.hosts = hosts
         self.free = _free_capacity(hosts, runs)
-        self.full: dict[tuple[int, str | None], str] = {}  # shapes no host can take this cycle
+        self.full: dict[tuple[int, str | None, str], str] = {}  # shapes no host can take this cycle
 
     def take(self, run: Run) -> tuple[str, tuple[str, ...]] | str:
         """(host, accelerators) for the run, or why it waits."""
-        shape = (run.link.gpus, run.link.where)
+        shape = (run.link.gpus, run.link.where, run.spec.job)
         host = None if shape in self.full else _best_fit(run, self.hosts, self.free)
         if host is None:
             return self.full.setdefault(shape, _why_waiting(run, self.hosts))
@@ -82,7 +88,7 @@ def _free_capacity(hosts: list[HostCapacity], runs: Iterable[Run]) -> dict[str, 
             h.min_free_memory_mib,
         )
         for h in hosts
-        if h.reachable and not h.draining
+        if h.reachable and not h.draining and not h.closed
     }
     for run in runs:
         if not run.status.is_live or run.host not in free:
@@ -100,7 +106,10 @@ def _best_fit(run: Run, hosts: list[HostCapacity], free: dict[str, _Free]) -> Ho
     fits = [
         h
         for h in hosts
-        if h.name in free and h.matches(run.link.where) and _fits(run, free[h.name])
+        if h.name in free
+        and h.matches(run.link.where)
+        and not h.blocks(run.spec.job)
+        and _fits(run, free[h.name])
     ]
     fits = [h for h in fits if h.name != run.avoid_host] or fits  # not where a launch just failed
     if not fits:
@@ -175,6 +184,10 @@ def _why_waiting(run: Run, hosts: list[HostCapacity]) -> str:
         return "waiting: no matching host is reachable"
     if all(h.draining for h in matching):
         return "waiting: every matching host is draining"
+    open_hosts = [h for h in matching if h.reachable and not h.draining]
+    if all(h.blocks(run.spec.job) for h in open_hosts):
+        why = "; ".join(f"{h.name}: {h.blocks(run.spec.job)}" for h in open_hosts)
+        return f"waiting: {why}"
     need = f"{run.link.gpus} free accelerators" if run.link.gpus else "a free CPU slot"
     memory = max((memory_need(run, h.min_free_memory_mib) for h in matching), default=0)
     if run.link.gpus and memory:

@@ -19,6 +19,7 @@ from rich.text import Text
 from .config import HostConfig
 from .model import Accelerator, HostObservation, Run, Status
 from .pool.hosts import capacity
+from .prep_policy import low_disk
 from .sheet.schema import format_elapsed, format_metrics
 
 STATUS_STYLES = {
@@ -80,6 +81,8 @@ def run_json(run: Run, now: datetime | None = None) -> dict[str, Any]:
         "metrics": run.seen.metrics,
         "message": run.message,
         "log": run.seen.log_path,
+        "code": run.code,
+        "code_hash": run.code_hash,
     }
 
 
@@ -101,6 +104,8 @@ def noted_json(noted: Mapping[str, Any]) -> dict[str, Any]:
         "metrics": {},
         "message": noted.get("message") or "",
         "log": "",
+        "code": "",
+        "code_hash": "",
     }
 
 
@@ -280,11 +285,14 @@ def pool_json(
     down_since: Mapping[str, datetime],
     repairs: Mapping[str, Mapping[str, Any]] | None = None,
     namespace: str | None = None,
+    setups: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """One entry per host: reachability, facts, and each accelerator with who holds it.
     `state`: "up", "down" or "repairing" (its `[[hosts]] repair` runs now); `repair`: the
-    host's repair as `repair.Repairs` keeps it (tries, last try, result), or None.
-    `namespace`: this sheet's, to tell its GPU claims from other sheets'."""
+    host's repair as `repair.Repairs` keeps it (tries, last try, result), or None; `closed`: why
+    it takes no new runs (free disk under min_free_disk), or ""; `setups`: each job's setup
+    there as the daemon last saw it (host_prep.py); `namespace`: this sheet's, to tell its GPU
+    claims from other sheets'."""
     held = holders(runs)
     out = []
     for host in hosts:
@@ -318,6 +326,8 @@ def pool_json(
                 ],
                 "slots": {"total": host.slots, "used_by": cpu_runs},
                 "repair": repair,
+                "closed": low_disk(host.min_free_disk, obs.disk_free_bytes if obs else None),
+                "setups": [dict(s) for s in (setups or {}).get(host.name, [])],
             }
         )
     return out
@@ -393,6 +403,13 @@ def pool_rows(entries: list[dict[str, Any]], tz: tzinfo | None = None) -> list[l
         state = "up" if e["reachable"] else f"down since {_since(e['unreachable_since'], tz)}"
         state += _repair_text(e.get("repair"), tz)
         state += ", draining" if e["draining"] else ""
+        state += f", no new runs: {e['closed']}" if e.get("closed") else ""
+        state += "".join(
+            f", setup of {s.get('job')} {s.get('state')}"
+            + (f": {_last_line(s.get('detail'))}" if s.get("state") == "failed" else "")
+            for s in e.get("setups") or ()
+            if s.get("state") != "succeeded"
+        )
         host_cells = [e["host"], state]
         tail = [
             "" if e["load"] is None else f"{e['load']:.1f}",
@@ -403,6 +420,11 @@ def pool_rows(entries: list[dict[str, Any]], tz: tzinfo | None = None) -> list[l
             first = host_cells if i == 0 else ["", ""]
             rows.append([*first, *_acc_cells(acc, e), *(tail if i == 0 else ["", ""])])
     return rows
+
+
+def _last_line(text: Any) -> str:
+    lines = [ln for ln in str(text or "").splitlines() if ln.strip()]
+    return lines[-1][:200] if lines else "?"
 
 
 def _repair_text(repair: Mapping[str, Any] | None, tz: tzinfo | None) -> str:

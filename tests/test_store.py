@@ -69,6 +69,8 @@ def full_run(run_id: str = "r-0001", **changes) -> Run:
         avoid_host="gpu-b",
         stall_reason="stalled: no heartbeat for 700s; killed",
         timed_out=True,
+        code="a1b2c3d+dirty",
+        code_hash="ab" * 32,
     )
     values.update(changes)
     return make_run(run_id, **values)

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from ..config import HostConfig, JobConfig
 from ..errors import TransportError
 from ..model import Accelerator, AttemptObservation, AttemptState, HostObservation, Run, param_argv
+from ..prep_policy import low_disk
 from ..reconcile import HostCapacity
 from ..remote import agent_name, agent_zipapp, job_library_files, version
 from ..remote.protocol import (
@@ -193,6 +194,12 @@ class HostAgent:
             out.get("reason") or out.get("dir", ""),
             refused=out.get("refused") is True,
         )
+
+    def command(self, name: str, request: dict, with_host: bool = True) -> dict:
+        """One of the agent's code, setup and disk commands (sheetrunner/remote/codestore.py):
+        the request as JSON on stdin, the answer as JSON."""
+        args = self._where(name) if with_host else [name, self.ns_root()]
+        return json.loads(self._call(args, json.dumps(request).encode()))
 
     def kill(self, run_id: str, attempt: int, grace_s: float = 10.0) -> str:
         """SIGCONT and SIGTERM to the attempt's process group; the agent returns at once and
@@ -407,6 +414,7 @@ def capacity(config: HostConfig, seen: HostObservation | None) -> HostCapacity:
         ),
         min_free_memory_mib=config.min_free_memory_mib,
         largest_memory_mib=max((a.memory_total_mib or 0 for a in observed), default=0),
+        closed=low_disk(config.min_free_disk, seen.disk_free_bytes if seen else None),
     )
 
 
@@ -419,12 +427,16 @@ def _busy(gpu: Accelerator, share: bool) -> bool:
     return gpu.foreign and not (share and gpu.memory_free_mib is not None)
 
 
-def launch_spec(run: Run, job: JobConfig, host: HostConfig, workdir: str | None) -> dict:
+def launch_spec(
+    run: Run, job: JobConfig, host: HostConfig, workdir: str | None, code: dict | None = None
+) -> dict:
     """The JSON document the agent launches from: argv items, never a shell string. The
     agent keeps it as spec.json, so the attempt directory alone says what runs there
-    (key, job, params, gpus: enough to rebuild the run if the store lost it)."""
+    (key, job, params, gpus: enough to rebuild the run if the store lost it), and the code
+    it runs (`code`: content hash, commit, dirty) when the job is synced. The host's `env`
+    is merged over the job's."""
     command = [host.python if part == "{python}" else part for part in job.command]
-    env = dict(job.env)
+    env = {**job.env, **host.env}
     env.update(visible_env(host.accelerators, run.accelerators))
     env[ENV_KEEP_CHECKPOINTS] = str(job.keep_checkpoints)
     if job.best_metric:
@@ -444,6 +456,8 @@ def launch_spec(run: Run, job: JobConfig, host: HostConfig, workdir: str | None)
         "lib_dir": None if host.local else lib_dir(host),
         "gpu_claims": host.gpu_claims or None,  # the agent claims each GPU there
     }
+    if code:
+        spec["code"] = code
     if job.checkpoint_root:  # else the agent uses <root>/<namespace>/checkpoints/<run-id>
         spec["checkpoint_dir"] = f"{job.checkpoint_root.rstrip('/')}/{run.run_id}"
     return spec

@@ -17,6 +17,7 @@ from importlib import resources
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest a zip can hold: the same bytes on every build
 PROTOCOL = "sheetrunner/remote/protocol.py"
 GPU_CLAIMS = "sheetrunner/remote/gpu_claims.py"  # the agent's GPU claims (docs/shared-gpus.md)
+CODESTORE = "sheetrunner/remote/codestore.py"
 
 
 def _read(package: str, name: str) -> bytes:
@@ -50,6 +51,7 @@ def agent_files() -> dict[str, bytes]:
         **_packages(),
         PROTOCOL: protocol_source(),
         GPU_CLAIMS: _read(__name__, "gpu_claims.py"),
+        CODESTORE: _read(__name__, "codestore.py"),
     }
 
 

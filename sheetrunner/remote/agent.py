@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from sheetrunner.remote import gpu_claims, protocol
+from sheetrunner.remote import codestore, gpu_claims, protocol
 from sheetrunner.remote.protocol import AttemptPaths
 
 TAIL_BYTES = 65536
@@ -41,6 +41,7 @@ USAGE = """usage: agent.pyz COMMAND ...
   kill     NS_ROOT HOST RUN_ID ATTEMPT [GRACE_S]
   tail     NS_ROOT HOST RUN_ID ATTEMPT SIZE|+OFFSET
   history  NS_ROOT HOST RUN_ID ATTEMPT MOST
+  code-need, code-build, setup, gc           (sheetrunner/remote/codestore.py)
   supervise ATTEMPT_DIR                      (started by launch)
   reap     ATTEMPT_DIR GRACE_S               (started by kill when the supervisor is gone)"""
 
@@ -60,12 +61,17 @@ def main(argv):
         "reap": reap,
         "tail": tail,
         "history": history,
+        "code-need": codestore.code_need,
+        "code-build": codestore.code_build,
+        "setup": codestore.setup,
+        "setup-run": codestore.setup_run,
+        "gc": lambda args: codestore.gc(args, unfinished_attempts),
     }
     if len(argv) < 2 or argv[1] not in handlers:
         sys.exit(USAGE)
     try:
         handlers[argv[1]](argv[2:])
-    except Refused as exc:
+    except (Refused, codestore.Refused) as exc:
         sys.stderr.write("refused: %s\n" % exc)
         sys.exit(REFUSED_EXIT)
 

@@ -188,3 +188,47 @@ MIN_MAX_LOG_BYTES = 64 << 10
 LOG_HEAD_BYTES = 1 << 20
 # Seconds between SIGTERM and SIGKILL when nothing else says (a kill names its own).
 DEFAULT_GRACE_S = 10.0
+
+
+# Code synced to hosts (`[jobs.NAME] sync`): one directory per content hash, built whole in a
+# temporary directory and renamed into place, so a half-uploaded version is never used; the
+# files' bytes are kept once per host in an object store by their own hash, so a new version
+# uploads only the files the host lacks. Setups (`setup = [argv]`) run per host, per key (a
+# hash of the code version, the argv lists and the environment):
+#
+#     <root>/<namespace>/code/<content-hash>/                 the tree, the job's working directory
+#     <root>/<namespace>/code/objects/<blob-hash>             file contents by hash
+#     <root>/<namespace>/code/manifests/<content-hash>.json   which blobs a version uses
+#     <root>/<namespace>/hosts/<host>/setup/<key>/            output.log, exit_code, pid
+CODE_HASH_RE = re.compile(r"^[0-9a-f]{16,64}$")
+
+
+def is_code_hash(text):
+    """A content hash of a code version, a file's blob, or a setup key."""
+    return _full(CODE_HASH_RE, text)
+
+
+def code_root(ns_root):
+    return os.path.join(ns_root, "code")
+
+
+def code_dir(ns_root, content_hash):
+    """The directory holding one code version: the working directory of its runs."""
+    if not is_code_hash(content_hash):
+        raise ValueError("not a code hash: %r" % (content_hash,))
+    return os.path.join(code_root(ns_root), content_hash)
+
+
+def code_objects(ns_root):
+    return os.path.join(code_root(ns_root), "objects")
+
+
+def code_manifests(ns_root):
+    return os.path.join(code_root(ns_root), "manifests")
+
+
+def setup_dir(ns_root, host, key):
+    """One setup's files on one host: output.log, exit_code, pid."""
+    if not is_code_hash(key):
+        raise ValueError("not a setup key: %r" % (key,))
+    return os.path.join(ns_root, "hosts", host, "setup", key)

@@ -29,6 +29,7 @@ from ..argv import is_key_value_header
 from .expansion import SWEEP_COLUMN
 from .lease import META_TAB
 from .schema import (
+    CODE_COLUMN,
     CURVE_COLUMN,
     METRICS_TAB,
     OWNED_COLUMNS,
@@ -64,7 +65,7 @@ def own_tabs(config: SheetConfig) -> tuple[str, ...]:
 def owned_columns(metric_columns: Iterable[str] = (), curve: bool = True) -> frozenset[str]:
     """The headers whose cells sheetrunner may write. A metric named like a user column or a
     parameter is not one of them (the config refuses such names; this does not rely on it)."""
-    names = {*OWNED_COLUMNS, SWEEP_COLUMN, *metric_column_names(metric_columns)}
+    names = {*OWNED_COLUMNS, SWEEP_COLUMN, CODE_COLUMN, *metric_column_names(metric_columns)}
     if curve:
         names.add(CURVE_COLUMN)
     return frozenset(

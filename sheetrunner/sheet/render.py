@@ -28,8 +28,9 @@ MAX_CURVE_POINTS = 500  # a curve's history, thinned evenly (last point kept) be
 
 
 class SheetView:
-    def __init__(self, config: SheetConfig):
+    def __init__(self, config: SheetConfig, code: bool = False):
         self.config = config
+        self.code = code  # a job is synced: rows show the code their run runs (`code`)
         self._tabs_written: dict[str, list[list[Any]]] = {}
         self._curves_written: dict[str, Sparkline] = {}
 
@@ -76,12 +77,16 @@ class SheetView:
     def _run_values(self, run: Run, now: datetime) -> dict[str, Any]:
         values = rows.owned_values(run, now)
         values.update(rows.metric_values(run, self.config.metric_columns))
+        if self.code:
+            values[rows.CODE_COLUMN] = run.code
         return values
 
     def _extra_columns(self, table: Table, parents: list[Experiment]) -> list[str]:
         extra = rows.metric_column_names(self.config.metric_columns)
         if self.config.curve:
             extra.append(CURVE_COLUMN)
+        if self.code:
+            extra.append(rows.CODE_COLUMN)
         if parents or expansion.SWEEP_COLUMN in table.header:
             extra.append(expansion.SWEEP_COLUMN)
         return extra

@@ -35,6 +35,7 @@ USER_COLUMNS = (
     "time_limit",
     "gpu_memory",
 )
+CODE_COLUMN = "code"  # the code a run's attempt runs (with `[jobs.NAME] sync`): a1b2c3d+dirty
 OWNED_COLUMNS = (
     "id",
     "status",
