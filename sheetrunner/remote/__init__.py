@@ -16,6 +16,7 @@ from importlib import resources
 
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest a zip can hold: the same bytes on every build
 PROTOCOL = "sheetrunner/remote/protocol.py"
+SLURM_AGENT = "sheetrunner/remote/slurm_agent.py"
 
 
 def _read(package: str, name: str) -> bytes:
@@ -44,7 +45,12 @@ def _packages() -> dict[str, bytes]:
 
 def agent_files() -> dict[str, bytes]:
     """The zipapp's members by name."""
-    return {"__main__.py": agent_source(), **_packages(), PROTOCOL: protocol_source()}
+    return {
+        "__main__.py": agent_source(),
+        **_packages(),
+        PROTOCOL: protocol_source(),
+        SLURM_AGENT: _read(__name__, "slurm_agent.py"),
+    }
 
 
 def job_library_files() -> dict[str, bytes]:
