@@ -353,7 +353,7 @@ class _Cycle:
                 run, seen.exit_code if seen else None, said + tail, seen.leftovers if seen else ""
             )
         elif state == AttemptState.VANISHED:
-            self._crash(run, (seen.reason if said else _lost_reason(seen)) + tail)
+            self._crash(run, (seen.reason if seen and said else _lost_reason(seen)) + tail)
         elif state == AttemptState.QUEUED and seen:
             self._queued(run, seen)
         elif state in (AttemptState.MISSING, AttemptState.STARTING):

@@ -71,8 +71,8 @@ def verdict(file_state: AttemptState, exit_code: int | None, job: SlurmJob | Non
     if state in REQUEUED_BY_SLURM:
         return Verdict(AttemptState.QUEUED, None, f"Slurm: {state}; left to Slurm's requeue")
     if state in RUNNING_STATES:
-        if file_state == AttemptState.EXITED:  # the job ended; Slurm is cleaning up
-            return Verdict(AttemptState.EXITED, exit_code)
+        # Slurm's final word comes next cycle: an exit code on disk while Slurm still says
+        # RUNNING may be a previous start's, before a requeue moved it aside.
         return Verdict(AttemptState.RUNNING, None, "suspended" if state == "SUSPENDED" else "")
     if state == "CANCELLED":
         words = f"Slurm: CANCELLED{f' ({reason})' if reason else ''}"

@@ -67,3 +67,86 @@ def test_rows_run_on_the_cluster_to_success_with_metrics(tmp_path, slurm):  # no
     mine = [n for n in names if rows[0]["id"] in n]
     assert len(mine) == 1 and names[mine[0]]["state"] == "COMPLETED"
     assert Path(rows[0]["log"]).is_file()
+
+
+def _job_of(slurm, run_id: str) -> list[dict]:  # noqa: F811
+    return [j for j in slurm.jobs() if f".{run_id}." in j["name"]]
+
+
+def test_stop_from_the_sheet_and_scancel_from_outside(tmp_path, slurm):  # noqa: F811
+    daemon = start(tmp_path, slurm, [["fake", 200, 0.1, 0, 0], ["fake", 200, 0.1, 0, 0]])
+    try:
+        rows = cycle_until(daemon, lambda rows: all(r["status"] == "running" for r in rows))
+        outside = _job_of(slurm, rows[1]["id"])[0]
+        slurm.run("scancel", outside["id"])
+        book = tmp_path / "experiments.xlsx"
+        import openpyxl
+
+        wb = openpyxl.load_workbook(book)
+        wb.worksheets[0].cell(row=2, column=HEADER.index("action") + 1, value="stop")
+        wb.save(book)
+        rows = cycle_until(daemon, lambda rows: all(r["status"] == "stopped" for r in rows))
+    finally:
+        daemon.close()
+    assert rows[0]["message"] == "stopped: the row's action is stop"
+    assert rows[1]["message"].startswith("cancelled outside sheetrunner: Slurm: CANCELLED")
+    assert _job_of(slurm, rows[0]["id"])[0]["state"] in ("CANCELLED", "COMPLETING")
+
+
+def test_a_sweep_of_twenty_rows_is_submitted_in_batches_and_succeeds(tmp_path, slurm):  # noqa: F811
+    daemon = start(tmp_path, slurm, [["fake", 1, 0.01, 0, 0] for _ in range(20)])
+    calls = []
+    agent = daemon.pool.agents["ci"]
+    real = agent.launch_many
+    agent.launch_many = lambda specs: calls.append(len(specs)) or real(specs)  # type: ignore[method-assign]
+    try:
+        rows = cycle_until(
+            daemon, lambda rows: all(r["status"] == "succeeded" for r in rows), timeout_s=60
+        )
+    finally:
+        daemon.close()
+    assert len(rows) == 20 and sum(calls) == 20
+    assert max(calls) > 1  # many submissions in one agent call
+    assert len({j["name"] for j in slurm.jobs() if any(r["id"] in j["name"] for r in rows)}) == 20
+
+
+def test_a_daemon_killed_between_sbatch_and_recording_never_submits_twice(tmp_path, slurm):  # noqa: F811
+    daemon = start(tmp_path, slurm, [["fake", 2, 0.05, 0, 0]])
+
+    class Killed(BaseException):
+        """The daemon dies right after sbatch returned, before the outcome is journalled."""
+
+    def die(*_args, **_kw):
+        raise Killed
+
+    daemon.store.record_outcome = die  # type: ignore[method-assign]
+    with pytest.raises(Killed):
+        for _ in range(5):  # the first cycle takes the sheet's lease, the next one submits
+            daemon.cycle()
+    daemon.close()
+    submitted = [j for j in slurm.jobs() if j["name"].startswith("sr.")]
+    again = build(config_module.load(tmp_path / "sheetrunner.toml"))
+    try:
+        rows = cycle_until(again, lambda rows: rows[0]["status"] == "succeeded")
+    finally:
+        again.close()
+    ours = _job_of(slurm, rows[0]["id"])
+    assert len(ours) == 1 and ours[0]["id"] in {j["id"] for j in submitted}
+    assert rows[0]["attempt"] == 1
+
+
+def test_a_node_failure_is_left_to_slurms_requeue_and_the_run_goes_on(tmp_path, slurm):  # noqa: F811
+    daemon = start(tmp_path, slurm, [["fake", 20, 0.1, 0, 0]])
+    try:
+        rows = cycle_until(daemon, lambda rows: rows[0]["status"] == "running")
+        slurm.run("scontrol", "update", "nodename=localhost", "state=down", "reason=test")
+        rows = cycle_until(
+            daemon, lambda rows: "queued by the cluster" in (rows[0]["message"] or "")
+        )
+        slurm.run("scontrol", "update", "nodename=localhost", "state=resume", check=False)
+        rows = cycle_until(daemon, lambda rows: rows[0]["status"] == "succeeded", timeout_s=40)
+    finally:
+        daemon.close()
+    assert rows[0]["attempt"] == 1  # Slurm's requeue, not a new attempt
+    log = Path(rows[0]["log"]).parent / "slurm.out"
+    assert "DUE TO NODE FAILURE" in log.read_text()

@@ -161,7 +161,7 @@ def _judge(seen: dict) -> None:
         SlurmJob(str(raw["job_id"]), str(raw["state"]), str(raw.get("reason", ""))) if raw else None
     )
     try:
-        file_state = AttemptState(seen.get("state"))
+        file_state = AttemptState(str(seen.get("state")))
     except ValueError:
         file_state = AttemptState.VANISHED
     found = verdict(file_state, seen.get("exit_code"), job)
