@@ -266,7 +266,11 @@ class Daemon:
 
     def _act(self, plan: Plan, runs: dict[str, Run], now: datetime) -> tuple[list[str], list[str]]:
         """Kills, then launches, on every host at once: a slow host delays only itself."""
-        hosts = sorted({k.host for k in plan.kills} | {launch.host for launch in plan.launches})
+        hosts = sorted(
+            {k.host for k in plan.kills}
+            | {launch.host for launch in plan.launches}
+            | {h.host for h in plan.holds}
+        )
         if not hosts:
             return [], []
         with ThreadPoolExecutor(max_workers=min(self.pool.max_parallel, len(hosts))) as ex:

@@ -150,3 +150,83 @@ def test_a_node_failure_is_left_to_slurms_requeue_and_the_run_goes_on(tmp_path, 
     assert rows[0]["attempt"] == 1  # Slurm's requeue, not a new attempt
     log = Path(rows[0]["log"]).parent / "slurm.out"
     assert "DUE TO NODE FAILURE" in log.read_text()
+
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "slurm"
+
+
+def example_daemon(tmp_path: Path, slurm, rows: list[list] | None = None):  # noqa: F811
+    """examples/slurm as committed, in a copy, pointed at the test cluster's slurm.conf."""
+    import importlib.util
+    import shutil
+
+    work = tmp_path / "example"
+    shutil.copytree(EXAMPLE, work)
+    config = work / "sheetrunner.toml"
+    text = config.read_text().replace(
+        "sbatch_args = []", f'sbatch_args = []\nslurm_conf = "{slurm.conf}"'
+    )
+    config.write_text(text.replace("poll_interval = 5", "poll_interval = 0.5"))
+    spec = importlib.util.spec_from_file_location("make_workbook", work / "make_workbook.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if rows is not None:
+        module.ROWS[:] = rows
+    module.main(work / "experiments.xlsx")
+    return build(config_module.load(config)), work
+
+
+def test_the_slurm_example_runs_its_rows_through_the_cluster(tmp_path, slurm):  # noqa: F811
+    daemon, _ = example_daemon(tmp_path, slurm)
+    try:
+        rows = cycle_until(daemon, lambda rows: all(r.get("status") == "succeeded" for r in rows))
+    finally:
+        daemon.close()
+    assert [r["metrics"] for r in rows] == [
+        "step=5 loss=0.5905",
+        "step=5 loss=0.1681",
+        "step=5 loss=0.3277",
+    ]
+    assert {r["host"] for r in rows} == {"cluster"}
+
+
+def _set_action(book: Path, row: int, action: str, column: int) -> None:
+    import openpyxl
+
+    wb = openpyxl.load_workbook(book)
+    wb.worksheets[0].cell(row=row, column=column, value=action)
+    wb.save(book)
+
+
+def test_usr1_reaches_a_job_that_asked_and_hold_keeps_a_pending_job_queued(tmp_path, slurm):  # noqa: F811
+    rows = [["train", 0.1, 400, 1, None], ["train", 0.1, 1, 4, None]]
+    daemon, work = example_daemon(tmp_path, slurm, rows)
+    book, action = work / "experiments.xlsx", 5
+    try:
+        shown = cycle_until(
+            daemon,
+            lambda r: (
+                r[0].get("status") == "running" and "queued by the cluster" in (r[1].get("message") or "")
+            ),
+        )
+        assert shown[1]["status"] == "launching" and "Resources" in shown[1]["message"]
+        (long_job,) = _job_of(slurm, shown[0]["id"])
+        marker = Path(shown[0]["log"]).parent / "wants_usr1"  # job.on_time_limit was called
+        cycle_until(daemon, lambda r: marker.exists())
+        slurm.run("scancel", "--signal=USR1", "--batch", long_job["id"])
+        resume = work / "shared"
+        cycle_until(daemon, lambda r: any(resume.rglob("resume.json")))
+        _set_action(book, 3, "hold", action)
+        shown = cycle_until(
+            daemon, lambda r: "held in the cluster's queue" in (r[1].get("message") or "")
+        )
+        cycle_until(
+            daemon, lambda r: _job_of(slurm, shown[1]["id"])[0]["reason"].startswith("JobHeld")
+        )
+        assert _job_of(slurm, shown[0]["id"])[0]["state"] == "RUNNING"  # USR1 did not end it
+        _set_action(book, 2, "stop", action)
+        _set_action(book, 3, "stop", action)
+        cycle_until(daemon, lambda r: all(x.get("status") == "stopped" for x in r))
+    finally:
+        daemon.close()
