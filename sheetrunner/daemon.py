@@ -39,7 +39,7 @@ from .notify import Notifier, sheet_label
 from .ownership import Ownership, lease_seconds, this_daemon
 from .pool.hosts import HostAgent, LaunchResult, Pool, describe_argv, launch_spec
 from .pool.local import LocalTransport
-from .pool.slurm import SlurmAgent, cluster_host
+from .pool.slurm import SlurmAgent, cluster_entries, cluster_host
 from .pool.transport import Transport
 from .reconcile import Kill, Launch, Plan
 from .repair import Repairs
@@ -448,7 +448,9 @@ class Daemon:
             self.pool.down_since,
             repairs=self.repairs.snapshot(),
         )
-        return {name: views.pool_rows(entries)}
+        clusters = cluster_entries(self.pool.agents.values(), runs)
+        rows = views.pool_rows(entries)
+        return {name: rows + [[], *views.cluster_rows(clusters)] if clusters else rows}
 
     # -- running for a long time ----------------------------------------------------------------
 

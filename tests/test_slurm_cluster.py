@@ -3,6 +3,7 @@ daemon: submitted with sbatch, watched with one squeue per cycle, ended as Slurm
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 from pathlib import Path
@@ -10,9 +11,12 @@ from pathlib import Path
 import pytest
 from helpers import FAKE_JOB, HEADER, cycle_until, write_workbook
 from slurm_cluster import slurm  # noqa: F401 - the module's cluster fixture
+from sshd import sshd_lab  # noqa: F401 - a fixture
 
 from sheetrunner import config as config_module
+from sheetrunner.cli import main
 from sheetrunner.daemon import build
+from sheetrunner.doctor import run_checks
 
 pytestmark = pytest.mark.slurm
 
@@ -52,7 +56,7 @@ def start(tmp: Path, slurm, rows: list[list], **kw):  # noqa: F811
     return build(config_module.load(cluster_config(tmp, slurm.conf, **kw)))
 
 
-def test_rows_run_on_the_cluster_to_success_with_metrics(tmp_path, slurm):  # noqa: F811
+def test_rows_run_on_the_cluster_to_success_with_metrics(tmp_path, slurm, capsys):  # noqa: F811
     daemon = start(tmp_path, slurm, [["fake", 3, 0.05, 0, 1], ["fake", 2, 0.05, 1, 0]])
     try:
         rows = cycle_until(
@@ -67,6 +71,11 @@ def test_rows_run_on_the_cluster_to_success_with_metrics(tmp_path, slurm):  # no
     mine = [n for n in names if rows[0]["id"] in n]
     assert len(mine) == 1 and names[mine[0]]["state"] == "COMPLETED"
     assert Path(rows[0]["log"]).is_file()
+    capsys.readouterr()
+    assert main(["pool", "--json", "-c", str(tmp_path / "sheetrunner.toml")]) == 0
+    (ci,) = [e for e in json.loads(capsys.readouterr().out) if e.get("cluster") == "ci"]
+    assert ci["partition"] == "gpu" and ci["nodes"] == {"idle": 1}
+    assert (ci["gpus_free"], ci["gpus_total"]) == (4, 4)
 
 
 def _job_of(slurm, run_id: str) -> list[dict]:  # noqa: F811
@@ -189,6 +198,10 @@ def test_the_slurm_example_runs_its_rows_through_the_cluster(tmp_path, slurm):  
         "step=5 loss=0.3277",
     ]
     assert {r["host"] for r in rows} == {"cluster"}
+    checks = [c for c in run_checks(daemon.config) if c.subject == "cluster"]
+    assert len(checks) == 4 and all(c.ok for c in checks), (
+        checks
+    )  # login, commands, partition, root
 
 
 def _set_action(book: Path, row: int, action: str, column: int) -> None:
@@ -207,7 +220,8 @@ def test_usr1_reaches_a_job_that_asked_and_hold_keeps_a_pending_job_queued(tmp_p
         shown = cycle_until(
             daemon,
             lambda r: (
-                r[0].get("status") == "running" and "queued by the cluster" in (r[1].get("message") or "")
+                r[0].get("status") == "running"
+                and "queued by the cluster" in (r[1].get("message") or "")
             ),
         )
         assert shown[1]["status"] == "launching" and "Resources" in shown[1]["message"]
@@ -230,3 +244,28 @@ def test_usr1_reaches_a_job_that_asked_and_hold_keeps_a_pending_job_queued(tmp_p
         cycle_until(daemon, lambda r: all(x.get("status") == "stopped" for x in r))
     finally:
         daemon.close()
+
+
+@pytest.mark.sshd
+def test_the_cluster_is_reached_through_an_ssh_login_node(tmp_path, slurm, sshd_lab):  # noqa: F811
+    login = sshd_lab.add_host("login", gpus=0)
+    extra = f"""
+        [ssh]
+        known_hosts = "{sshd_lab.known_hosts}"
+        config_file = "{tmp_path}/no-ssh-config"
+    """
+    path = cluster_config(tmp_path, slurm.conf, extra=extra)
+    text = path.read_text().replace(
+        "local = true",
+        f'login = "{login.address}"\nport = {login.port}\nuser = "{login.user}"\n'
+        f'identity = "{sshd_lab.client_key}"\npython = "{sys.executable}"',
+    )
+    path.write_text(text)
+    write_workbook(tmp_path / "experiments.xlsx", HEADER, [["fake", 2, 0.05, 0, 1]])
+    daemon = build(config_module.load(path))
+    try:
+        rows = cycle_until(daemon, lambda rows: rows[0].get("status") == "succeeded")
+    finally:
+        daemon.close()
+    assert rows[0]["metrics"] == "step=2 loss=0.5" and rows[0]["host"] == "ci"
+    assert _job_of(slurm, rows[0]["id"])[0]["state"] == "COMPLETED"

@@ -13,7 +13,8 @@ ROWS = [
 ]
 
 
-def main(path: Path = Path(__file__).with_name("experiments.xlsx")) -> Path:
+def main(path: Path | None = None) -> Path:
+    path = path or Path(__file__).with_name("experiments.xlsx")
     book = openpyxl.Workbook()
     sheet = book.active
     sheet.title = "experiments"

@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterable, Sequence
 
 from ..config import ClusterConfig, HostConfig
-from ..model import AttemptState
+from ..model import AttemptState, Run
 from ..remote.protocol import is_run_id
 from ..remote.slurm_agent import job_name
 from ..slurm_states import SlurmJob, scheduler_word, verdict
@@ -90,6 +90,7 @@ class SlurmAgent(HostAgent):
         super().__init__(cluster_host(cluster), transport, timeout_s, namespace)
         self.cluster = cluster
         self.slurm_conf = cluster.slurm_conf  # SLURM_CONF for the commands; None: the site's
+        self.partition_seen: dict | None = None  # the last probe's partition_summary
 
     def argv(self, args: Sequence[str]) -> list[str]:
         command = super().argv(args)
@@ -100,10 +101,13 @@ class SlurmAgent(HostAgent):
         request = {
             "attempts": sorted([r, int(a)] for r, a in wanted if is_run_id(r)),
             "runs": sorted(r for r in runs if is_run_id(r)),
+            "partition": self.cluster.partition,
         }
         found = json.loads(self._call(self._where("slurm-probe"), json.dumps(request).encode()))
         for seen in found.get("attempts", []):
             _judge(seen)
+        if isinstance(found.get("partition"), dict):
+            self.partition_seen = partition_summary(found["partition"])
         return found
 
     def launch(self, spec: dict) -> LaunchResult:
@@ -185,12 +189,15 @@ def partition_summary(found: dict) -> dict:
             used += _gpu_count(str(node.get("gres_used", "")))
         else:
             used += node_total  # nothing free on a node that takes no jobs
-    return {
+    summary = {
         "partition": found.get("partition", ""),
         "nodes": states,
         "gpus_total": total,
         "gpus_free": max(0, total - used),
     }
+    if found.get("error"):
+        summary["error"] = found["error"]
+    return summary
 
 
 def _gpu_count(gres: str) -> int:
@@ -201,3 +208,29 @@ def _gpu_count(gres: str) -> int:
         if parts and parts[0] == "gpu" and len(parts) >= 2 and parts[-1].isdigit():
             count += int(parts[-1])
     return count
+
+
+def cluster_entries(agents: Iterable[HostAgent], runs: Iterable[Run]) -> list[dict]:
+    """The pool view of each cluster: its partition as the last probe saw it, and this
+    sheet's runs there (queued in Slurm or running)."""
+    runs = list(runs)
+    out = []
+    for agent in agents:
+        if not isinstance(agent, SlurmAgent):
+            continue
+        mine = [r for r in runs if r.host == agent.name and r.status.is_live]
+        seen = agent.partition_seen or {}
+        out.append(
+            {
+                "cluster": agent.name,
+                "kind": agent.cluster.kind,
+                "partition": agent.cluster.partition,
+                "reachable": agent.partition_seen is not None and not seen.get("error"),
+                "error": seen.get("error", "" if agent.partition_seen else "not probed"),
+                "nodes": seen.get("nodes", {}),
+                "gpus_free": seen.get("gpus_free"),
+                "gpus_total": seen.get("gpus_total"),
+                "runs": [r.run_id for r in mine],
+            }
+        )
+    return out

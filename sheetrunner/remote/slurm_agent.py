@@ -130,7 +130,10 @@ def probe(args, agent):
             seen["slurm"] = job
         attempts.append(seen)
     agent.make_dirs(ns_root)
-    print(json.dumps({"attempts": attempts, "hostname": os.uname()[1]}))
+    answer = {"attempts": attempts, "hostname": os.uname()[1]}
+    if request.get("partition"):  # the pool view's facts, in the same call
+        answer["partition"] = partition_facts(str(request["partition"]))
+    print(json.dumps(answer))
 
 
 def submit(args, agent):
@@ -222,12 +225,15 @@ def partition(args, agent):
     """Nodes of the partition with their state and GPUs (configured and in use)."""
     if len(args) != 1:
         raise agent.Refused("expected PARTITION")
+    print(json.dumps(partition_facts(args[0])))
+
+
+def partition_facts(name):
     code, out, err = _slurm(
-        ["sinfo", "-h", "-N", "-p", args[0], "-O", "NodeList:|,StateLong:|,Gres:|,GresUsed:"]
+        ["sinfo", "-h", "-N", "-p", name, "-O", "NodeList:|,StateLong:|,Gres:|,GresUsed:"]
     )
     if code != 0:
-        sys.stderr.write("sinfo failed: %s\n" % err[-300:])
-        sys.exit(1)
+        return {"partition": name, "error": "sinfo failed: %s" % err[-300:], "nodes": []}
     nodes = []
     for line in out.splitlines():
         parts = [p.strip() for p in line.split("|")]
@@ -235,7 +241,7 @@ def partition(args, agent):
             nodes.append(
                 {"node": parts[0], "state": parts[1], "gres": parts[2], "gres_used": parts[3]}
             )
-    print(json.dumps({"partition": args[0], "nodes": nodes}))
+    return {"partition": name, "nodes": nodes}
 
 
 def check(args, agent):
