@@ -56,64 +56,29 @@ def start(tmp: Path, slurm, rows: list[list], **kw):  # noqa: F811
     return build(config_module.load(cluster_config(tmp, slurm.conf, **kw)))
 
 
-def test_rows_run_on_the_cluster_to_success_with_metrics(tmp_path, slurm, capsys):  # noqa: F811
-    daemon = start(tmp_path, slurm, [["fake", 3, 0.05, 0, 1], ["fake", 2, 0.05, 1, 0]])
-    try:
-        rows = cycle_until(
-            daemon, lambda rows: all(r["status"] in ("succeeded", "failed") for r in rows)
-        )
-    finally:
-        daemon.close()
-    assert rows[0]["status"] == "succeeded", rows
-    assert rows[0]["metrics"] == "step=3 loss=0.3333" and rows[0]["host"] == "ci"
-    assert rows[1]["status"] == "failed" and "exit code 1" in rows[1]["message"]
-    names = {j["name"]: j for j in slurm.jobs()}
-    mine = [n for n in names if rows[0]["id"] in n]
-    assert len(mine) == 1 and names[mine[0]]["state"] == "COMPLETED"
-    assert Path(rows[0]["log"]).is_file()
-    capsys.readouterr()
-    assert main(["pool", "--json", "-c", str(tmp_path / "sheetrunner.toml")]) == 0
-    (ci,) = [e for e in json.loads(capsys.readouterr().out) if e.get("cluster") == "ci"]
-    assert ci["partition"] == "gpu" and ci["nodes"] == {"idle": 1}
-    assert (ci["gpus_free"], ci["gpus_total"]) == (4, 4)
-
-
 def _job_of(slurm, run_id: str) -> list[dict]:  # noqa: F811
     return [j for j in slurm.jobs() if f".{run_id}." in j["name"]]
 
 
-def test_stop_from_the_sheet_and_scancel_from_outside(tmp_path, slurm):  # noqa: F811
-    daemon = start(tmp_path, slurm, [["fake", 200, 0.1, 0, 0], ["fake", 200, 0.1, 0, 0]])
-    try:
-        rows = cycle_until(daemon, lambda rows: all(r["status"] == "running" for r in rows))
-        outside = _job_of(slurm, rows[1]["id"])[0]
-        slurm.run("scancel", outside["id"])
-        book = tmp_path / "experiments.xlsx"
-        import openpyxl
-
-        wb = openpyxl.load_workbook(book)
-        wb.worksheets[0].cell(row=2, column=HEADER.index("action") + 1, value="stop")
-        wb.save(book)
-        rows = cycle_until(daemon, lambda rows: all(r["status"] == "stopped" for r in rows))
-    finally:
-        daemon.close()
-    assert rows[0]["message"] == "stopped: the row's action is stop"
-    assert rows[1]["message"].startswith("cancelled outside sheetrunner: Slurm: CANCELLED")
-    assert _job_of(slurm, rows[0]["id"])[0]["state"] in ("CANCELLED", "COMPLETING")
-
-
 def test_a_sweep_of_twenty_rows_is_submitted_in_batches_and_succeeds(tmp_path, slurm):  # noqa: F811
-    daemon = start(tmp_path, slurm, [["fake", 1, 0.01, 0, 0] for _ in range(20)])
+    rows = [["fake", 1, 0.01, 0, 0] for _ in range(19)] + [["fake", 1, 0.01, 1, 0]]
+    daemon = start(tmp_path, slurm, rows)
     calls = []
     agent = daemon.pool.agents["ci"]
     real = agent.launch_many
     agent.launch_many = lambda specs: calls.append(len(specs)) or real(specs)  # type: ignore[method-assign]
     try:
         rows = cycle_until(
-            daemon, lambda rows: all(r["status"] == "succeeded" for r in rows), timeout_s=60
+            daemon,
+            lambda rows: all(r.get("status") in ("succeeded", "failed") for r in rows),
+            timeout_s=60,
         )
     finally:
         daemon.close()
+    assert [r["status"] for r in rows] == ["succeeded"] * 19 + ["failed"]
+    assert rows[0]["metrics"] == "step=1 loss=1" and rows[0]["host"] == "ci"
+    assert rows[19]["message"].startswith("no retries left (0 allowed) after exit code 1")
+    assert Path(rows[0]["log"]).is_file()
     assert len(rows) == 20 and sum(calls) == 20
     assert max(calls) > 1  # many submissions in one agent call
     assert len({j["name"] for j in slurm.jobs() if any(r["id"] in j["name"] for r in rows)}) == 20
@@ -186,7 +151,7 @@ def example_daemon(tmp_path: Path, slurm, rows: list[list] | None = None):  # no
     return build(config_module.load(config)), work
 
 
-def test_the_slurm_example_runs_its_rows_through_the_cluster(tmp_path, slurm):  # noqa: F811
+def test_the_slurm_example_runs_its_rows_through_the_cluster(tmp_path, slurm, capsys):  # noqa: F811
     daemon, _ = example_daemon(tmp_path, slurm)
     try:
         rows = cycle_until(daemon, lambda rows: all(r.get("status") == "succeeded" for r in rows))
@@ -202,6 +167,11 @@ def test_the_slurm_example_runs_its_rows_through_the_cluster(tmp_path, slurm):  
     assert len(checks) == 4 and all(c.ok for c in checks), (
         checks
     )  # login, commands, partition, root
+    capsys.readouterr()
+    assert main(["pool", "--json", "-c", str(daemon.config.path)]) == 0
+    (entry,) = [e for e in json.loads(capsys.readouterr().out) if e.get("cluster") == "cluster"]
+    assert entry["partition"] == "gpu" and entry["nodes"] == {"idle": 1}
+    assert (entry["gpus_free"], entry["gpus_total"]) == (4, 4)
 
 
 def _set_action(book: Path, row: int, action: str, column: int) -> None:
@@ -212,38 +182,52 @@ def _set_action(book: Path, row: int, action: str, column: int) -> None:
     wb.save(book)
 
 
-def test_usr1_reaches_a_job_that_asked_and_hold_keeps_a_pending_job_queued(tmp_path, slurm):  # noqa: F811
-    rows = [["train", 0.1, 400, 1, None], ["train", 0.1, 1, 4, None]]
+def test_usr1_hold_stop_and_scancel_from_outside(tmp_path, slurm):  # noqa: F811
+    """One daemon, three rows: SIGUSR1 reaches a job that asked for it and the job goes on;
+    `hold` keeps a pending job held in Slurm's queue; `stop` cancels; a job cancelled
+    outside sheetrunner ends `stopped` with what Slurm says."""
+    rows = [
+        ["train", 0.1, 400, 1, None],
+        ["train", 0.1, 400, 0, None],
+        ["train", 0.1, 1, 4, None],  # pending: the first row holds one of the four GPUs
+    ]
     daemon, work = example_daemon(tmp_path, slurm, rows)
     book, action = work / "experiments.xlsx", 5
     try:
         shown = cycle_until(
             daemon,
             lambda r: (
-                r[0].get("status") == "running"
-                and "queued by the cluster" in (r[1].get("message") or "")
+                r[0].get("status") == r[1].get("status") == "running"
+                and "queued by the cluster" in (r[2].get("message") or "")
             ),
         )
-        assert shown[1]["status"] == "launching" and "Resources" in shown[1]["message"]
+        assert shown[2]["status"] == "launching" and "Resources" in shown[2]["message"]
         (long_job,) = _job_of(slurm, shown[0]["id"])
         marker = Path(shown[0]["log"]).parent / "wants_usr1"  # job.on_time_limit was called
         cycle_until(daemon, lambda r: marker.exists())
         slurm.run("scancel", "--signal=USR1", "--batch", long_job["id"])
-        resume = work / "shared"
-        cycle_until(daemon, lambda r: any(resume.rglob("resume.json")))
-        _set_action(book, 3, "hold", action)
+        cycle_until(daemon, lambda r: any((work / "shared").rglob("resume.json")))
+        slurm.run("scancel", _job_of(slurm, shown[1]["id"])[0]["id"])
+        _set_action(book, 4, "hold", action)
         shown = cycle_until(
-            daemon, lambda r: "held in the cluster's queue" in (r[1].get("message") or "")
+            daemon,
+            lambda r: (
+                "held in the cluster's queue" in (r[2].get("message") or "")
+                and r[1].get("status") == "stopped"
+            ),
         )
+        assert shown[1]["message"].startswith("cancelled outside sheetrunner: Slurm: CANCELLED")
         cycle_until(
-            daemon, lambda r: _job_of(slurm, shown[1]["id"])[0]["reason"].startswith("JobHeld")
+            daemon, lambda r: _job_of(slurm, shown[2]["id"])[0]["reason"].startswith("JobHeld")
         )
         assert _job_of(slurm, shown[0]["id"])[0]["state"] == "RUNNING"  # USR1 did not end it
         _set_action(book, 2, "stop", action)
-        _set_action(book, 3, "stop", action)
-        cycle_until(daemon, lambda r: all(x.get("status") == "stopped" for x in r))
+        _set_action(book, 4, "stop", action)
+        shown = cycle_until(daemon, lambda r: all(x.get("status") == "stopped" for x in r))
     finally:
         daemon.close()
+    assert shown[0]["message"] == "stopped: the row's action is stop"
+    assert _job_of(slurm, shown[0]["id"])[0]["state"] in ("CANCELLED", "COMPLETING")
 
 
 @pytest.mark.sshd
