@@ -426,6 +426,10 @@ class _Cycle:
 
     def _alive(self, run: Run, seen: AttemptObservation | None) -> None:
         beat = (seen.heartbeat_at if seen else None) or run.attempt_started_at or self.now
+        if seen and seen.scheduler and run.attempt_started_at:
+            # a cluster's requeued attempt restarts its clock when it leaves the queue again,
+            # though the files of its earlier start (and their times) are still there
+            beat = max(beat, run.attempt_started_at)
         silent_s = (self.now - beat).total_seconds()
         if silent_s > self.policy.hang_timeout_s:
             self._kill(run, "no heartbeat")

@@ -109,3 +109,24 @@ def test_the_partition_summary_counts_nodes_by_state_and_free_gpus():
     summary = partition_summary(found)
     assert summary["nodes"] == {"idle": 1, "mixed": 1, "down": 1}
     assert (summary["gpus_free"], summary["gpus_total"]) == (5, 12)
+
+
+def test_the_pool_rows_show_each_clusters_partition():
+    from sheetrunner.views import cluster_rows
+
+    entry = {
+        "cluster": "ci",
+        "partition": "gpu",
+        "reachable": True,
+        "error": "",
+        "nodes": {"idle": 1, "mixed": 2},
+        "gpus_free": 5,
+        "gpus_total": 12,
+        "runs": ["a"],
+    }
+    down = {**entry, "cluster": "far", "reachable": False, "error": "not probed"}
+    assert cluster_rows([entry, down]) == [
+        ["cluster", "state", "partition", "nodes", "GPUs free", "runs"],
+        ["ci", "up", "gpu", "1 idle, 2 mixed", "5/12", 1],
+        ["far", "down: not probed", "gpu", "1 idle, 2 mixed", "5/12", 1],
+    ]
