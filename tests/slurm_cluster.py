@@ -109,7 +109,10 @@ PartitionName=gpu Nodes=localhost Default=YES MaxTime=INFINITE State=UP
         raise RuntimeError(f"the test Slurm cluster did not come up: {self.log_tail()}")
 
     def run(self, *argv: str, check: bool = True) -> str:
-        done = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=30)
+        # cwd: a plain sbatch writes slurm-<id>.out into the directory it runs in
+        done = subprocess.run(
+            argv, env=self.env, capture_output=True, text=True, timeout=30, cwd=self.base
+        )
         if check and done.returncode != 0:
             raise RuntimeError(f"{argv}: {done.stderr}")
         return done.stdout
