@@ -155,9 +155,11 @@ def bench_jobs() -> None:
 
 
 from bench_pool import bench_pool  # noqa: E402
+from bench_slurm import bench_slurm  # noqa: E402
 
 SECTIONS = {"core": bench_core, "rows": bench_rows, "workbook": bench_workbook,
-            "google": bench_google, "jobs": bench_jobs, "pool": bench_pool}
+            "google": bench_google, "jobs": bench_jobs, "pool": bench_pool,
+            "slurm": bench_slurm}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or list(SECTIONS):

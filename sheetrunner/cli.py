@@ -33,6 +33,7 @@ from . import config as config_module
 from .daemon import Daemon, DaemonLock, build, finish_on_signals, open_pool, open_store
 from .errors import ConfigError, SheetrunnerError, TransportError
 from .log_archive import LogArchive
+from .pool.slurm import cluster_entries
 
 DEFAULT_CONFIG = "sheetrunner.toml"
 CONFIG_VARIABLE = "SHEETRUNNER_CONFIG"
@@ -684,12 +685,15 @@ def cmd_pool(args: argparse.Namespace, console: Console) -> int:
             namespace=namespace,
             setups=host_prep.load(config.daemon.state_dir),
         )
+        clusters = cluster_entries(pool.agents.values(), runs)
     finally:
         pool.close()
     if args.json:
-        print(json.dumps(entries, indent=2))
+        print(json.dumps(entries + clusters, indent=2))  # a cluster's entry has "cluster"
     else:
         console.print(views.pool_table(entries))
+        if clusters:
+            console.print(views.cluster_table(clusters))
     return 0
 
 

@@ -31,6 +31,7 @@ from .config_checks import (
     positive,
     resolve,
 )
+from .config_clusters import ClusterConfig, parse_clusters
 from .errors import ConfigError
 from .pool.accelerators import is_tpu
 
@@ -163,13 +164,14 @@ class Config:
     hosts: tuple[HostConfig, ...]
     ssh: SshConfig
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    clusters: tuple[ClusterConfig, ...] = ()  # [[clusters]]: Slurm (config_clusters.py)
 
     @property
     def base_dir(self) -> Path:
         return self.path.parent
 
 
-TOP_KEYS = {"sheet", "daemon", "defaults", "jobs", "hosts", "ssh", "notify"}
+TOP_KEYS = {"sheet", "daemon", "defaults", "jobs", "hosts", "ssh", "notify", "clusters"}
 
 
 def load(path: str | Path) -> Config:
@@ -200,12 +202,25 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
         daemon=daemon,
         defaults=_defaults(raw.get("defaults", {})),
         jobs=_jobs(_table(raw, "jobs"), base),
-        hosts=_hosts(raw.get("hosts", []), base),
+        hosts=_hosts(raw.get("hosts", []), base, clusters="clusters" in raw),
         ssh=_ssh(raw.get("ssh", {})),
         notify=_notify(raw.get("notify"), base),
+        clusters=parse_clusters(raw.get("clusters", []), base),
     )
+    _check_cluster_names(config)
     _check_local_workdirs(config)
     return config
+
+
+def _check_cluster_names(config: Config) -> None:
+    """A row's `where` names a host or a cluster: one name cannot mean both."""
+    hosts = {h.name for h in config.hosts}
+    for cluster in config.clusters:
+        if cluster.name in hosts:
+            raise ConfigError(
+                f"clusters[{cluster.name}]: a host has that name too; a row's `where` must "
+                "name one of them, so give the cluster a name of its own"
+            )
 
 
 def _check_local_workdirs(config: Config) -> None:
@@ -453,9 +468,9 @@ HOST_KEYS = {
 }
 
 
-def _hosts(raw: Any, base: Path) -> tuple[HostConfig, ...]:
+def _hosts(raw: Any, base: Path, clusters: bool = False) -> tuple[HostConfig, ...]:
     expect("hosts", raw, list, '[[hosts]] tables, e.g.\n[[hosts]]\nname = "local"\nlocal = true')
-    if not raw:
+    if not raw and not clusters:
         raise ConfigError(
             'no [[hosts]] declared; add e.g.\n[[hosts]]\nname = "local"\nlocal = true'
         )

@@ -40,8 +40,9 @@ from .model import ENDED_STATUSES, UNFINISHED_STATUSES, Action, Experiment, Run,
 from .notify import Notifier, sheet_label
 from .ownership import Ownership, lease_seconds, this_daemon
 from .placement import HostCapacity
-from .pool.hosts import HostAgent, Pool, describe_argv, launch_spec
+from .pool.hosts import HostAgent, LaunchResult, Pool, describe_argv, launch_spec
 from .pool.local import LocalTransport
+from .pool.slurm import SlurmAgent, cluster_entries, cluster_host
 from .pool.transport import Transport
 from .reconcile import Kill, Launch, Plan
 from .repair import Repairs
@@ -329,7 +330,11 @@ class Daemon:
 
     def _act(self, plan: Plan, runs: dict[str, Run], now: datetime) -> tuple[list[str], list[str]]:
         """Kills, then launches, on every host at once: a slow host delays only itself."""
-        hosts = sorted({k.host for k in plan.kills} | {launch.host for launch in plan.launches})
+        hosts = sorted(
+            {k.host for k in plan.kills}
+            | {launch.host for launch in plan.launches}
+            | {h.host for h in plan.holds}
+        )
         if not hosts:
             return [], []
         with ThreadPoolExecutor(max_workers=min(self.pool.max_parallel, len(hosts))) as ex:
@@ -342,7 +347,22 @@ class Daemon:
         self, host: str, plan: Plan, runs: dict[str, Run], now: datetime
     ) -> tuple[list[str], list[str]]:
         killed = self._kill([k for k in plan.kills if k.host == host])
+        self._hold([h for h in plan.holds if h.host == host])
         return killed, self._launch([x for x in plan.launches if x.host == host], runs, now)
+
+    def _hold(self, holds: list[reconcile.Hold]) -> None:
+        """Hold or release attempts waiting in a cluster's queue (the row's action)."""
+        for hold in holds:
+            agent = self.pool.agents.get(hold.host)
+            if not isinstance(agent, SlurmAgent):
+                continue
+            try:
+                agent.hold(hold.job_id, release=hold.release)
+            except TransportError as exc:
+                log.warning("hold failed run=%s host=%s: %s", hold.run_id, hold.host, exc)
+                continue
+            what = "released" if hold.release else "held"
+            log.info("%s run=%s attempt=%s host=%s", what, hold.run_id, hold.attempt, hold.host)
 
     def _kill(self, kills: list[Kill]) -> list[str]:
         done = []
@@ -376,10 +396,12 @@ class Daemon:
         return done
 
     def _launch(self, launches: list[Launch], runs: dict[str, Run], now: datetime) -> list[str]:
-        launched = []
+        if not launches:
+            return []
+        agent = self.pool.agents[launches[0].host]
+        specs = []
         for launch in launches:
             run = runs[launch.run_id]
-            agent = self.pool.agents[launch.host]
             job = self.config.jobs[run.spec.job]
             workdir = job_workdir(self.config, run.spec.job, agent.config)
             version = self.versions.get(run.spec.job)
@@ -393,6 +415,11 @@ class Daemon:
                 run.code, run.code_hash = version.label, version.hash
             spec = launch_spec(run, job, agent.config, workdir, version.spec() if version else None)
             self.store.record_intent(run, now)  # journal before acting
+            specs.append((launch, run, spec))
+        if isinstance(agent, SlurmAgent):  # one agent call submits them all
+            return self._submit(agent, specs, now)
+        launched = []
+        for launch, run, spec in specs:
             try:
                 result = agent.launch(spec)
             except TransportError as exc:
@@ -401,18 +428,46 @@ class Daemon:
             if result.refused:
                 self._launch_refused(run, result.detail, now)
                 continue
-            outcome = "sent" if result.launched else "already-claimed"
-            self.store.record_outcome(run.run_id, run.attempt, outcome, result.detail, self.clock())
-            log.info(
-                "launched run=%s attempt=%s host=%s accelerators=%s argv=%s",
-                run.run_id,
-                run.attempt,
-                launch.host,
-                ",".join(launch.accelerators) or "-",
-                _clip(describe_argv(spec)),
-            )
+            self._launched(launch, run, spec, result)
             launched.append(run.run_id)
         return launched
+
+    def _submit(
+        self, agent: SlurmAgent, specs: list[tuple[Launch, Run, dict]], now: datetime
+    ) -> list[str]:
+        """A cycle's submissions to a cluster, batched; each journalled before (above)."""
+        try:
+            results = agent.launch_many([(spec, self._time_limit(run)) for _, run, spec in specs])
+        except TransportError as exc:
+            for _, run, _ in specs:
+                self._launch_failed(run, str(exc), now)
+            return []
+        launched = []
+        for (launch, run, spec), result in zip(specs, results, strict=False):
+            if not result.launched and "sbatch failed" in result.detail:
+                self._launch_failed(run, result.detail, now)
+                continue
+            self._launched(launch, run, spec, result)
+            launched.append(run.run_id)
+        return launched
+
+    def _time_limit(self, run: Run) -> float | None:
+        """The row's time_limit, else the job's, else the config's (Slurm's --time)."""
+        if run.link.time_limit_s is not None:
+            return run.link.time_limit_s
+        return self.policy.job_time_limit_s.get(run.spec.job, self.policy.time_limit_s)
+
+    def _launched(self, launch: Launch, run: Run, spec: dict, result: LaunchResult) -> None:
+        outcome = "sent" if result.launched else "already-claimed"
+        self.store.record_outcome(run.run_id, run.attempt, outcome, result.detail, self.clock())
+        log.info(
+            "launched run=%s attempt=%s host=%s accelerators=%s argv=%s",
+            run.run_id,
+            run.attempt,
+            launch.host,
+            ",".join(launch.accelerators) or "-",
+            _clip(describe_argv(spec)),
+        )
 
     def _launch_refused(self, run: Run, reason: str, now: datetime) -> None:
         """The host started nothing (a GPU claimed by another sheet's run): the core places
@@ -482,7 +537,9 @@ class Daemon:
             namespace=self.pool.namespace,
             setups=self.prep.snapshot(),
         )
-        return {name: views.pool_rows(entries)}
+        clusters = cluster_entries(self.pool.agents.values(), runs)
+        rows = views.pool_rows(entries)
+        return {name: rows + [[], *views.cluster_rows(clusters)] if clusters else rows}
 
     # -- running for a long time ----------------------------------------------------------------
 
@@ -591,6 +648,7 @@ class Daemon:
                     else HostAgent(h, transport_for(new, h), new.daemon.probe_timeout_s)
                     for h in new.hosts
                 ]
+                + cluster_agents(new)
             )
             self.config, self.policy = new, policy_from(new)
             self.view = SheetView(new.sheet, code=_synced(new))
@@ -805,10 +863,18 @@ def open_pool(config: Config, namespace: str | None = None) -> Pool:
     agents = [
         HostAgent(h, transport_for(config, h), config.daemon.probe_timeout_s) for h in config.hosts
     ]
-    pool = Pool(agents, config.daemon.max_parallel_hosts)
+    pool = Pool(agents + cluster_agents(config), config.daemon.max_parallel_hosts)
     if namespace:
         pool.set_namespace(namespace)
     return pool
+
+
+def cluster_agents(config: Config) -> list[HostAgent]:
+    """One agent per `[[clusters]]` entry, on its login node."""
+    return [
+        SlurmAgent(c, transport_for(config, cluster_host(c)), config.daemon.probe_timeout_s)
+        for c in config.clusters
+    ]
 
 
 def open_store(config: Config) -> Store:

@@ -13,6 +13,7 @@ from .model import RowLink, Run, RunSpec, Status
 from .placement import never_fits
 from .pool.accelerators import is_tpu, tpu_chips
 from .pool.hosts import HostAgent, capacity, observation_from_probe
+from .pool.slurm import SlurmAgent, cluster_host
 from .sheet import schema
 from .sheet.table import Table
 
@@ -50,7 +51,10 @@ def _all_checks(config: Config) -> Iterator[Check]:
     seen: dict[str, dict] = {}
     try:
         for agent in pool.agents.values():
-            yield from _host(agent, config, seen)
+            if isinstance(agent, SlurmAgent):
+                yield from _cluster(agent)
+            else:
+                yield from _host(agent, config, seen)
     finally:
         pool.close()
     if table is not None:
@@ -90,7 +94,7 @@ def _rows_no_host_takes(config: Config, table: Table, seen: dict[str, dict]) -> 
             else None,
         )
         for h in config.hosts
-    ]
+    ] + [capacity(cluster_host(c), None) for c in config.clusters]
     for exp in schema.parse_table(table, config.jobs):
         if exp.error or exp.is_sweep:
             continue
@@ -119,6 +123,52 @@ def _sheet_fix(config: Config) -> str:
     return (
         "share the sheet with the service account's e-mail address, enable the Google Sheets "
         "API, and check [sheet] credentials (README, Google Sheets section)"
+    )
+
+
+def _cluster(agent: SlurmAgent) -> Iterator[Check]:
+    """A Slurm cluster: its login node answers, the commands are there, the partition and
+    the account exist, the shared root is writable."""
+    name, cluster = agent.name, agent.cluster
+    try:
+        found = agent.check()
+    except TransportError as exc:
+        where = "this machine" if cluster.local else f"login node {cluster.login}"
+        fix = "check login, user, port and identity in [[clusters]] and the [ssh] settings"
+        yield Check(name, f"{where} answers", False, str(exc), fix)
+        return
+    yield Check(
+        name, "login node answers", True, "this machine" if cluster.local else cluster.login or ""
+    )
+    missing = found.get("missing") or []
+    yield Check(
+        name,
+        "Slurm commands",
+        not missing,
+        f"missing: {', '.join(missing)}" if missing else "sbatch squeue scancel scontrol sinfo",
+        "install Slurm's client commands on the login node, or put them on PATH",
+    )
+    yield Check(
+        name,
+        f"partition {cluster.partition}",
+        bool(found.get("partition")),
+        found.get("partition_error") or "",
+        "set [[clusters]] partition to one `sinfo -s` lists",
+    )
+    if cluster.account:
+        yield Check(
+            name,
+            f"account {cluster.account}",
+            bool(found.get("account")),
+            found.get("account_error") or "",
+            "set [[clusters]] account to one `sacctmgr show assoc user=$USER` lists",
+        )
+    yield Check(
+        name,
+        f"shared root {cluster.root} is writable",
+        bool(found.get("root")),
+        found.get("root_error") or "",
+        "set [[clusters]] root to a directory on the filesystem every node mounts",
     )
 
 

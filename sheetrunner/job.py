@@ -49,6 +49,7 @@ from .remote.protocol import (
     MAX_REPORT_KEYS,
     METRIC_NAME_CHARS,
     REPORT_LINE_BYTES,
+    USR1_MARKER,
 )
 
 LOCAL_DIR = "sheetrunner-local"
@@ -453,3 +454,18 @@ def mark_done(**info: Any) -> None:
 
 def is_done() -> bool:
     return (checkpoint_dir() / DONE_FILE).exists()
+
+
+def on_time_limit(callback: Callable[[], None]) -> None:
+    """Call `callback` when the run's time limit or a preemption is near: a Slurm cluster
+    sends SIGUSR1 `signal_lead` seconds before (sbatch --signal=B:USR1@lead), and the
+    supervisor passes it on only to a job that asked here, since SIGUSR1 would otherwise
+    end the job. The callback runs in the main thread, between two Python statements:
+    save a checkpoint there; the attempt is then ended by the limit and the next one
+    resumes from it. Elsewhere (SSH hosts, by hand) it is simply never called."""
+    import signal
+
+    signal.signal(signal.SIGUSR1, lambda _sig, _frame: callback())
+    directory = os.environ.get(ENV_RUN_DIR)
+    if directory and Path(directory).is_dir():
+        _touch(Path(directory) / USR1_MARKER)

@@ -239,6 +239,13 @@ class AttemptState(enum.StrEnum):
         "lost"  # gone without an exit code (host rebooted, supervisor killed); not Status.LOST
     )
     MISSING = "missing"  # no such attempt directory
+    QUEUED = "queued"  # waiting in a cluster scheduler's queue (Slurm PENDING): not started
+
+
+# An attempt in one of these may still start or run: fencing, recovery and retries wait on it.
+UNENDED_ATTEMPT_STATES = frozenset(
+    {AttemptState.STARTING, AttemptState.RUNNING, AttemptState.QUEUED}
+)
 
 
 @dataclass(frozen=True)
@@ -262,6 +269,11 @@ class AttemptObservation:
     gpus: int = 0
     accelerators: tuple[str, ...] = ()
     started_at: datetime | None = None  # when the attempt directory was claimed (host's age)
+    # On a cluster: the scheduler's own word for the job ("PENDING", "TIMEOUT", "CANCELLED"...),
+    # its id there, and whether it is held in the queue (sheetrunner/slurm_states.py maps them).
+    scheduler: str = ""
+    job_id: str = ""
+    held: bool = False
 
 
 @dataclass(frozen=True)

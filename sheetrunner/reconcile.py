@@ -16,6 +16,7 @@ from datetime import datetime
 from . import lifecycle
 from .match import RowMatcher, keepers, newest_attempts, run_from_attempt
 from .model import (
+    UNENDED_ATTEMPT_STATES,
     Action,
     AttemptObservation,
     AttemptState,
@@ -64,6 +65,17 @@ class Kill:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """Hold (or release) an attempt waiting in a cluster's queue: the row's action is hold."""
+
+    run_id: str
+    attempt: int
+    host: str
+    job_id: str
+    release: bool = False
+
+
+@dataclass(frozen=True)
 class Event:
     run_id: str
     kind: str
@@ -80,6 +92,7 @@ class Plan:
     rows: dict[int, str] = field(default_factory=dict)  # sheet row -> run id it shows
     notes: dict[int, tuple[Status, str]] = field(default_factory=dict)  # rows with no run
     events: list[Event] = field(default_factory=list)
+    holds: list[Hold] = field(default_factory=list)  # attempts in a cluster's queue
 
 
 def plan(
@@ -132,10 +145,7 @@ class _Cycle:
         was lost or restored from an old copy) becomes a run again, so that its row takes it
         back instead of starting it twice; a run no row shows is then stopped like any other."""
         for run_id, (host, seen) in newest.items():
-            if run_id in self.runs or seen.state not in (
-                AttemptState.RUNNING,
-                AttemptState.STARTING,
-            ):
+            if run_id in self.runs or seen.state not in UNENDED_ATTEMPT_STATES:
                 continue
             run = run_from_attempt(run_id, host, seen, self.now, self.policy.retries)
             self.runs[run_id] = run
@@ -345,12 +355,19 @@ class _Cycle:
             run.seen.log_path = seen.log_path or run.seen.log_path
         state = seen.state if seen else AttemptState.MISSING
         tail = f": {seen.log_tail}" if seen and seen.log_tail else ""
-        if state == AttemptState.EXITED:
+        said = f" ({seen.reason})" if seen and seen.scheduler and seen.reason else ""
+        ended = state in (AttemptState.EXITED, AttemptState.VANISHED)
+        by_us = run.timed_out or run.status == Status.STALLED  # our own cancel of it
+        if ended and seen and seen.scheduler == "CANCELLED" and not by_us:
+            self._cancelled_outside(run, seen)
+        elif state == AttemptState.EXITED:
             self._exited(
-                run, seen.exit_code if seen else None, tail, seen.leftovers if seen else ""
+                run, seen.exit_code if seen else None, said + tail, seen.leftovers if seen else ""
             )
         elif state == AttemptState.VANISHED:
-            self._crash(run, _lost_reason(seen) + tail)
+            self._crash(run, (seen.reason if seen and said else _lost_reason(seen)) + tail)
+        elif state == AttemptState.QUEUED and seen:
+            self._queued(run, seen)
         elif state in (AttemptState.MISSING, AttemptState.STARTING):
             self._not_started(run, state, seen)
         elif run.status == Status.STALLED:
@@ -381,6 +398,29 @@ class _Cycle:
         else:
             self._crash(run, f"exit code {code} on attempt {run.attempt}{tail}")
 
+    def _cancelled_outside(self, run: Run, seen: AttemptObservation) -> None:
+        """Cancelled in the cluster by someone else (sheetrunner's own cancels stop the run
+        first, so it is no longer observed): the run is stopped, with what the cluster says."""
+        reason = f"cancelled outside sheetrunner: {seen.reason or seen.scheduler}"
+        lifecycle.stop(run, self.now, reason)
+        self.out.events.append(Event(run.run_id, "stopped", reason))
+
+    def _queued(self, run: Run, seen: AttemptObservation) -> None:
+        """Waiting in a cluster's queue: no launch timeout (the queue may be long), and the
+        time limit and the hang timeout count from when it leaves the queue. The row's
+        `hold` holds it there; `run` releases it."""
+        if run.status == Status.LOST:
+            lifecycle.found_again(run)
+        run.attempt_started_at = self.now
+        wants_hold = run.link.last_action == Action.HOLD
+        if wants_hold != seen.held and run.host and seen.job_id:
+            hold = Hold(run.run_id, run.attempt, run.host, seen.job_id, release=not wants_hold)
+            self.out.holds.append(hold)
+        if wants_hold:
+            run.message = "held in the cluster's queue: the row's action is hold"
+        else:
+            run.message = f"queued by the cluster: {seen.reason or 'waiting'}"
+
     def _not_started(
         self, run: Run, state: AttemptState, seen: AttemptObservation | None = None
     ) -> None:
@@ -398,6 +438,10 @@ class _Cycle:
 
     def _alive(self, run: Run, seen: AttemptObservation | None) -> None:
         beat = (seen.heartbeat_at if seen else None) or run.attempt_started_at or self.now
+        if seen and seen.scheduler and run.attempt_started_at:
+            # a cluster's requeued attempt restarts its clock when it leaves the queue again,
+            # though the files of its earlier start (and their times) are still there
+            beat = max(beat, run.attempt_started_at)
         silent_s = (self.now - beat).total_seconds()
         if silent_s > self.policy.hang_timeout_s:
             self._kill(run, "no heartbeat")
@@ -438,7 +482,7 @@ class _Cycle:
         """Only the newest attempt of a live run may run; kill any other we know of."""
         for host in observed.values():
             for seen in host.attempts:
-                if seen.state not in (AttemptState.RUNNING, AttemptState.STARTING):
+                if seen.state not in UNENDED_ATTEMPT_STATES:
                     continue
                 run = self.runs.get(seen.run_id)
                 if run is None:
@@ -519,7 +563,7 @@ def _still_alive(run: Run, observed: Mapping[str, HostObservation]) -> bool:
     seen = (
         host.attempt(run.run_id, run.attempt) if host and host.reachable and run.attempt else None
     )
-    return seen is not None and seen.state in (AttemptState.RUNNING, AttemptState.STARTING)
+    return seen is not None and seen.state in UNENDED_ATTEMPT_STATES
 
 
 def _waiting_for_previous(run: Run) -> str:

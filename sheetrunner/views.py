@@ -492,3 +492,25 @@ def events_table(rows: list[dict[str, Any]]) -> Table:
             at.strftime("%Y-%m-%d %H:%M:%S %Z"), row["run_id"], row["kind"], Text(row["detail"])
         )
     return table
+
+
+def cluster_rows(entries: list[dict[str, Any]]) -> list[list[Any]]:
+    """Each Slurm cluster's partition as plain rows (the `pool` command and the pool tab):
+    nodes by state, GPUs free and total, this sheet's runs there."""
+    rows: list[list[Any]] = [["cluster", "state", "partition", "nodes", "GPUs free", "runs"]]
+    for e in entries:
+        state = "up" if e["reachable"] else f"down: {e['error']}"
+        nodes = ", ".join(f"{count} {name}" for name, count in sorted(e["nodes"].items()))
+        gpus = "" if e["gpus_total"] is None else f"{e['gpus_free']}/{e['gpus_total']}"
+        rows.append([e["cluster"], state, e["partition"], nodes, gpus, len(e["runs"])])
+    return rows
+
+
+def cluster_table(entries: list[dict[str, Any]]) -> Table:
+    header, *rows = cluster_rows(entries)
+    table = Table(title=f"{len(entries)} clusters", title_justify="left")
+    for name in header:
+        table.add_column(name, overflow="fold")
+    for row in rows:
+        table.add_row(*[Text(str(c)) for c in row], style="red" if row[1] != "up" else None)
+    return table

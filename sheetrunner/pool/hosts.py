@@ -368,6 +368,9 @@ def _attempt(seen: dict, now: datetime) -> AttemptObservation:
         gpus=_count(spec.get("gpus")),
         accelerators=tuple(str(a) for a in spec.get("accelerators") or ()),
         started_at=_ago(now, seen.get("started_age_s")),
+        scheduler=str(seen.get("scheduler") or ""),
+        job_id=str(seen.get("job_id") or ""),
+        held=seen.get("held") is True,
     )
 
 

@@ -18,6 +18,7 @@ ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest a zip can hold: the same bytes 
 PROTOCOL = "sheetrunner/remote/protocol.py"
 GPU_CLAIMS = "sheetrunner/remote/gpu_claims.py"  # the agent's GPU claims (docs/shared-gpus.md)
 CODESTORE = "sheetrunner/remote/codestore.py"
+SLURM_AGENT = "sheetrunner/remote/slurm_agent.py"
 
 
 def _read(package: str, name: str) -> bytes:
@@ -52,6 +53,7 @@ def agent_files() -> dict[str, bytes]:
         PROTOCOL: protocol_source(),
         GPU_CLAIMS: _read(__name__, "gpu_claims.py"),
         CODESTORE: _read(__name__, "codestore.py"),
+        SLURM_AGENT: _read(__name__, "slurm_agent.py"),
     }
 
 

@@ -67,6 +67,10 @@ def main(argv):
         "setup-run": codestore.setup_run,
         "gc": lambda args: codestore.gc(args, unfinished_attempts),
     }
+    if len(argv) >= 2 and argv[1].startswith("slurm-"):  # a cluster's login node or its nodes
+        from sheetrunner.remote import slurm_agent
+
+        handlers[argv[1]] = lambda args: slurm_agent.main(argv[1], args, sys.modules[__name__])
     if len(argv) < 2 or argv[1] not in handlers:
         sys.exit(USAGE)
     try:
@@ -758,6 +762,17 @@ def attempt_state(paths, boot, damage=None, mark=True):
     return _ended_without_code(paths, boot, damage, mark)
 
 
+def file_state(paths, damage):
+    """(state, exit_code, None, "") of an attempt from its files alone: exited once the exit
+    code is written, running once the job's pid is recorded, starting before."""
+    if not os.path.lexists(paths.dir):
+        return "missing", None, None, ""
+    written, code = exit_code_of(paths, damage)
+    if written:
+        return "exited", code, None, ""
+    return ("running" if os.path.lexists(paths.pid) else "starting"), None, None, ""
+
+
 def _ended_without_code(paths, boot, damage, mark):
     written, code = exit_code_of(paths, damage)  # it may have ended just now
     if written:
@@ -1132,12 +1147,17 @@ def _counted(count, noun):
 # -- one attempt as the probe reports it ----------------------------------------------------------
 
 
-def observe(paths, boot, now):
+def observe(paths, boot, now, files_only=False):
     """One attempt as the probe reports it; ages are measured here, on the host. Whatever
-    its files hold, this answers for this attempt alone (`damaged` says what was wrong)."""
+    its files hold, this answers for this attempt alone (`damaged` says what was wrong).
+    `files_only`: the job runs on another machine (a cluster's node), whose processes this
+    one cannot see: its files alone say how far it got, and nothing is marked lost."""
     damage = []
     try:
-        state, code, session, reason = attempt_state(paths, boot, damage)
+        if files_only:
+            state, code, session, reason = file_state(paths, damage)
+        else:
+            state, code, session, reason = attempt_state(paths, boot, damage)
     except Exception as exc:  # a case the checks above missed must not fail the whole probe
         damage.append("agent could not read the attempt (%s)" % type(exc).__name__)
         state, code, session, reason = "lost", None, None, ""
@@ -1570,6 +1590,14 @@ class Supervisor(object):
         self.stop = StopRequest(paths)
         self.killed = False
         signal.signal(signal.SIGTERM, lambda *_: self.stop.now(protocol.DEFAULT_GRACE_S))
+        signal.signal(signal.SIGUSR1, lambda *_: self._warn_job())
+
+    def _warn_job(self):
+        """SIGUSR1 from a cluster's scheduler (its time limit is near): passed on to the job
+        when it asked for it (sheetrunner.job's on_time_limit wrote the marker); a job that
+        did not would be killed by it, so it is left to meet its limit."""
+        if os.path.lexists(self.paths.file(protocol.USR1_MARKER)):
+            signal_group(self.job.pid, self.ticks, (signal.SIGUSR1,))
 
     def run(self):
         while not self._job_ended():

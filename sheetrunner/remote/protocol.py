@@ -181,6 +181,10 @@ def is_token(text):
     return _full(TOKEN_RE, text)
 
 
+# In the attempt directory: written by a job that handles SIGUSR1 (sheetrunner.job's
+# on_time_limit), so the supervisor passes on a cluster's warning before the time limit.
+USR1_MARKER = "wants_usr1"
+
 # output.log: the supervisor keeps the job's first LOG_HEAD_BYTES and a rolling tail, so that
 # the file never exceeds the spec's max_log_bytes (default below).
 DEFAULT_MAX_LOG_BYTES = 50 << 20
