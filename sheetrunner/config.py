@@ -31,7 +31,9 @@ from .config_checks import (
     positive,
     resolve,
 )
+from .config_slices import slices as _slices
 from .errors import ConfigError
+from .gang import Slice
 from .pool.accelerators import is_tpu
 
 
@@ -148,13 +150,14 @@ class Config:
     hosts: tuple[HostConfig, ...]
     ssh: SshConfig
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    slices: tuple[Slice, ...] = ()  # [[slices]]: hosts that run one program together
 
     @property
     def base_dir(self) -> Path:
         return self.path.parent
 
 
-TOP_KEYS = {"sheet", "daemon", "defaults", "jobs", "hosts", "ssh", "notify"}
+TOP_KEYS = {"sheet", "daemon", "defaults", "jobs", "hosts", "ssh", "notify", "slices"}
 
 
 def load(path: str | Path) -> Config:
@@ -179,15 +182,17 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
     known_keys("", raw, TOP_KEYS)
     base = path.parent
     daemon = _daemon(raw.get("daemon", {}), base)
+    hosts = _hosts(raw.get("hosts", []), base)
     config = Config(
         path=path,
         sheet=_sheet(_table(raw, "sheet"), base),
         daemon=daemon,
         defaults=_defaults(raw.get("defaults", {})),
         jobs=_jobs(_table(raw, "jobs")),
-        hosts=_hosts(raw.get("hosts", []), base),
+        hosts=hosts,
         ssh=_ssh(raw.get("ssh", {})),
         notify=_notify(raw.get("notify"), base),
+        slices=_slices(raw.get("slices", []), [h.name for h in hosts]),
     )
     _check_local_workdirs(config)
     return config

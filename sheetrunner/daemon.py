@@ -14,6 +14,7 @@ the background (repair.py).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
@@ -30,13 +31,14 @@ from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from . import config as config_module
-from . import reconcile, views
+from . import gang, reconcile, views
 from .config import Config, HostConfig, job_workdir
 from .errors import SheetError, SheetOwned, SheetrunnerError, SheetUnavailable, TransportError
 from .log_archive import ARCHIVED_BYTES, LogArchive
 from .model import ENDED_STATUSES, UNFINISHED_STATUSES, Experiment, Run
 from .notify import Notifier, sheet_label
 from .ownership import Ownership, lease_seconds, this_daemon
+from .pool import nodes
 from .pool.hosts import HostAgent, Pool, describe_argv, launch_spec
 from .pool.local import LocalTransport
 from .pool.transport import Transport
@@ -316,12 +318,15 @@ class Daemon:
         for launch in launches:
             run = runs[launch.run_id]
             agent = self.pool.agents[launch.host]
+            node = dataclasses.replace(run, host=launch.host, accelerators=launch.accelerators)
             spec = launch_spec(
-                run,
+                node,
                 self.config.jobs[run.spec.job],
                 agent.config,
                 job_workdir(self.config, run.spec.job, agent.config),
             )
+            rank0 = self.pool.agents[launch.nodes[0]] if launch.nodes else agent
+            spec = nodes.for_node(spec, launch, rank0.config)
             self.store.record_intent(run, now)  # journal before acting
             try:
                 result = agent.launch(spec)
@@ -568,8 +573,8 @@ def finish_on_signals(
 def _attempts_to_probe(runs: dict[str, Run]) -> dict[str, set[tuple[str, int]]]:
     wanted: dict[str, set[tuple[str, int]]] = {}
     for run in runs.values():
-        if run.status.is_live and run.host:
-            wanted.setdefault(run.host, set()).add((run.run_id, run.attempt))
+        for host in gang.node_hosts(run) if run.status.is_live else ():
+            wanted.setdefault(host, set()).add((run.run_id, run.attempt))
     return wanted
 
 
@@ -645,6 +650,7 @@ def policy_from(config: Config) -> reconcile.Policy:
         job_time_limit_s={
             name: job.time_limit_s for name, job in config.jobs.items() if job.time_limit_s
         },
+        slices=config.slices,
     )
 
 

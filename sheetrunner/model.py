@@ -114,6 +114,7 @@ class Experiment:
     foreign_id: str = ""  # an `id` cell sheetrunner did not write (not in the run id format)
     sweep_id: str = ""  # the `sweep` cell: the id of the sweep row this row was expanded from
     children: tuple[tuple[tuple[str, str], ...], ...] = ()  # a sweep row: its combinations
+    nodes: int = 1  # hosts the run spans, each with `gpus` accelerators (sheetrunner/gang.py)
 
     @property
     def is_sweep(self) -> bool:
@@ -153,6 +154,7 @@ class RowLink:
     # Owned cells the sheet showed for a run rebuilt without its history (lost state):
     # shown as they were until the run has values of its own, never blanked.
     kept_cells: dict[str, str] = field(default_factory=dict)
+    nodes: int = 1  # hosts wanted, each with `gpus` accelerators (from the next launch)
 
 
 @dataclass
@@ -190,6 +192,10 @@ class Run:
     avoid_host: str | None = None  # where the last launch failed: another host first
     stall_reason: str = ""  # why the current attempt was killed as stalled
     timed_out: bool = False  # the current attempt passed its time limit and is being stopped
+    # A run across hosts: (host, accelerators) of every node of the current attempt, rank 0
+    # first (its host and accelerators are also `host` and `accelerators`); () for one host.
+    spread: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    waited_cycles: int = 0  # cycles a run across hosts has waited for them (sheetrunner/gang.py)
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,9 @@ def full_run(run_id: str = "r-0001", **changes) -> Run:
         avoid_host="gpu-b",
         stall_reason="stalled: no heartbeat for 700s; killed",
         timed_out=True,
+        nodes=2,
+        spread=(("gpu-a", ("0", "3")), ("gpu-c", ("1", "2"))),
+        waited_cycles=4,
     )
     values.update(changes)
     return make_run(run_id, **values)

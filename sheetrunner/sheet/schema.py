@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+from ..gang import shown_host
 from ..model import STATUS_COLOURS, Action, Experiment, Run, Status
 from ..remote.protocol import is_run_id
 from .sweeps import SWEEP_ID_PREFIX, SweepError, combinations, is_sweep, shorten
@@ -23,7 +24,7 @@ from .table import RowUpdate, SheetWrite, Sparkline, Table, UnsavedFormula
 
 METRICS_TAB = "_metrics"  # hidden tab of curve histories ([sheet] curve)
 CURVE_COLUMN = "curve"  # the column holding a run's curve ([sheet] curve)
-USER_COLUMNS = ("job", "gpus", "where", "priority", "retries", "action", "time_limit")
+USER_COLUMNS = ("job", "gpus", "where", "priority", "retries", "action", "time_limit", "nodes")
 OWNED_COLUMNS = (
     "id",
     "status",
@@ -250,6 +251,7 @@ def _parse_row(
     expanded = run_id is not None and run_id.startswith(SWEEP_ID_PREFIX)
     children = _sweep(values, run_id, errors) if expanded or not bad_cells else ()
     gpus = _int_cell(text["gpus"], 1, "gpus", errors)
+    nodes = _nodes_cell(text["nodes"], errors)
     retries = _int_cell(text["retries"], None, "retries", errors)
     time_limit = _duration_cell(text["time_limit"], errors)
     priority = _number_cell(text["priority"], errors)
@@ -278,6 +280,7 @@ def _parse_row(
         foreign_id=foreign_id,
         sweep_id=cell_text(table.value(row, "sweep")).strip(),
         children=children,
+        nodes=nodes,
     )
 
 
@@ -342,6 +345,14 @@ def _unsaved_formulas(table: Table, row: int) -> list[str]:
         for v in (table.rows[row - 2] if row - 2 < len(table.rows) else [])
         if isinstance(v, UnsavedFormula)
     ]
+
+
+def _nodes_cell(text: str, errors: list[str]) -> int:
+    """How many hosts the run spans (sheetrunner/gang.py): a whole number ≥ 1, default 1."""
+    nodes = _int_cell(text, 1, "nodes", errors)
+    if nodes == 0:
+        errors.append("nodes must be at least 1 (the hosts the run spans); type e.g. 2")
+    return nodes or 1
 
 
 def _int_cell(text: str, default: int | None, name: str, errors: list[str]) -> int | None:
@@ -435,7 +446,7 @@ def _own_values(run: Run, now: datetime) -> dict[str, Any]:
     return {
         "id": run.run_id,
         "status": run.status.value,
-        "host": run.host or "",
+        "host": shown_host(run),
         "attempt": run.attempt or "",
         "started": format_time(run.started_at),
         "elapsed": format_elapsed(run, now),
