@@ -53,13 +53,15 @@ def node_hosts(run: Run) -> tuple[str, ...]:
     return (run.host,) if run.host else ()
 
 
-def shown_host(run: Run, slices: Iterable[Slice] = ()) -> str:
-    """What the `host` cell, `ps` and `pool` show: `h1+h2`, or the slice's name."""
-    hosts = node_hosts(run)
-    for found in slices:
-        if set(found.hosts) == set(hosts) and len(hosts) > 1:
-            return found.name
-    return "+".join(hosts)
+def shown_host(run: Run) -> str:
+    """What the `host` cell and `ps` show: `h1+h2`, or the slice's name."""
+    return run.slice_name or "+".join(node_hosts(run))
+
+
+def slice_taken(nodes: Iterable[Node], slices: Iterable[Slice]) -> str:
+    """The name of the slice these nodes are, whole ("" when they are ordinary hosts)."""
+    hosts = {host for host, _ in nodes}
+    return next((s.name for s in slices if set(s.hosts) == hosts), "")
 
 
 def coordinator_port(run_id: str, attempt: int) -> int:
@@ -89,13 +91,19 @@ def silent_node(
 def failure(run: Run, observed: Mapping[str, HostObservation]) -> AttemptObservation | None:
     """The first node that failed on a host that answered: it decides the attempt even
     while another node's host is silent."""
-    for rank, host in enumerate(node_hosts(run)):
-        seen = observed.get(host)
-        found = seen.attempt(run.run_id, run.attempt) if seen and seen.reachable else None
+    hosts = node_hosts(run)
+    for rank, host in enumerate(hosts):
+        found = _attempt_on(run, observed, host)
         if found and _failed(found):
-            first = observed[node_hosts(run)[0]] if rank else seen
-            return _on_node(found, rank, host, first.attempt(run.run_id, run.attempt))
+            return _on_node(found, rank, host, _attempt_on(run, observed, hosts[0]))
     return None
+
+
+def _attempt_on(
+    run: Run, observed: Mapping[str, HostObservation], host: str
+) -> AttemptObservation | None:
+    seen = observed.get(host)
+    return seen.attempt(run.run_id, run.attempt) if seen and seen.reachable else None
 
 
 def _failed(seen: AttemptObservation) -> bool:

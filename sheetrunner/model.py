@@ -196,6 +196,7 @@ class Run:
     # first (its host and accelerators are also `host` and `accelerators`); () for one host.
     spread: tuple[tuple[str, tuple[str, ...]], ...] = ()
     waited_cycles: int = 0  # cycles a run across hosts has waited for them (sheetrunner/gang.py)
+    slice_name: str = ""  # the [[slices]] entry the current attempt took whole, if any
 
 
 @dataclass(frozen=True)

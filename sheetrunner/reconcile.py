@@ -539,7 +539,7 @@ class _Cycle:
 
     def _launch(self, run: Run, host: str, accelerators: tuple[str, ...]) -> None:
         lifecycle.launch(run, host, accelerators, self.now)
-        run.timed_out, run.stall_reason, run.spread = False, "", ()
+        run.timed_out, run.stall_reason, run.spread, run.slice_name = False, "", (), ""
         self.out.launches.append(Launch(run.run_id, run.attempt, host, accelerators))
 
     def _place_across(self, run: Run, groups: gang.HostGroups) -> None:
@@ -555,6 +555,7 @@ class _Cycle:
         lifecycle.launch(run, host, accelerators, self.now)
         run.timed_out, run.stall_reason = False, ""
         run.spread, run.waited_cycles = tuple(found), 0
+        run.slice_name = gang.slice_taken(found, self.policy.slices)
         port = gang.coordinator_port(run.run_id, run.attempt)
         nodes = tuple(h for h, _ in found)
         for rank, (node, given) in enumerate(found):

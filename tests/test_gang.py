@@ -188,7 +188,7 @@ def test_a_slice_is_placed_only_whole_and_its_hosts_take_nothing_else():
     run = {r.link.row: r for r in cluster.runs.values()}[4]
     assert [h for h, _ in run.spread] == list(names)
     assert all(len(accs) == 4 for _, accs in run.spread)
-    assert shown_host(run, policy.slices) == "v4-32-a"
+    assert shown_host(run) == "v4-32-a"
 
 
 def test_a_row_no_hosts_could_ever_take_is_unplaceable_with_the_fix():
