@@ -164,6 +164,7 @@ class _Cycle:
                 seen.accelerators or run.accelerators,
             )
             run.attempt_started_at = seen.started_at or self.now
+            run.spread, run.slice_name = (), ""  # its other nodes, if any, are fenced
             run.crashes = max(run.crashes, seen.attempt - 1)
             lifecycle.found_again(run)
             run.finished_at, run.link.kept_cells = None, {}
