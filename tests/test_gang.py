@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sheetrunner.config import HostConfig
 from sheetrunner.gang import Slice, coordinator_port, shown_host
@@ -290,3 +292,43 @@ def test_the_nodes_column_defaults_to_one_and_refuses_zero():
     found = {e.row: e for e in parse_table(table, {"t"})}
     assert (found[2].nodes, found[3].nodes) == (1, 2)
     assert "nodes must be at least 1" in (found[4].error or "")
+
+
+HISTORY = st.lists(st.one_of(
+    st.tuples(st.just("add"), st.integers(1, 3), st.integers(0, 2)),  # nodes, gpus
+    st.tuples(st.just("exit"), st.integers(0, 50), st.sampled_from([0, 1, 137])),
+    st.tuples(st.just("host"), st.integers(0, 2), st.booleans()),  # down / back
+    st.tuples(st.just("wait"), st.integers(1, 60), st.just(0)),
+), max_size=40)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(HISTORY)
+def test_whatever_happens_no_run_has_two_live_attempts_and_no_accelerator_is_given_twice(events):
+    cluster = Cluster(hosts("a", "b", "c"))
+    rows: list[Experiment] = []
+    for kind, x, y in events:
+        advance = 5.0
+        if kind == "add":
+            rows.append(row(len(rows) + 2, nodes=x, gpus=y, lr=str(len(rows))))
+        elif kind == "exit" and cluster.alive:
+            run_id, attempt, host = sorted(cluster.alive)[x % len(cluster.alive)]
+            cluster.end(run_id, attempt, host, y)
+        elif kind == "host":
+            name = "abc"[x]
+            if y and name not in cluster.down:
+                cluster.lose(name)
+            elif not y:
+                cluster.down.discard(name)
+        elif kind == "wait":
+            advance = float(x)
+        cluster.step(rows, advance_s=advance)
+        live_on = {(r, a) for r, a, h in cluster.alive if h not in cluster.down}
+        assert len({r for r, _ in live_on}) == len(live_on)  # one attempt per run, at most
+        given: list[tuple[str, str]] = [
+            (host, acc)
+            for run in cluster.runs.values() if run.status.is_live
+            for host, accs in (run.spread or ((run.host or "", run.accelerators),))
+            for acc in accs
+        ]
+        assert len(given) == len(set(given))  # never an accelerator handed out twice
