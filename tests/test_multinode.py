@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-from helpers import cycle_until, write_workbook
+from helpers import read_workbook, write_workbook
 
 from sheetrunner import cli
 from sheetrunner.config import load
@@ -57,6 +57,17 @@ def lab_daemon(tmp_path: Path, lab: SshdLab, raw: dict, namespace: str) -> Daemo
     daemon = build(load(path))
     daemon.pool.set_namespace(namespace)
     return daemon
+
+
+def cycle_until(daemon: Daemon, done, timeout_s: float) -> list[dict]:
+    """Cycles back to back (a cycle over SSH takes long enough) until the sheet shows `done`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        daemon.cycle()
+        rows = read_workbook(daemon.config.sheet.path)
+        if done(rows):
+            return rows
+        assert time.monotonic() < deadline, f"timed out; sheet shows {rows}"
 
 
 def attempt_dir(daemon: Daemon, fake: FakeHost, run_id: str, attempt: int) -> Path:
