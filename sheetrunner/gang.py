@@ -132,7 +132,14 @@ def combined(run: Run, observed: Mapping[str, HostObservation]) -> AttemptObserv
     beats = [s.heartbeat_at for s in running]
     oldest = None if None in beats else min(b for b in beats if b is not None)
     base = first if first is not None and first.state == AttemptState.RUNNING else running[0]
-    return _replace(base, heartbeat_at=oldest, metrics=first.metrics if first else {})
+    rank0 = first or base
+    return _replace(
+        base,
+        heartbeat_at=oldest,
+        metrics=rank0.metrics,
+        summary=rank0.summary,
+        log_path=rank0.log_path,
+    )
 
 
 def _on_node(

@@ -130,9 +130,15 @@ def ps_filter(
     }
 
     def keep(entry: dict[str, Any]) -> bool:
-        return all(not values or (entry[key] or "") in values for key, values in wanted.items())
+        return all(not values or _cell(entry, key) & values for key, values in wanted.items())
 
     return keep
+
+
+def _cell(entry: dict[str, Any], key: str) -> set[str]:
+    """The entry's value as `ps` filters it: a run across hosts (`a+b`) matches each host."""
+    text = entry[key] or ""
+    return {text, *text.split("+")} if key == "host" else {text}
 
 
 def _values(given: Iterable[str]) -> set[str]:

@@ -48,6 +48,7 @@ class Cluster:
         self.alive: set[tuple[str, int, str]] = set()
         self.ended: dict[tuple[str, int, str], AttemptObservation] = {}
         self.down: set[str] = set()
+        self.silent: set[str] = set()
         self.now = T0
         self.last = Plan()
         self.live_attempts_seen: list[set[tuple[str, int]]] = []
@@ -80,7 +81,8 @@ class Cluster:
                 seen[h.name] = HostObservation(h.name, False, self.now, error="down",
                                                down_since=self.down_since)
                 continue
-            attempts = [AttemptObservation(r, a, AttemptState.RUNNING, heartbeat_at=self.now)
+            beat = T0 if h.name in self.silent else self.now  # a node whose job hangs
+            attempts = [AttemptObservation(r, a, AttemptState.RUNNING, heartbeat_at=beat)
                         for r, a, host in self.alive if host == h.name]
             attempts += [o for (r, a, host), o in self.ended.items() if host == h.name]
             seen[h.name] = HostObservation(h.name, True, self.now, attempts=tuple(attempts))
@@ -150,6 +152,18 @@ def test_a_node_still_running_holds_back_the_retry_until_it_is_seen_gone():
     assert ("b", 1) in [(k.host, k.attempt) for k in plan_.kills]
     cluster.step([row(2)])
     assert cluster.only_run().attempt == 2
+
+
+def test_one_node_that_hangs_stalls_the_attempt_and_every_node_is_killed():
+    cluster = Cluster(hosts("a", "b"))
+    cluster.step([row(2)])
+    cluster.step([row(2)])
+    cluster.silent.add("b")
+    stalled = cluster.step([row(2)], advance_s=61)  # past hang_timeout (60 s)
+    assert cluster.only_run().status == Status.STALLED
+    assert sorted(k.host for k in stalled.kills) == ["a", "b"]
+    cluster.step([row(2)])
+    assert cluster.only_run().status == Status.RETRYING
 
 
 def test_a_lost_host_makes_the_run_lost_then_one_crash_retried_whole():
@@ -332,3 +346,11 @@ def test_whatever_happens_no_run_has_two_live_attempts_and_no_accelerator_is_giv
             for acc in accs
         ]
         assert len(given) == len(set(given))  # never an accelerator handed out twice
+
+
+def test_ps_host_filter_finds_a_run_across_hosts_by_any_of_its_hosts():
+    from sheetrunner.views import ps_filter
+
+    entry = {"status": "running", "job": "t", "sweep": "", "host": "a+b"}
+    assert ps_filter(host=["b"])(entry) and ps_filter(host=["a+b"])(entry)
+    assert not ps_filter(host=["c"])(entry)
