@@ -216,16 +216,16 @@ def test_a_row_no_hosts_could_ever_take_is_unplaceable_with_the_fix():
 
 
 def _stream(cycle: int) -> list[Experiment]:
-    """A 1-GPU row arriving every cycle (rows 3, 4, ...), each running 3 cycles."""
-    return [row(3 + i, nodes=1, gpus=1, lr=f"s{i}") for i in range(cycle + 1)]
+    """A 1-GPU row arriving every other cycle (rows 3, 4, ...), each running 3 cycles."""
+    return [row(3 + i, nodes=1, gpus=1, lr=f"s{i}") for i in range(cycle // 2 + 1)]
 
 
 def test_a_two_node_row_and_a_stream_of_one_host_rows_do_not_starve_each_other():
     cluster = Cluster(hosts("a", "b"))
     started: dict[str, int] = {}
     big = row(2, nodes=2, gpus=2, lr="big")
-    for cycle in range(30):
-        cluster.step([big, *_stream(cycle)] if cycle >= 2 else _stream(cycle))
+    for cycle in range(40):
+        cluster.step([big, *_stream(cycle)] if cycle >= 4 else _stream(cycle))
         for launch in cluster.last.launches:
             started.setdefault(launch.run_id, cycle)
         for (run_id, attempt, host) in list(cluster.alive):
@@ -235,12 +235,42 @@ def test_a_two_node_row_and_a_stream_of_one_host_rows_do_not_starve_each_other()
     big_run = by_row[2]
     assert big_run.status == Status.SUCCEEDED  # not starved by the stream
     # It waited a bounded number of cycles: reserve_after_cycles, then the held hosts drained.
-    assert started[big_run.run_id] - 2 <= POLICY.reserve_after_cycles + 1 + 3
+    assert started[big_run.run_id] - 4 <= POLICY.reserve_after_cycles + 1 + 3
     # One-host rows ran before it (nothing was held at first) and after it (hosts released).
     before = [r for r in by_row.values() if started.get(r.run_id, 99) < started[big_run.run_id]]
     after = [r for r in by_row.values() if started.get(r.run_id, -1) > started[big_run.run_id]]
     assert before and after
     assert by_row[3].status == Status.SUCCEEDED
+    # And no one-host row waited long: at most while the 2-node row drained its hosts and
+    # ran (3 cycles each), and rows arriving after it start at once again.
+    waits = [started[r.run_id] - 2 * (r.link.row - 3) for r in sorted(by_row.values(),
+             key=lambda r: r.link.row) if r.link.row >= 3 and r.run_id in started]
+    assert len(waits) >= 15 and max(waits) <= 3 + 3 + 1 and waits[-5:] == [0] * 5
+
+
+def test_priority_applies_to_a_row_across_hosts_as_to_any_row():
+    cluster = Cluster(hosts("a", "b"))
+    one = row(2, nodes=1, gpus=2, lr="one")
+    big = row(3, nodes=2, gpus=2, lr="big", priority=5)
+    first = cluster.step([one, big])
+    assert sorted(launch.host for launch in first.launches) == ["a", "b"]
+    by_row = {r.link.row: r for r in cluster.runs.values()}
+    assert by_row[3].status == Status.LAUNCHING and by_row[2].status == Status.QUEUED
+
+
+def test_pool_shows_a_run_across_hosts_on_every_node_and_commands_take_placeholders(tmp_path):
+    from sheetrunner.config import parse
+    from sheetrunner.views import holders
+    from tests.helpers import make_run
+
+    run = make_run("r1", status=Status.RUNNING, host="a", accelerators=("0",),
+                   spread=(("a", ("0",)), ("b", ("1",))))
+    assert holders([run]) == {("a", "0"): "r1", ("b", "1"): "r1"}
+    config = parse({"sheet": {"path": "x.xlsx"}, "hosts": [{"name": "h0"}],
+                    "jobs": {"t": {"command": ["torchrun", "--node-rank", "{node_rank}",
+                                               "--rdzv-endpoint", "{coordinator}", "x.py"]}}},
+                   tmp_path / "c.toml")
+    assert "{node_rank}" in config.jobs["t"].command
 
 
 def test_a_waiting_row_says_what_it_waits_for_and_which_hosts_it_holds():
