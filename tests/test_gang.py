@@ -346,7 +346,7 @@ HISTORY = st.lists(st.one_of(
 ), max_size=40)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(HISTORY)
 def test_whatever_happens_no_run_has_two_live_attempts_and_no_accelerator_is_given_twice(events):
     cluster = Cluster(hosts("a", "b", "c"))
