@@ -32,7 +32,9 @@ from . import __version__, disk_gc, host_prep, repair, views
 from . import config as config_module
 from .daemon import Daemon, DaemonLock, build, finish_on_signals, open_pool, open_store
 from .errors import ConfigError, SheetrunnerError, TransportError
+from .gang import node_hosts
 from .log_archive import LogArchive
+from .model import Run
 from .pool.slurm import cluster_entries
 
 DEFAULT_CONFIG = "sheetrunner.toml"
@@ -224,6 +226,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = command("logs", cmd_logs, "print a run's output (what its job printed)")
     p.add_argument("run_id", metavar="RUN_ID", help="the id from the sheet's id column or `ps`")
+    p.add_argument(
+        "--node",
+        type=int,
+        metavar="N",
+        help="a run across hosts: the output of node N (default: rank 0)",
+    )
     p.add_argument(
         "-f",
         "--follow",
@@ -532,6 +540,18 @@ ENDED_STATES = frozenset({"exited", "lost", "missing"})
 FOLLOW_INTERVAL_S = 1.0
 
 
+def node_host(run: Run, attempt: int, node: int) -> str:
+    """The host of node `node` of the run's current attempt (the only one whose nodes the
+    store knows)."""
+    spread = node_hosts(run)
+    if attempt != run.attempt or not 0 <= node < len(spread):
+        raise SheetrunnerError(
+            f"run {run.run_id} attempt {attempt} has no node {node}; its attempt {run.attempt} "
+            f"ran on {len(spread)} host(s): use --node 0 to {len(spread) - 1} with no --attempt"
+        )
+    return spread[node]
+
+
 def cmd_logs(args: argparse.Namespace, console: Console) -> int:
     config = _load(args)
     store = open_store(config)
@@ -543,6 +563,8 @@ def cmd_logs(args: argparse.Namespace, console: Console) -> int:
         raise SheetrunnerError(f"no launched run {args.run_id!r}; `sheetrunner ps` lists the runs")
     attempt = chosen_attempt(run.run_id, args.attempt, run.attempt, hosts)
     host = hosts.get(attempt, run.host or "")
+    if args.node is not None:
+        host = node_host(run, attempt, args.node)
     out = sys.stdout.buffer
     pool = open_pool(config, namespace)
     try:
@@ -757,8 +779,8 @@ def cmd_setup(args: argparse.Namespace, console: Console) -> int:
 def _probe_for_view(pool, runs):
     wanted: dict[str, set[tuple[str, int]]] = {}
     for run in runs:
-        if run.status.is_live and run.host:
-            wanted.setdefault(run.host, set()).add((run.run_id, run.attempt))
+        for host in node_hosts(run) if run.status.is_live else ():
+            wanted.setdefault(host, set()).add((run.run_id, run.attempt))
     return pool.probe_all(wanted, datetime.now(UTC))
 
 

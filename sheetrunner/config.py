@@ -32,7 +32,9 @@ from .config_checks import (
     resolve,
 )
 from .config_clusters import ClusterConfig, parse_clusters
+from .config_slices import slices as _slices
 from .errors import ConfigError
+from .gang import Slice
 from .pool.accelerators import is_tpu
 
 
@@ -165,13 +167,14 @@ class Config:
     ssh: SshConfig
     notify: NotifyConfig = field(default_factory=NotifyConfig)
     clusters: tuple[ClusterConfig, ...] = ()  # [[clusters]]: Slurm (config_clusters.py)
+    slices: tuple[Slice, ...] = ()  # [[slices]]: hosts that run one program together
 
     @property
     def base_dir(self) -> Path:
         return self.path.parent
 
 
-TOP_KEYS = {"sheet", "daemon", "defaults", "jobs", "hosts", "ssh", "notify", "clusters"}
+TOP_KEYS = {"sheet", "daemon", "defaults", "jobs", "hosts", "ssh", "notify", "clusters", "slices"}
 
 
 def load(path: str | Path) -> Config:
@@ -196,16 +199,18 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
     known_keys("", raw, TOP_KEYS)
     base = path.parent
     daemon = _daemon(raw.get("daemon", {}), base)
+    hosts = _hosts(raw.get("hosts", []), base, clusters="clusters" in raw)
     config = Config(
         path=path,
         sheet=_sheet(_table(raw, "sheet"), base),
         daemon=daemon,
         defaults=_defaults(raw.get("defaults", {})),
         jobs=_jobs(_table(raw, "jobs"), base),
-        hosts=_hosts(raw.get("hosts", []), base, clusters="clusters" in raw),
+        hosts=hosts,
         ssh=_ssh(raw.get("ssh", {})),
         notify=_notify(raw.get("notify"), base),
         clusters=parse_clusters(raw.get("clusters", []), base),
+        slices=_slices(raw.get("slices", []), [h.name for h in hosts]),
     )
     _check_cluster_names(config)
     _check_local_workdirs(config)

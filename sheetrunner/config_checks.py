@@ -32,6 +32,16 @@ MAX_SECONDS = 1e9
 # The placeholders sheetrunner fills in in a job's command (pool/hosts.py launch_spec), each a
 # whole argv item, with what it becomes.
 PLACEHOLDERS = {"{python}": "the host's Python interpreter ([[hosts]] python)"}
+# A run across hosts (sheetrunner/gang.py); on one host: 0, 1, and the host's own coordinator.
+PLACEHOLDERS.update(
+    {
+        "{node_rank}": "this node's rank, 0 to nodes-1",
+        "{num_nodes}": "the row's nodes",
+        "{coordinator}": "rank 0's address:port",
+        "{master_addr}": "rank 0's address",
+        "{master_port}": "rank 0's coordinator port",
+    }
+)
 PLACEHOLDER_RE = re.compile(r"\{[^{}\s]+\}")
 
 # Characters a tab name cannot hold in a workbook (Excel, openpyxl) or that Sheets rejects.

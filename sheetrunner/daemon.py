@@ -14,6 +14,7 @@ the background (repair.py).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import os
@@ -30,7 +31,7 @@ from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from . import config as config_module
-from . import disk_gc, reconcile, views
+from . import disk_gc, gang, reconcile, views
 from .code_sync import CodeVersion
 from .config import Config, HostConfig, job_workdir
 from .errors import SheetError, SheetOwned, SheetrunnerError, SheetUnavailable, TransportError
@@ -40,6 +41,7 @@ from .model import ENDED_STATUSES, UNFINISHED_STATUSES, Action, Experiment, Run,
 from .notify import Notifier, sheet_label
 from .ownership import Ownership, lease_seconds, this_daemon
 from .placement import HostCapacity
+from .pool import nodes
 from .pool.hosts import HostAgent, LaunchResult, Pool, describe_argv, launch_spec
 from .pool.local import LocalTransport
 from .pool.slurm import SlurmAgent, cluster_entries, cluster_host
@@ -413,7 +415,12 @@ class Daemon:
                     self._launch_failed(run, f"code upload: {exc}", now)
                     continue
                 run.code, run.code_hash = version.label, version.hash
-            spec = launch_spec(run, job, agent.config, workdir, version.spec() if version else None)
+            node = dataclasses.replace(run, host=launch.host, accelerators=launch.accelerators)
+            spec = launch_spec(
+                node, job, agent.config, workdir, version.spec() if version else None
+            )
+            rank0 = self.pool.agents[launch.nodes[0]] if launch.nodes else agent
+            spec = nodes.for_node(spec, launch, rank0.config)
             self.store.record_intent(run, now)  # journal before acting
             specs.append((launch, run, spec))
         if isinstance(agent, SlurmAgent):  # one agent call submits them all
@@ -717,8 +724,8 @@ def finish_on_signals(
 def _attempts_to_probe(runs: dict[str, Run]) -> dict[str, set[tuple[str, int]]]:
     wanted: dict[str, set[tuple[str, int]]] = {}
     for run in runs.values():
-        if run.status.is_live and run.host:
-            wanted.setdefault(run.host, set()).add((run.run_id, run.attempt))
+        for host in gang.node_hosts(run) if run.status.is_live else ():
+            wanted.setdefault(host, set()).add((run.run_id, run.attempt))
     return wanted
 
 
@@ -816,6 +823,7 @@ def policy_from(config: Config) -> reconcile.Policy:
         job_time_limit_s={
             name: job.time_limit_s for name, job in config.jobs.items() if job.time_limit_s
         },
+        slices=config.slices,
     )
 
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from .config import Config, HostConfig, job_workdir
 from .daemon import open_pool, open_sheet
 from .errors import HostKeyError, HostUnreachable, SheetError, TransportError
+from .gang import never_fits_across
 from .model import RowLink, Run, RunSpec, Status
 from .placement import never_fits
 from .pool.accelerators import is_tpu, tpu_chips
@@ -104,9 +105,11 @@ def _rows_no_host_takes(config: Config, table: Table, seen: dict[str, dict]) -> 
             status=Status.QUEUED,
             created_at=datetime.now(UTC),
             updated_at=datetime.now(UTC),
-            link=RowLink(gpus=exp.gpus, where=exp.where),
+            link=RowLink(gpus=exp.gpus, where=exp.where, nodes=exp.nodes),
         )
-        reason = never_fits(shape, hosts)
+        reason = never_fits_across(shape, hosts, config.slices)
+        if reason is None and exp.nodes == 1:
+            reason = never_fits(shape, hosts)
         if reason is not None:
             yield Check(
                 "sheet",

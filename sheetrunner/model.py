@@ -118,6 +118,7 @@ class Experiment:
     foreign_id: str = ""  # an `id` cell sheetrunner did not write (not in the run id format)
     sweep_id: str = ""  # the `sweep` cell: the id of the sweep row this row was expanded from
     children: tuple[tuple[tuple[str, str], ...], ...] = ()  # a sweep row: its combinations
+    nodes: int = 1  # hosts the run spans, each with `gpus` accelerators (sheetrunner/gang.py)
 
     @property
     def is_sweep(self) -> bool:
@@ -158,6 +159,7 @@ class RowLink:
     # Owned cells the sheet showed for a run rebuilt without its history (lost state):
     # shown as they were until the run has values of its own, never blanked.
     kept_cells: dict[str, str] = field(default_factory=dict)
+    nodes: int = 1  # hosts wanted, each with `gpus` accelerators (from the next launch)
 
 
 @dataclass
@@ -200,6 +202,11 @@ class Run:
     # the content hash's first digits outside git; and the content hash itself.
     code: str = ""
     code_hash: str = ""
+    # A run across hosts: (host, accelerators) of every node of the current attempt, rank 0
+    # first (its host and accelerators are also `host` and `accelerators`); () for one host.
+    spread: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    waited_cycles: int = 0  # cycles a run across hosts has waited for them (sheetrunner/gang.py)
+    slice_name: str = ""  # the [[slices]] entry the current attempt took whole, if any
 
 
 @dataclass(frozen=True)

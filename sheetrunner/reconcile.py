@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from . import lifecycle
+from . import gang, lifecycle
 from .match import RowMatcher, keepers, newest_attempts, run_from_attempt
 from .model import (
     UNENDED_ATTEMPT_STATES,
@@ -46,6 +46,8 @@ class Policy:
     job_time_limit_s: Mapping[str, float] = field(default_factory=dict)  # [jobs.NAME] time_limit
     # job -> exit codes that fail the run at once (a usage error no retry can fix)
     no_retry_exit_codes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    slices: tuple[gang.Slice, ...] = ()  # [[slices]]: hosts that take only whole-slice runs
+    reserve_after_cycles: int = 3  # a run across hosts waiting longer holds hosts (gang.py)
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,9 @@ class Launch:
     attempt: int
     host: str
     accelerators: tuple[str, ...]
+    node_rank: int = 0  # a run across hosts: this node's rank, its hosts and rank 0's port
+    nodes: tuple[str, ...] = ()
+    coordinator_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -169,6 +174,7 @@ class _Cycle:
                 seen.accelerators or run.accelerators,
             )
             run.attempt_started_at = seen.started_at or self.now
+            run.spread, run.slice_name = (), ""  # its other nodes, if any, are fenced
             run.crashes = max(run.crashes, seen.attempt - 1)
             lifecycle.found_again(run)
             run.finished_at, run.link.kept_cells = None, {}
@@ -219,6 +225,7 @@ class _Cycle:
         if not run.status.is_live:
             run.link.gpus = exp.gpus  # takes effect at the next launch
             run.link.gpu_memory_mib = exp.gpu_memory_mib
+            run.link.nodes = exp.nodes
         if exp.error:
             self._invalidate(run, exp.error)
         elif rerun and (run.status.is_final or run.attempt > 0):
@@ -250,6 +257,7 @@ class _Cycle:
         run.spec = RunSpec(exp.key, exp.job, exp.params)
         run.link.gpus, run.link.where, run.link.retries = exp.gpus, exp.where, self._retries(exp)
         run.link.gpu_memory_mib = exp.gpu_memory_mib
+        run.link.nodes = exp.nodes
         lifecycle.queue(run)
         run.link.duplicate_of = None
         self._apply_action(exp.action, run)
@@ -294,8 +302,8 @@ class _Cycle:
         self.out.events.append(Event(run.run_id, "stopped", reason))
 
     def _kill(self, run: Run, reason: str) -> None:
-        if run.host and run.attempt:
-            self.out.kills.append(Kill(run.run_id, run.attempt, run.host, reason))
+        for host in gang.node_hosts(run) if run.attempt else ():
+            self.out.kills.append(Kill(run.run_id, run.attempt, host, reason))
 
     # -- 2. what the probes saw ---------------------------------------------------------------
 
@@ -309,12 +317,48 @@ class _Cycle:
             if run.launch_error:
                 self._launch_failed(run)
                 continue
+            if run.spread:
+                self._observe_nodes(run, observed, configured)
+                continue
             host = observed.get(run.host)
             if host is None or not host.reachable:
                 self._host_silent(run, host, configured)
                 continue
             self._seen(run, host.attempt(run.run_id, run.attempt))
             self._health(run, host)
+
+    def _observe_nodes(
+        self, run: Run, observed: Mapping[str, HostObservation], configured: set[str]
+    ) -> None:
+        """A run across hosts: one attempt, judged from all its nodes (gang.combined); a node
+        that failed decides it even while another node's host is silent."""
+        failed = gang.failure(run, observed)
+        if failed is not None:
+            self._seen(run, failed)
+            return
+        silent = gang.silent_node(run, observed)
+        if silent is not None:
+            self._node_silent(run, *silent, configured)
+            return
+        self._seen(run, gang.combined(run, observed))
+
+    def _node_silent(
+        self, run: Run, host: str, seen: HostObservation | None, configured: set[str]
+    ) -> None:
+        """A node's host is silent. The other nodes cannot go on without it, so after
+        `host_lost_timeout` the attempt is a crash (retried whole, whatever `on_host_lost`
+        says); until then the run is `lost` and the other nodes are left alone."""
+        rank = gang.node_hosts(run).index(host)
+        if host not in configured:
+            self._crash(run, f"lost: host {host} (node {rank}) is no longer in the config")
+            return
+        down_since = seen.down_since if seen and seen.down_since else self.now
+        down_for = (self.now - down_since).total_seconds()
+        if down_for >= self.policy.host_lost_timeout_s:
+            self._crash(run, f"lost: host {host} (node {rank}) unreachable for {int(down_for)}s")
+        elif run.status != Status.LOST:
+            why = seen.error if seen else "not probed"
+            lifecycle.lose(run, f"host {host} (node {rank}) unreachable: {why}")
 
     def _health(self, run: Run, host: HostObservation) -> None:
         """A run on a GPU that turned unhealthy says so (its crash, if it comes, is its own)."""
@@ -488,7 +532,9 @@ class _Cycle:
                 if run is None:
                     continue  # not ours to judge (another daemon's state dir?)
                 current = (
-                    run.status.is_live and run.attempt == seen.attempt and run.host == host.host
+                    run.status.is_live
+                    and run.attempt == seen.attempt
+                    and host.host in gang.node_hosts(run)
                 )
                 if not current and not self._already_killing(run.run_id, seen.attempt, host.host):
                     self.out.kills.append(
@@ -515,6 +561,7 @@ class _Cycle:
         retry waits until the attempt it replaces is seen gone (fencing kills it meanwhile),
         so two processes of one row never overlap."""
         placement = Placement(hosts, self.runs.values())
+        groups = gang.HostGroups(placement, hosts, self.runs.values(), self.policy.slices)
         replaced = {r.link.replaced_by: r for r in self.runs.values() if r.link.replaced_by}
         for run in sorted(
             self._waiting(), key=lambda r: (-r.link.priority, r.link.row, r.created_at)
@@ -523,12 +570,17 @@ class _Cycle:
             if _still_alive(run, observed or {}) or _still_alive(previous, observed or {}):
                 run.message = _waiting_for_previous(previous)
                 continue
-            never = never_fits(run, hosts)
+            never = gang.never_fits_across(run, hosts, self.policy.slices)
+            if never is None and run.link.nodes == 1:
+                never = never_fits(run, hosts)
             if never is not None:
                 lifecycle.unplaceable(run, never)
                 continue
             if run.status == Status.UNPLACEABLE:
                 lifecycle.queue(run)
+            if run.link.nodes > 1:
+                self._place_across(run, groups)
+                continue
             found = placement.take(run)
             if isinstance(found, str):
                 run.message = found
@@ -544,8 +596,29 @@ class _Cycle:
 
     def _launch(self, run: Run, host: str, accelerators: tuple[str, ...]) -> None:
         lifecycle.launch(run, host, accelerators, self.now)
-        run.timed_out, run.stall_reason = False, ""
+        run.timed_out, run.stall_reason, run.spread, run.slice_name = False, "", (), ""
         self.out.launches.append(Launch(run.run_id, run.attempt, host, accelerators))
+
+    def _place_across(self, run: Run, groups: gang.HostGroups) -> None:
+        """Every node in this cycle or none; a run that waited long holds hosts (gang.py)."""
+        found = groups.take(run)
+        if isinstance(found, str):
+            run.waited_cycles += 1
+            if run.waited_cycles > self.policy.reserve_after_cycles:
+                found += groups.hold(run, f"waited {run.waited_cycles} cycles")
+            run.message = found
+            return
+        (host, accelerators), *_ = found
+        lifecycle.launch(run, host, accelerators, self.now)
+        run.timed_out, run.stall_reason = False, ""
+        run.spread, run.waited_cycles = tuple(found), 0
+        run.slice_name = gang.slice_taken(found, self.policy.slices)
+        port = gang.coordinator_port(run.run_id, run.attempt)
+        nodes = tuple(h for h, _ in found)
+        for rank, (node, given) in enumerate(found):
+            self.out.launches.append(
+                Launch(run.run_id, run.attempt, node, given, rank, nodes, port)
+            )
 
     # -- result --------------------------------------------------------------------------------
 
@@ -558,16 +631,22 @@ class _Cycle:
 
 
 def _still_alive(run: Run, observed: Mapping[str, HostObservation]) -> bool:
-    """The run's newest attempt still shows as running or starting on its host."""
-    host = observed.get(run.host or "")
-    seen = (
-        host.attempt(run.run_id, run.attempt) if host and host.reachable and run.attempt else None
-    )
-    return seen is not None and seen.state in UNENDED_ATTEMPT_STATES
+    """The run's newest attempt still shows as running or starting on one of its hosts."""
+    for name in gang.node_hosts(run):
+        host = observed.get(name)
+        seen = (
+            host.attempt(run.run_id, run.attempt)
+            if host and host.reachable and run.attempt
+            else None
+        )
+        if seen is not None and seen.state in UNENDED_ATTEMPT_STATES:
+            return True
+    return False
 
 
 def _waiting_for_previous(run: Run) -> str:
-    return f"waiting for attempt {run.attempt} on {run.host} to end before the next one starts"
+    where = "+".join(gang.node_hosts(run))
+    return f"waiting for attempt {run.attempt} on {where} to end before the next one starts"
 
 
 def _lost_reason(seen: AttemptObservation | None) -> str:

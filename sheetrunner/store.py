@@ -292,6 +292,7 @@ def run_from_json(text: str) -> Run:
     data["link"] = RowLink(**link)
     data["seen"] = Seen(**{k: v for k, v in data.get("seen", {}).items() if k in _names(Seen)})
     data["accelerators"] = tuple(data.get("accelerators", ()))
+    data["spread"] = tuple((host, tuple(accs)) for host, accs in data.get("spread", ()))
     data["status"] = Status(data["status"])
     return Run(**data)
 

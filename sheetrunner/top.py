@@ -33,6 +33,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .config import Config
+from .gang import shown_host
 from .model import STATUS_COLOURS, Accelerator, HostObservation, Run, Status
 from .sheet.schema import format_metrics
 from .sheet.table import Sparkline
@@ -451,7 +452,7 @@ def _run_line(run: Run, config: Config, now: datetime, curve_width: int) -> dict
         "row": str(run.link.row or ""),
         "job": run.spec.job,
         "status": Text(f" {run.status.value} ", style=_status_style(run.status)),
-        "host": run.host or "",
+        "host": shown_host(run),
         "attempt": str(run.attempt or ""),
         "elapsed": _elapsed(run, now),
         "curve": Text(curve_text(run, config, curve_width), style="cyan"),

@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .config import HostConfig
+from .gang import node_hosts, shown_host
 from .model import Accelerator, HostObservation, Run, Status
 from .pool.hosts import capacity
 from .prep_policy import low_disk
@@ -73,7 +74,7 @@ def run_json(run: Run, now: datetime | None = None) -> dict[str, Any]:
         "params": dict(run.spec.params),
         "sweep": getattr(run, "sweep_id", "") or "",  # the store keeps it once it is wired
         "status": run.status.value,
-        "host": run.host,
+        "host": shown_host(run) or None,
         "attempt": run.attempt,
         "accelerators": list(run.accelerators),
         "started": run.attempt_started_at.isoformat() if run.attempt_started_at else None,
@@ -134,9 +135,15 @@ def ps_filter(
     }
 
     def keep(entry: dict[str, Any]) -> bool:
-        return all(not values or (entry[key] or "") in values for key, values in wanted.items())
+        return all(not values or _cell(entry, key) & values for key, values in wanted.items())
 
     return keep
+
+
+def _cell(entry: dict[str, Any], key: str) -> set[str]:
+    """The entry's value as `ps` filters it: a run across hosts (`a+b`) matches each host."""
+    text = entry[key] or ""
+    return {text, *text.split("+")} if key == "host" else {text}
 
 
 def _values(given: Iterable[str]) -> set[str]:
@@ -274,7 +281,11 @@ def runs_table(
 def holders(runs: list[Run]) -> dict[tuple[str, str], str]:
     """(host, accelerator) -> the live run holding it."""
     return {
-        (r.host or "", acc): r.run_id for r in runs if r.status.is_live for acc in r.accelerators
+        (host, acc): r.run_id
+        for r in runs
+        if r.status.is_live
+        for host, accs in (r.spread or ((r.host or "", r.accelerators),))
+        for acc in accs
     }
 
 
@@ -304,7 +315,9 @@ def pool_json(
         if repair is not None and repair.get("state") == "repairing":
             state = "repairing"
         cpu_runs = [
-            r.run_id for r in runs if r.host == host.name and r.status.is_live and r.link.gpus == 0
+            r.run_id
+            for r in runs
+            if host.name in node_hosts(r) and r.status.is_live and r.link.gpus == 0
         ]
         out.append(
             {

@@ -71,6 +71,10 @@ def full_run(run_id: str = "r-0001", **changes) -> Run:
         timed_out=True,
         code="a1b2c3d+dirty",
         code_hash="ab" * 32,
+        nodes=2,
+        spread=(("gpu-a", ("0", "3")), ("gpu-c", ("1", "2"))),
+        waited_cycles=4,
+        slice_name="v4-32-a",
     )
     values.update(changes)
     return make_run(run_id, **values)

@@ -170,6 +170,18 @@ ENV_ACCELERATORS = "SHEETRUNNER_ACCELERATORS"
 ENV_KEEP_CHECKPOINTS = "SHEETRUNNER_KEEP_CHECKPOINTS"
 ENV_BEST_METRIC = "SHEETRUNNER_BEST_METRIC"
 ENV_BEST_MODE = "SHEETRUNNER_BEST_MODE"
+# A run across hosts (sheetrunner/gang.py): every node gets these, under sheetrunner's names and
+# under the names torch.distributed / torchrun and jax.distributed read.
+ENV_NODE_RANK = "SHEETRUNNER_NODE_RANK"  # 0 .. num_nodes-1; rank 0 reports metrics
+ENV_NUM_NODES = "SHEETRUNNER_NUM_NODES"
+ENV_COORDINATOR = "SHEETRUNNER_COORDINATOR"  # "address:port" of rank 0's host
+TORCH_MASTER_ADDR = "MASTER_ADDR"
+TORCH_MASTER_PORT = "MASTER_PORT"
+TORCH_NODE_RANK = "NODE_RANK"
+TORCH_WORLD_SIZE = "WORLD_SIZE"  # the number of nodes (one process per node), see docs/pool.md
+JAX_COORDINATOR_ADDRESS = "JAX_COORDINATOR_ADDRESS"
+JAX_PROCESS_ID = "JAX_PROCESS_ID"
+JAX_NUM_PROCESSES = "JAX_NUM_PROCESSES"
 # A random token every process of an attempt inherits (set by the supervisor): the agent finds
 # the attempt's processes by it, including those that left the job's process group or session.
 ENV_ATTEMPT_TOKEN = "SHEETRUNNER_ATTEMPT_TOKEN"

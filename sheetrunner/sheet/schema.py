@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ..argv import KEY_VALUE_HEADER_RE, PARAM_PREFIX, is_key_value_header, param_name
+from ..gang import shown_host
 from ..gpu_memory import size_mib
 from ..model import STATUS_COLOURS, Action, Experiment, Run, Status
 from ..remote.protocol import is_run_id
@@ -34,6 +35,7 @@ USER_COLUMNS = (
     "action",
     "time_limit",
     "gpu_memory",
+    "nodes",
 )
 CODE_COLUMN = "code"  # the code a run's attempt runs (with `[jobs.NAME] sync`): a1b2c3d+dirty
 OWNED_COLUMNS = (
@@ -270,6 +272,7 @@ def _parse_row(
     expanded = run_id is not None and run_id.startswith(SWEEP_ID_PREFIX)
     children = _sweep(values, run_id, errors) if expanded or not bad_cells else ()
     gpus = _int_cell(text["gpus"], 1, "gpus", errors)
+    nodes = _nodes_cell(text["nodes"], errors)
     retries = _int_cell(text["retries"], None, "retries", errors)
     time_limit = _duration_cell(text["time_limit"], errors)
     gpu_memory = _gpu_memory_cell(text["gpu_memory"], errors)
@@ -300,6 +303,7 @@ def _parse_row(
         foreign_id=foreign_id,
         sweep_id=cell_text(table.value(row, "sweep")).strip(),
         children=children,
+        nodes=nodes,
     )
 
 
@@ -364,6 +368,14 @@ def _unsaved_formulas(table: Table, row: int) -> list[str]:
         for v in (table.rows[row - 2] if row - 2 < len(table.rows) else [])
         if isinstance(v, UnsavedFormula)
     ]
+
+
+def _nodes_cell(text: str, errors: list[str]) -> int:
+    """How many hosts the run spans (sheetrunner/gang.py): a whole number ≥ 1, default 1."""
+    nodes = _int_cell(text, 1, "nodes", errors)
+    if nodes == 0:
+        errors.append("nodes must be at least 1 (the hosts the run spans); type e.g. 2")
+    return nodes or 1
 
 
 def _int_cell(text: str, default: int | None, name: str, errors: list[str]) -> int | None:
@@ -469,7 +481,7 @@ def _own_values(run: Run, now: datetime) -> dict[str, Any]:
     return {
         "id": run.run_id,
         "status": run.status.value,
-        "host": run.host or "",
+        "host": shown_host(run),
         "attempt": run.attempt or "",
         "started": format_time(run.started_at),
         "elapsed": format_elapsed(run, now),
