@@ -56,8 +56,11 @@ def format_moment(moment: datetime | None, tz: tzinfo | None = None) -> str:
 
 
 def params_text(params: Iterable[Iterable[str]]) -> str:
-    """A run's parameters as a person reads them on the command line: `lr=0.1 seed=0`."""
-    return " ".join(f"{name}={value}" for name, value in params)
+    """A run's parameters as a person reads them on the command line: `lr=0.1 seed=0` (a
+    key=value column's name already ends in `=`: `model.lr=0.1`)."""
+    return " ".join(
+        f"{name}{value}" if name.endswith("=") else f"{name}={value}" for name, value in params
+    )
 
 
 # -- ps: runs and rows without a run ------------------------------------------------------------
