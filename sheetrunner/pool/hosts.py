@@ -407,6 +407,7 @@ def capacity(config: HostConfig, seen: HostObservation | None) -> HostCapacity:
         ),
         min_free_memory_mib=config.min_free_memory_mib,
         largest_memory_mib=max((a.memory_total_mib or 0 for a in observed), default=0),
+        claimed=tuple(a.index for a in observed if a.claim_namespace),
     )
 
 
