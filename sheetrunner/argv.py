@@ -58,6 +58,11 @@ def param_header(name: str) -> str:
     return name if name.endswith(KEY_VALUE_SUFFIX) else PARAM_PREFIX + name
 
 
+def param_text(name: str, value: str) -> str:
+    """A parameter as a person reads it in `ps` and plot legends: `lr=0.1`, `model.lr=0.1`."""
+    return f"{name}{value}" if name.endswith(KEY_VALUE_SUFFIX) else f"{name}={value}"
+
+
 def argv_items(name: str, value: str) -> list[str]:
     """The argv items one parameter passes."""
     if name.endswith(KEY_VALUE_SUFFIX):

@@ -242,6 +242,11 @@ def metric_columns(where: str, names: Sequence[str]) -> None:
                 f"{where}: {name!r} starts with {PARAM_PREFIX!r}, which marks a parameter column "
                 f"you fill in; name the metric without it, e.g. {name[len(PARAM_PREFIX) :]!r}"
             )
+        if name.endswith("="):
+            raise ConfigError(
+                f"{where}: {name!r} ends with '=', which marks a key=value parameter column "
+                f"you fill in; name the metric without it, e.g. {name.rstrip('=')!r}"
+            )
         if name in taken:
             raise ConfigError(
                 f"{where}: {name!r} is {taken[name]}, not a metric column; rename the metric, "

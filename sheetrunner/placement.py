@@ -34,6 +34,7 @@ class HostCapacity:
     largest_memory_mib: int = 0  # its biggest GPU's total memory (0: not reported)
     closed: str = ""  # why it takes no new runs at all (its disk is nearly full)
     blocked: tuple[tuple[str, str], ...] = ()  # (job, why): jobs it cannot start yet (setup)
+    claimed: tuple[str, ...] = ()  # accelerators with a GPU claim on the host (any sheet's)
 
     def matches(self, where: str | None) -> bool:
         return where is None or where == self.name or where in self.labels
@@ -47,17 +48,36 @@ class Placement:
     """Free capacity of every reachable host, shrinking as runs are placed."""
 
     def __init__(self, hosts: list[HostCapacity], runs: Iterable[Run]):
+        runs = list(runs)
         self.hosts = hosts
         self.free = _free_capacity(hosts, runs)
-        self.full: dict[tuple[int, str | None, str], str] = {}  # shapes no host can take this cycle
+        # shapes (gpus, where, job, memory) no host can take this cycle
+        self.full: dict[tuple[int, str | None, str, int | None], str] = {}
+        self.ours = {(r.host, a) for r in runs if r.status.is_live for a in r.accelerators}
 
     def take(self, run: Run) -> tuple[str, tuple[str, ...]] | str:
         """(host, accelerators) for the run, or why it waits."""
-        shape = (run.link.gpus, run.link.where, run.spec.job)
+        shape = (run.link.gpus, run.link.where, run.spec.job, run.link.gpu_memory_mib)
         host = None if shape in self.full else _best_fit(run, self.hosts, self.free)
         if host is None:
-            return self.full.setdefault(shape, _why_waiting(run, self.hosts))
+            why = _why_waiting(run, self.hosts) + self._claimed_note(run)
+            return self.full.setdefault(shape, why)
         return host.name, _take(run, host, self.free)
+
+    def _claimed_note(self, run: Run) -> str:
+        """Which GPUs the run might have had but another sheet's run claims on the host."""
+        if not run.link.gpus:
+            return ""
+        others = [
+            f"GPU {a} on {h.name}"
+            for h in self.hosts
+            if h.matches(run.link.where) and h.reachable
+            for a in h.claimed
+            if (h.name, a) not in self.ours
+        ]
+        if not others:
+            return ""
+        return f" ({', '.join(others[:3])} claimed by another sheet's run: sheetrunner pool)"
 
 
 @dataclass

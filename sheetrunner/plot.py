@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from .argv import param_text
 from .errors import SheetrunnerError
 from .sheet.table import SPARK_BLOCKS
 
@@ -38,7 +39,7 @@ def labels(runs: Mapping[str, Iterable[tuple[str, str]] | None]) -> dict[str, st
     """run id -> its legend label: its parameters, or its id when it has none (or the store
     does not know it). Two runs with the same parameters (a rerun) get their id added."""
     named = {
-        run_id: " ".join(f"{n}={v}" for n, v in params or ()) or run_id
+        run_id: " ".join(param_text(n, v) for n, v in params or ()) or run_id
         for run_id, params in runs.items()
     }
     counts: dict[str, int] = {}

@@ -16,6 +16,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from .argv import param_text
 from .config import HostConfig
 from .gang import node_hosts, shown_host
 from .model import Accelerator, HostObservation, Run, Status
@@ -58,8 +59,9 @@ def format_moment(moment: datetime | None, tz: tzinfo | None = None) -> str:
 
 
 def params_text(params: Iterable[Iterable[str]]) -> str:
-    """A run's parameters as a person reads them on the command line: `lr=0.1 seed=0`."""
-    return " ".join(f"{name}={value}" for name, value in params)
+    """A run's parameters as a person reads them on the command line: `lr=0.1 seed=0` (a
+    key=value column's name already ends in `=`: `model.lr=0.1`)."""
+    return " ".join(param_text(name, value) for name, value in params)
 
 
 # -- ps: runs and rows without a run ------------------------------------------------------------

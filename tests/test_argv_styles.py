@@ -78,3 +78,9 @@ def test_a_malformed_key_value_header_makes_rows_using_it_invalid():
     assert "is not a key=value parameter" in (used.error or "")
     assert unused.error is None
     assert any("a b=" in line for line in header_problems(table))
+
+
+def test_ps_shows_key_value_parameters_once_with_their_equals_sign():
+    from sheetrunner.views import params_text
+
+    assert params_text([("lr", "0.1"), ("model.depth=", "4")]) == "lr=0.1 model.depth=4"

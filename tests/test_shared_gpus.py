@@ -88,6 +88,19 @@ def test_a_claimed_gpu_is_busy_whoever_claimed_it_even_when_sharing():
     config, seen = host(claimed, gpu("1"), min_free_memory_mib=GIB, share_gpus=True)
     assert capacity(config, seen).busy == ("0",)
     assert place(config, seen) == ("a", ("1",))
+    assert place(config, seen, gpus=2) == (
+        "waiting for 2 free accelerators with 1GiB free memory (GPU 0 on a claimed by another "
+        "sheet's run: sheetrunner pool)"
+    )
+
+
+def test_runs_of_one_shape_but_another_memory_need_are_placed_each_on_its_own():
+    config, seen = host(gpu("0", used_gib=50), gpu("1", used_gib=70))
+    placement = Placement([capacity(config, seen)], [])
+    big = make_run("abcdef01-x1", gpu_memory_mib=40 * GIB)
+    small = make_run("abcdef01-x2", gpu_memory_mib=5 * GIB)
+    assert isinstance(placement.take(big), str)
+    assert placement.take(small) == ("a", ("0",))
 
 
 def test_a_refused_launch_waits_again_without_counting_a_crash():

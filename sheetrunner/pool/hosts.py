@@ -418,6 +418,7 @@ def capacity(config: HostConfig, seen: HostObservation | None) -> HostCapacity:
         min_free_memory_mib=config.min_free_memory_mib,
         largest_memory_mib=max((a.memory_total_mib or 0 for a in observed), default=0),
         closed=low_disk(config.min_free_disk, seen.disk_free_bytes if seen else None),
+        claimed=tuple(a.index for a in observed if a.claim_namespace),
     )
 
 
