@@ -70,12 +70,13 @@ class HostPrep:
 
     def use(self, config: Config) -> None:
         """The config (again, after a reload): a tree per synced directory, the daemon's own
-        files (state directory, workbook) never part of it."""
+        files (state directory, workbook, the local host's root) never part of it."""
         self.config = config
         self.uploader.present.clear()  # a host's root may have changed: ask again once
         exclude = [config.daemon.state_dir]
         if config.sheet.path is not None:
             exclude.append(config.sheet.path)
+        exclude += [Path(h.root).expanduser() for h in config.hosts if h.local]  # runs live there
         self.trees = {
             job.sync: self.trees.get(job.sync) or LocalTree(job.sync, exclude)
             for job in config.jobs.values()
