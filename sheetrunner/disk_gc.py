@@ -81,7 +81,7 @@ def _tidy(
     result = GcResult(agent.name)
     try:
         answer = agent.command("gc", request)
-    except TransportError as exc:
+    except (TransportError, ValueError) as exc:
         result.error = str(exc)
         log.warning("host=%s gc not done: %s", agent.name, exc)
         return result

@@ -131,7 +131,7 @@ class HostPrep:
                 if version is not None:
                     self.uploader.ensure(agent, version, self.trees[job.sync])  # type: ignore[index]
                 reason = self._setup(agent, job, version, now, agent.name in retry or "*" in retry)
-            except TransportError as exc:
+            except (TransportError, ValueError, OSError) as exc:  # host down, refused; file gone
                 log.warning("host=%s job=%s not ready: %s", agent.name, name, exc)
                 reason = f"code or setup not ready: {exc}"
             if reason:
