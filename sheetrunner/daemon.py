@@ -410,7 +410,7 @@ class Daemon:
             if version is not None:
                 try:  # the host has it (host_prep, this cycle): no call, unless it did not
                     workdir = self.prep.uploader.ensure(agent, version, self.prep.trees[job.sync])  # type: ignore[index]
-                except TransportError as exc:
+                except (TransportError, ValueError, OSError) as exc:
                     self.store.record_intent(run, now)
                     self._launch_failed(run, f"code upload: {exc}", now)
                     continue

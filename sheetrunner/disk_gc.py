@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from .config import Config
+from .config import Config, HostConfig
 from .errors import TransportError
 from .log_archive import ARCHIVED_BYTES, LogArchive
 from .model import Run
 from .pool.hosts import HostAgent, Pool
-from .prep_policy import gc_choice
+from .prep_policy import GcChoice, gc_choice
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -50,42 +51,50 @@ def collect(
     hosts: Iterable[str] | None = None,
     dry_run: bool = False,
 ) -> list[GcResult]:
-    """Tidy each host (all, or those named): one agent call per host."""
+    """Tidy each host (all, or those named), all at once: one agent call per host."""
     runs = list(store.runs().values())
     names = set(hosts) if hosts is not None else {h.name for h in config.hosts}
     current = list(current_code)
-    results = []
-    for host in config.hosts:
-        agent = pool.agents.get(host.name)
-        if host.name not in names or agent is None:
-            continue
+    chosen = [h for h in config.hosts if h.name in names and h.name in pool.agents]
+    if not chosen:
+        return []
+
+    def tidy(host: HostConfig) -> GcResult:
         choice = gc_choice(runs, now, host.keep_finished_days, host.gc_shown_checkpoints, current)
-        by_id = {r.run_id: r for r in runs}
-        kept = [] if dry_run else _unarchived(agent, [by_id[i] for i in choice.runs], archive)
-        request = {
-            "runs": [r for r in choice.runs if r not in kept],
-            "checkpoints": [r for r in choice.checkpoints if r not in kept],
-            "keep_code": list(choice.keep_code),
-            "dry_run": dry_run,
-        }
-        result = GcResult(host.name)
-        try:
-            answer = agent.command("gc", request)
-        except TransportError as exc:
-            result.error = str(exc)
-            log.warning("host=%s gc not done: %s", host.name, exc)
-        else:
-            result.freed_bytes = int(answer.get("freed_bytes") or 0)
-            result.removed = [str(p) for p in answer.get("removed") or []]
-            if result.removed and not dry_run:
-                log.info(
-                    "host=%s gc removed %d paths, %d bytes freed",
-                    host.name,
-                    len(result.removed),
-                    result.freed_bytes,
-                )
-        results.append(result)
-    return results
+        return _tidy(pool.agents[host.name], choice, runs, archive, dry_run)
+
+    with ThreadPoolExecutor(max_workers=min(pool.max_parallel, len(chosen))) as ex:
+        return list(ex.map(tidy, chosen))
+
+
+def _tidy(
+    agent: HostAgent, choice: GcChoice, runs: list[Run], archive: LogArchive, dry_run: bool
+) -> GcResult:
+    by_id = {r.run_id: r for r in runs}
+    kept = [] if dry_run else _unarchived(agent, [by_id[i] for i in choice.runs], archive)
+    request = {
+        "runs": [r for r in choice.runs if r not in kept],
+        "checkpoints": [r for r in choice.checkpoints if r not in kept],
+        "keep_code": list(choice.keep_code),
+        "dry_run": dry_run,
+    }
+    result = GcResult(agent.name)
+    try:
+        answer = agent.command("gc", request)
+    except (TransportError, ValueError) as exc:
+        result.error = str(exc)
+        log.warning("host=%s gc not done: %s", agent.name, exc)
+        return result
+    result.freed_bytes = int(answer.get("freed_bytes") or 0)
+    result.removed = [str(p) for p in answer.get("removed") or []]
+    if result.removed and not dry_run:
+        log.info(
+            "host=%s gc removed %d paths, %d bytes freed",
+            agent.name,
+            len(result.removed),
+            result.freed_bytes,
+        )
+    return result
 
 
 def _unarchived(agent: HostAgent, runs: list[Run], archive: LogArchive) -> list[str]:

@@ -70,12 +70,13 @@ class HostPrep:
 
     def use(self, config: Config) -> None:
         """The config (again, after a reload): a tree per synced directory, the daemon's own
-        files (state directory, workbook) never part of it."""
+        files (state directory, workbook, the local host's root) never part of it."""
         self.config = config
         self.uploader.present.clear()  # a host's root may have changed: ask again once
         exclude = [config.daemon.state_dir]
         if config.sheet.path is not None:
             exclude.append(config.sheet.path)
+        exclude += [Path(h.root).expanduser() for h in config.hosts if h.local]  # runs live there
         self.trees = {
             job.sync: self.trees.get(job.sync) or LocalTree(job.sync, exclude)
             for job in config.jobs.values()
@@ -130,7 +131,7 @@ class HostPrep:
                 if version is not None:
                     self.uploader.ensure(agent, version, self.trees[job.sync])  # type: ignore[index]
                 reason = self._setup(agent, job, version, now, agent.name in retry or "*" in retry)
-            except TransportError as exc:
+            except (TransportError, ValueError, OSError) as exc:  # host down, refused; file gone
                 log.warning("host=%s job=%s not ready: %s", agent.name, name, exc)
                 reason = f"code or setup not ready: {exc}"
             if reason:

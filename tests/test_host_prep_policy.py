@@ -106,6 +106,10 @@ def test_sheetrunnerignore_patterns(tmp_path):
     assert tree.snapshot().hash == first.hash  # nothing changed, same version
     (tmp_path / "train.py").write_text("print(2)\n")
     assert tree.snapshot().hash != first.hash
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "state.sqlite").write_bytes(b"changes every cycle")
+    own = LocalTree(tmp_path, exclude=[tmp_path / "state"])  # the daemon's own files
+    assert "state/state.sqlite" not in [f.path for f in own.snapshot().files]
 
 
 def test_hosts_get_ready_only_for_jobs_they_may_take():
