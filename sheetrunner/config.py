@@ -192,7 +192,7 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
         hosts=hosts,
         ssh=_ssh(raw.get("ssh", {})),
         notify=_notify(raw.get("notify"), base),
-        slices=_slices(raw.get("slices", []), [h.name for h in hosts]),
+        slices=_slices(raw.get("slices", []), {h.name: h.labels for h in hosts}),
     )
     _check_local_workdirs(config)
     return config
