@@ -210,7 +210,7 @@ def parse(raw: dict[str, Any], path: Path) -> Config:
         ssh=_ssh(raw.get("ssh", {})),
         notify=_notify(raw.get("notify"), base),
         clusters=parse_clusters(raw.get("clusters", []), base),
-        slices=_slices(raw.get("slices", []), [h.name for h in hosts]),
+        slices=_slices(raw.get("slices", []), {h.name: h.labels for h in hosts}),
     )
     _check_cluster_names(config)
     _check_local_workdirs(config)

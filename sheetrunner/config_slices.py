@@ -6,6 +6,7 @@ slice only says that its hosts take nothing but runs across all of them (sheetru
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .config_checks import check_name, expect, expect_list_of_str, known_keys
@@ -16,10 +17,12 @@ SLICE_KEYS = {"name", "hosts", "labels"}
 EXAMPLE = '[[slices]]\nname = "v4-32-a"\nhosts = ["tpu-a-0", "tpu-a-1", "tpu-a-2", "tpu-a-3"]'
 
 
-def slices(raw: Any, hosts: list[str]) -> tuple[Slice, ...]:
-    """The `[[slices]]` tables; every mistake names the key and the fix."""
+def slices(raw: Any, labels: Mapping[str, Sequence[str]]) -> tuple[Slice, ...]:
+    """The `[[slices]]` tables, given each host's labels by name (in config order); every
+    mistake names the key and the fix."""
     expect("slices", raw, list, f"[[slices]] tables, e.g.\n{EXAMPLE}")
-    found = tuple(_slice(i, spec, hosts) for i, spec in enumerate(raw))
+    hosts = list(labels)
+    found = tuple(_slice(i, spec, labels) for i, spec in enumerate(raw))
     owner: dict[str, str] = {}
     for each in found:
         if each.name in hosts or each.name in {s.name for s in found if s is not each}:
@@ -37,7 +40,7 @@ def slices(raw: Any, hosts: list[str]) -> tuple[Slice, ...]:
     return found
 
 
-def _slice(index: int, raw: Any, hosts: list[str]) -> Slice:
+def _slice(index: int, raw: Any, labels: Mapping[str, Sequence[str]]) -> Slice:
     expect(f"slices[{index}]", raw, dict, EXAMPLE)
     known_keys(f"slices[{index}]", raw, SLICE_KEYS)
     name = raw.get("name")
@@ -45,8 +48,16 @@ def _slice(index: int, raw: Any, hosts: list[str]) -> Slice:
         raise ConfigError(f'slices[{index}].name is missing; e.g. name = "v4-32-a"')
     check_name("slice name", f"slices[{index}].name", name)
     where = f"slices[{name}]"
+    hosts = list(labels)
     members = raw.get("hosts")
-    expect_list_of_str(f"{where}.hosts", members, '["tpu-a-0", "tpu-a-1"]')
+    if isinstance(members, str):  # a label: every host that has it, in config order
+        label, members = members, [h for h in hosts if members in labels[h]]
+        if not members:
+            raise ConfigError(
+                f"{where}.hosts = {label!r} is a label no [[hosts]] entry has; add "
+                f'labels = ["{label}"] to each of the slice\'s hosts, or list them by name'
+            )
+    expect_list_of_str(f"{where}.hosts", members, '["tpu-a-0", "tpu-a-1"] or a label')
     if len(members) < 2 or len(set(members)) < len(members):
         raise ConfigError(
             f"{where}.hosts = {members!r}; list two or more different hosts, e.g. "

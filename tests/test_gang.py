@@ -315,6 +315,7 @@ def test_each_node_gets_the_same_argv_with_its_rank_and_the_coordinator():
     ({"name": "h0", "hosts": ["h0", "h1"]}, "give the slice a name of its own"),
     ({"hosts": ["h0", "h1"]}, "slices[0].name is missing"),
     ({"name": "s", "hosts": ["h0", "h1"], "size": 2}, "unknown key 'slices[0].size'"),
+    ({"name": "s", "hosts": "v5e"}, "slices[s].hosts = 'v5e' is a label no [[hosts]] entry has"),
 ])
 def test_a_bad_slice_fails_at_start_naming_the_key_and_the_fix(tmp_path, raw, says):
     from sheetrunner.config import parse
@@ -325,6 +326,16 @@ def test_a_bad_slice_fails_at_start_naming_the_key_and_the_fix(tmp_path, raw, sa
     with pytest.raises(ConfigError) as err:
         parse(config, tmp_path / "c.toml")
     assert says in str(err.value)
+
+
+def test_a_slice_may_name_its_hosts_by_a_label(tmp_path):
+    from sheetrunner.config import parse
+
+    config = parse({"sheet": {"path": "x.xlsx"}, "jobs": {"t": {"command": ["true"]}},
+                    "hosts": [{"name": "h0", "labels": ["v4"]}, {"name": "x"},
+                              {"name": "h1", "labels": ["v4"]}],
+                    "slices": [{"name": "s", "hosts": "v4"}]}, tmp_path / "c.toml")
+    assert config.slices == (Slice("s", ("h0", "h1")),)
 
 
 def test_the_nodes_column_defaults_to_one_and_refuses_zero():
