@@ -10,6 +10,7 @@ each daemon waited for (children of this process: never left as zombies).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -128,6 +129,13 @@ PartitionName=gpu Nodes=localhost Default=YES MaxTime=INFINITE State=UP
         return path.read_text(errors="replace")[-2000:] if path.exists() else ""
 
     def stop(self) -> None:
+        """Cancel every job and let the steps end (a slurmstepd whose slurmd is gone lingers,
+        retrying, ignoring SIGTERM), then SIGTERM the daemons and wait for them (they are
+        children of this process: never left as zombies); steps still left are killed."""
+        self.run("scancel", "--me", check=False)
+        deadline = time.monotonic() + 15
+        while self.run("squeue", "-h", check=False).strip() and time.monotonic() < deadline:
+            time.sleep(0.2)
         for proc in self.procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -137,8 +145,25 @@ PartitionName=gpu Nodes=localhost Default=YES MaxTime=INFINITE State=UP
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        # scancel'd job steps are slurmstepd processes re-parented to PID 1: none may remain
-        # holding our directory; slurmd's SIGTERM ends them.
+        for pid in self.steps():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+    def steps(self) -> list[int]:
+        """slurmstepd processes of this cluster still running (by SLURM_CONF in their
+        environment; a zombie left for PID 1 to reap does not count)."""
+        marker = f"SLURM_CONF={self.conf}".encode()
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                environ = Path(f"/proc/{pid}/environ").read_bytes()
+            except OSError:
+                continue
+            state = stat.rsplit(")", 1)[-1].split()[0]
+            if state != "Z" and marker in environ.split(b"\0") and "slurmstepd" in stat:
+                found.append(int(pid))
+        return found
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +178,5 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
         yield cluster
     finally:
         cluster.stop()
+    assert all(p.poll() is not None for p in cluster.procs)  # daemons waited for: no zombies
+    assert not cluster.steps(), "slurmstepd left running"
