@@ -183,6 +183,15 @@ class FakeHost:
         return {"boot_id": self.boot_id, "gpus": [], "load": 0.0,
                 "disk_free_bytes": 10**12, "attempts": answer}
 
+    def command(self, name: str, request: dict, with_host: bool = True) -> dict:
+        """The agent's disk command, as a host with nothing to remove answers it (the fake
+        keeps no files); the code and setup commands are for synced jobs, which the fake
+        pool's tests do not configure."""
+        self._reachable(name)
+        if name != "gc":
+            raise ValueError(f"{self.name}: the fake host has no {name!r} command")
+        return {"freed_bytes": 0, "removed": []}
+
     def launch(self, spec: dict) -> LaunchResult:
         self._reachable("launch")
         self._settle()
