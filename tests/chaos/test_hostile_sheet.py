@@ -6,6 +6,7 @@ hostile-job case runs over real sshd (tests/sshd.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sys
 import time
@@ -211,7 +212,9 @@ def test_a_job_that_damages_its_run_directory_never_takes_its_ssh_host_down(tmp_
                       accelerators=2, root="~/" + DEFAULT_ROOT)
     pool = Pool([HostAgent(host, SshTransport(**sshd_lab.transport_kwargs(fake)))])
     pool.set_namespace(new_namespace())
-    hostile, healthy = new_run("hostile"), new_run("healthy")
+    # each on its own GPU: every launch claims its GPUs on the host (docs/shared-gpus.md)
+    hostile = new_run("hostile")
+    healthy = dataclasses.replace(new_run("healthy"), accelerators=("1",))
     try:
         for run in (hostile, healthy):
             launch(pool, "gpu-a", run, HANGING_JOB)
