@@ -94,7 +94,7 @@ def test_stop_kills_a_running_row(tmp_path):
 
 
 def test_a_row_added_and_rows_sorted_while_running_land_on_the_right_rows(tmp_path):
-    daemon = start(tmp_path, [["fake", 30, 0.1, None, 0], ["fake", 1, 0.01, None, 0]])
+    daemon = start(tmp_path, [["fake", 300, 0.1, None, 0], ["fake", 1, 0.01, None, 0]])
     cycle_until(daemon, lambda rows: rows[1]["status"] == "succeeded")
     ids = [r["id"] for r in read_workbook(daemon.config.sheet.path)]
 
@@ -108,7 +108,7 @@ def test_a_row_added_and_rows_sorted_while_running_land_on_the_right_rows(tmp_pa
     rows = cycle_until(daemon, lambda rows: rows[2].get("status") == "succeeded")
     assert [r["id"] for r in rows[:2]] == [ids[1], ids[0]]
     assert rows[0]["status"] == "succeeded" and rows[0]["--steps"] == 1
-    assert rows[1]["status"] == "running" and rows[1]["--steps"] == 30
+    assert rows[1]["status"] == "running" and rows[1]["--steps"] == 300
     assert rows[2]["id"] not in ids
     daemon.cycle()
 
