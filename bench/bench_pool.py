@@ -40,6 +40,7 @@ SIZES = (4, 16, 32)
 WARM_CYCLES = 3
 NAIVE_CYCLES = 3
 GPUS = 2
+NS = "benchns000001"  # the sheet's namespace the probes look under
 
 
 class Counted:
@@ -100,7 +101,7 @@ def sheetrunner_cycles(lab, hosts: list) -> tuple[float, float, float, float, li
         cfg = host_config(host)
         transport = transport_for(config, cfg)
         counters.append(Counted(transport))
-        agents.append(HostAgent(cfg, transport, probe_timeout))
+        agents.append(HostAgent(cfg, transport, probe_timeout, namespace=NS))
     pool = Pool(agents, DaemonConfig().max_parallel_hosts)
     try:
         def cycle() -> float:
@@ -132,7 +133,8 @@ def naive_cycles(lab, hosts: list, agent_paths: list[str]) -> tuple[float, float
     stdin = json.dumps({"attempts": []}).encode()  # what HostAgent.probe sends for no runs
 
     def probe(host, agent_path: str) -> None:
-        remote = shlex.join([sys.executable, agent_path, "probe", str(host.root_dir)])
+        remote = shlex.join([sys.executable, agent_path, "probe", f"{host.root_dir}/{NS}",
+                             host.name])
         out = subprocess.run(
             ["ssh", "-F", "/dev/null", "-p", str(host.port), "-i", str(lab.client_key),
              "-o", f"UserKnownHostsFile={lab.known_hosts}", "-o", "StrictHostKeyChecking=yes",

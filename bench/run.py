@@ -2,6 +2,7 @@
 
     python bench/run.py            # all sections
     python bench/run.py core sheet # some of them
+    python bench/run.py lab        # at lab scale (bench/bench_lab.py); `lab --quick` in CI
 
 Absolute times depend on the machine; the ratios are what to compare between
 commits. Not part of the test suite (CI-sized tests never time anything).
@@ -154,6 +155,7 @@ def bench_jobs() -> None:
         line(name, base, took)
 
 
+from bench_lab import bench_lab  # noqa: E402
 from bench_pool import bench_pool  # noqa: E402
 from bench_slurm import bench_slurm  # noqa: E402
 
@@ -162,6 +164,10 @@ SECTIONS = {"core": bench_core, "rows": bench_rows, "workbook": bench_workbook,
             "slurm": bench_slurm}
 
 if __name__ == "__main__":
+    # `lab [PART ...] [--quick]`: sheetrunner at lab scale (bench/bench_lab.py), its own args.
+    if sys.argv[1:2] == ["lab"]:
+        bench_lab(sys.argv[2:])
+        sys.exit(0)
     for name in sys.argv[1:] or list(SECTIONS):
         SECTIONS[name]()
         print()

@@ -29,13 +29,15 @@ from ..remote.protocol import (
     ENV_BEST_MODE,
     ENV_KEEP_CHECKPOINTS,
     FILE_MODE,
+    RESIDENT_COMMANDS,
     is_attempt,
     is_namespace,
     is_run_id,
     namespace_root,
 )
 from .accelerators import is_tpu, tpu_chips, visible_env
-from .transport import Transport
+from .resident import ResidentAgent, Unavailable
+from .transport import CommandResult, Transport
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +89,17 @@ class HostAgent:
         transport: Transport,
         timeout_s: float = 30.0,
         namespace: str | None = None,
+        resident: bool = True,
     ):
         self.config = config
         self.transport = transport
         self.timeout_s = timeout_s
         self.namespace = namespace
+        # Asked first when the transport can hold a stream; from the first exec that
+        # succeeded on (it uploads the agent when the host lacks this version).
+        self.resident = ResidentAgent(config.name, transport, self.argv(["serve"]), agent_name())
+        self._use_resident = resident
+        self._agent_present = False
 
     @property
     def name(self) -> str:
@@ -152,16 +160,40 @@ class HostAgent:
             err = result.stderr.decode(errors="replace").strip().splitlines()[-3:]
             raise TransportError(f"{self.name}: cannot prepare {dirs[0]}: {' '.join(err)}")
 
+    def close(self) -> None:
+        """End the resident agent and the connection."""
+        self.resident.close()
+        self.transport.close()
+
     def _call(self, args: list[str], stdin: bytes = b"", timeout_s: float | None = None) -> bytes:
-        argv = self.argv(args)
-        result = self.transport.run(argv, stdin=stdin, timeout_s=timeout_s or self.timeout_s)
-        if result.exit_code == 2 and b"can't open file" in result.stderr:
-            self._upload()  # nothing ran: safe to run the same command again
-            result = self.transport.run(argv, stdin=stdin, timeout_s=timeout_s or self.timeout_s)
+        result = self._resident_call(args, stdin, timeout_s or self.timeout_s)
+        if result is None:
+            result = self._exec(args, stdin, timeout_s or self.timeout_s)
         if result.exit_code != 0:
             err = result.stderr.decode(errors="replace").strip().splitlines()[-3:]
             raise TransportError(f"{self.name}: agent {args[0]} failed: {' '.join(err)}")
         return result.stdout
+
+    def _resident_call(
+        self, args: list[str], stdin: bytes, timeout_s: float
+    ) -> CommandResult | None:
+        """The resident agent's answer, or None when the exec path must ask."""
+        if not (self._use_resident and self._agent_present) or args[0] not in RESIDENT_COMMANDS:
+            return None
+        try:
+            return self.resident.call(args, stdin, timeout_s)
+        except Unavailable:
+            return None
+
+    def _exec(self, args: list[str], stdin: bytes, timeout_s: float) -> CommandResult:
+        argv = self.argv(args)
+        result = self.transport.run(argv, stdin=stdin, timeout_s=timeout_s)
+        if result.exit_code == 2 and b"can't open file" in result.stderr:
+            self._upload()  # nothing ran: safe to run the same command again
+            result = self.transport.run(argv, stdin=stdin, timeout_s=timeout_s)
+        if result.exit_code != 2 or b"can't open file" not in result.stderr:
+            self._agent_present = True
+        return result
 
     def _where(self, command: str) -> list[str]:
         return [command, self.ns_root(), self.name]
@@ -290,7 +322,7 @@ class Pool:
         keep = {id(a) for a in agents}
         for old in self.agents.values():
             if id(old) not in keep:
-                old.transport.close()
+                old.close()
         self.agents = {a.name: a for a in agents}
         if self.namespace:
             self.set_namespace(self.namespace)
@@ -302,7 +334,7 @@ class Pool:
 
     def close(self) -> None:
         for agent in self.agents.values():
-            agent.transport.close()
+            agent.close()
 
 
 def observation_from_probe(host: str, facts: dict, now: datetime) -> HostObservation:

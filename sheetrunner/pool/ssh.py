@@ -170,6 +170,30 @@ class SshTransport:
 
         self._call(f"upload of {path}", timeout_s, body)
 
+    def open_stream(self, argv: Sequence[str], *, timeout_s: float = 30.0) -> SshStream:
+        """Start argv on its own channel and keep it: a long-lived process spoken to through
+        its stdin and stdout (the resident agent). The channel holds one of the host's
+        channel slots until the stream is closed."""
+        command = command_line(argv)
+        if not self._slots.acquire(timeout=timeout_s):
+            raise CommandTimeout(
+                f"host {self.host}: no free SSH channel for a resident agent within {timeout_s:g} s"
+            )
+
+        def body(conn: Connection, deadline: float) -> tuple[Connection, paramiko.Channel]:
+            chan = self._open_channel(conn, deadline)
+            chan.exec_command(command)
+            return conn, chan
+
+        try:
+            conn, chan = self._call_in_slot(f"command {_short(command)}", timeout_s, body)
+        except BaseException:
+            self._slots.release()
+            raise
+        stream = SshStream(self.host, conn, chan, self._slots.release)
+        stream.ack_timeout_s = self._connect_timeout_s
+        return stream
+
     def close(self) -> None:
         """Drop the connection and forget past failures; the next call reconnects at once."""
         with self._lock:
@@ -187,16 +211,21 @@ class SshTransport:
         once; after a command was sent nothing is retried (it may have run).
         """
         with self._slot(what, timeout_s):
-            for attempt in (1, 2):
-                conn, fresh = self._connection()
-                try:
-                    return self._guarded(conn, what, time.monotonic() + timeout_s, body)
-                except _StaleConnection as exc:
-                    if fresh or attempt == 2:
-                        raise HostUnreachable(
-                            f"host {self.host}: the SSH connection closed at once ({exc})"
-                        ) from exc
-                    log.info("host %s: cached SSH connection was dead; reconnecting", self.host)
+            return self._call_in_slot(what, timeout_s, body)
+
+    def _call_in_slot(
+        self, what: str, timeout_s: float, body: Callable[[Connection, float], T]
+    ) -> T:
+        for attempt in (1, 2):
+            conn, fresh = self._connection()
+            try:
+                return self._guarded(conn, what, time.monotonic() + timeout_s, body)
+            except _StaleConnection as exc:
+                if fresh or attempt == 2:
+                    raise HostUnreachable(
+                        f"host {self.host}: the SSH connection closed at once ({exc})"
+                    ) from exc
+                log.info("host %s: cached SSH connection was dead; reconnecting", self.host)
         raise AssertionError("unreachable")
 
     @contextlib.contextmanager
@@ -351,6 +380,78 @@ class SshTransport:
             raise
         finally:
             sftp.close()
+
+
+class SshStream:
+    """A long-lived command on one channel: lines written to its stdin, lines read from its
+    stdout, each read bounded by a deadline. Any failure closes the stream (the caller
+    starts another); its channel slot is given back once. A request past its deadline
+    closes the whole connection, as a command past its deadline does: a host that stopped
+    answering on one channel is not asked again on the same connection."""
+
+    def __init__(
+        self, host: str, conn: Connection, chan: paramiko.Channel, release: Callable[[], None]
+    ) -> None:
+        self.host = host
+        self.ack_timeout_s: float | None = None
+        self._conn = conn
+        self._chan = chan
+        self._release: Callable[[], None] | None = release
+        self._buffer = bytearray()
+
+    @property
+    def alive(self) -> bool:
+        return self._release is not None and not self._chan.closed and not self._chan.eof_received
+
+    def write(self, data: bytes, deadline: float) -> None:
+        try:
+            self._chan.settimeout(remaining(deadline))
+            self._chan.sendall(data)
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            self.close()
+            raise HostUnreachable(
+                f"host {self.host}: resident channel failed: {describe(exc)}"
+            ) from exc
+
+    def read_line(self, deadline: float, limit: int = MAX_OUTPUT_BYTES) -> bytes:
+        """The next line (without its newline); CommandTimeout past the deadline,
+        HostUnreachable when the channel ended."""
+        while b"\n" not in self._buffer:
+            if len(self._buffer) > limit:
+                self.close()
+                raise TransportError(f"host {self.host}: a resident answer over {limit} bytes")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.close()
+                self._conn.close("a resident agent request timed out")
+                raise CommandTimeout(
+                    f"host {self.host}: the resident agent did not answer in time; its SSH "
+                    "connection was closed and the next call reconnects"
+                )
+            try:
+                self._chan.settimeout(left)
+                chunk = self._chan.recv(1 << 16)
+            except TimeoutError:
+                continue
+            except (OSError, paramiko.SSHException, EOFError) as exc:
+                self.close()
+                raise HostUnreachable(
+                    f"host {self.host}: resident channel failed: {describe(exc)}"
+                ) from exc
+            if not chunk:
+                self.close()
+                raise HostUnreachable(f"host {self.host}: the resident agent ended")
+            self._buffer += chunk
+        line, _, rest = bytes(self._buffer).partition(b"\n")
+        self._buffer = bytearray(rest)
+        return line
+
+    def close(self) -> None:
+        release, self._release = self._release, None
+        with contextlib.suppress(Exception):
+            self._chan.close()
+        if release is not None:
+            release()
 
 
 def _short(command: str, limit: int = 60) -> str:

@@ -11,7 +11,9 @@ so no value can name a path outside the host's directory. Paths may start
 with `~`: they are expanded here, on the host. Layout: docs/remote-layout.md.
 """
 
+import base64
 import errno
+import io
 import itertools
 import json
 import os
@@ -33,6 +35,8 @@ METRIC_PREFIX = "SHEETRUNNER "
 METRIC_PREFIX_BYTES = METRIC_PREFIX.encode()
 REQUEST_BYTES = 4 << 20  # stdin: a probe request or a launch spec
 REFUSED_EXIT = 3
+# Non-empty while this process serves requests (`serve`): facts may be kept.
+RESIDENT = []  # type: list[bool]
 USAGE = """usage: agent.pyz COMMAND ...
   probe    NS_ROOT HOST                      request on stdin
   facts    ROOT                              the host alone, no runs
@@ -43,7 +47,8 @@ USAGE = """usage: agent.pyz COMMAND ...
   history  NS_ROOT HOST RUN_ID ATTEMPT MOST
   code-need, code-build, setup, gc           (sheetrunner/remote/codestore.py)
   supervise ATTEMPT_DIR                      (started by launch)
-  reap     ATTEMPT_DIR GRACE_S               (started by kill when the supervisor is gone)"""
+  reap     ATTEMPT_DIR GRACE_S               (started by kill when the supervisor is gone)
+  serve                                      resident: one JSON request per stdin line"""
 
 
 class Refused(Exception):
@@ -66,6 +71,7 @@ def main(argv):
         "setup": codestore.setup,
         "setup-run": codestore.setup_run,
         "gc": lambda args: codestore.gc(args, unfinished_attempts),
+        "serve": serve,
     }
     if len(argv) >= 2 and argv[1].startswith("slurm-"):  # a cluster's login node or its nodes
         from sheetrunner.remote import slurm_agent
@@ -151,12 +157,21 @@ def wanted_runs(request):
 # -- facts about this host ----------------------------------------------------------------------
 
 
+# A resident agent reads the boot id once: a reboot ends the process anyway.
+_BOOT_ID = []  # type: list[str]
+
+
 def boot_id():
+    if _BOOT_ID:
+        return _BOOT_ID[0]
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
+            found = f.read().strip()
     except OSError:
         return "unknown"
+    if RESIDENT:
+        _BOOT_ID.append(found)
+    return found
 
 
 def _stat_fields(pid):
@@ -317,33 +332,67 @@ LOST_MARKS = ("[GPU is lost]", "[Unknown Error]")
 
 
 def nvidia_gpus(our_sessions, our_tokens=frozenset(), claims_dir=None):
-    """GPUs from nvidia-smi (two calls). A GPU used by a process outside our runs (not in the
-    session of one of our jobs, not carrying one of our attempts' tokens) is foreign, with
-    the users of those processes where /proc shows them; one reported lost or with
-    uncorrected ECC errors is not healthy; one whose claim file is locked is claimed (by
-    the run the file names). A failing nvidia-smi is gpu_error; the rows it printed still
-    count."""
-    if shutil.which("nvidia-smi") is None:
+    """GPUs through NVML where libnvidia-ml loads (no process started), else from nvidia-smi:
+    one `nvidia-smi -q -x` call, or the two CSV queries where that is refused. A GPU used by
+    a process outside our runs (not in the session of one of our jobs, not carrying one of
+    our attempts' tokens) is foreign, with the users of those processes where /proc shows
+    them; one reported lost or with uncorrected ECC errors is not healthy; one whose claim
+    file is locked is claimed (by the run the file names). A failing query is gpu_error;
+    the GPUs it still reported count."""
+    nvml = Nvml.get()
+    if nvml is not None:
+        gpus, apps, error = nvml.sample()
+    elif shutil.which("nvidia-smi") is None:
         return [], ""
+    else:
+        gpus, apps, error = _smi_sample()
+    foreign = {}
+    for uuid, pid in apps:
+        if not _ours(pid, our_sessions, our_tokens):
+            users = foreign.setdefault(uuid, set())
+            users.update(u for u in [user_of(pid)] if u)
+    locks = gpu_claims.ClaimLocks()
+    for gpu in gpus:
+        gpu["foreign"] = gpu["uuid"] in foreign
+        if foreign.get(gpu["uuid"]):
+            gpu["foreign_users"] = sorted(foreign[gpu["uuid"]])
+        claim = gpu_claims.read_claim(claims_dir, gpu["uuid"], locks) if claims_dir else None
+        if claim is not None:
+            gpu["claim"] = claim
+    return gpus, error
+
+
+def _smi_sample():
+    """(gpus, [(gpu uuid, pid)], error) from nvidia-smi: one XML call where it answers one."""
+    if not _SMI_XML_REFUSED:
+        found, error = _smi_xml()
+        if found is not None or error.endswith(SMI_HUNG):
+            return found[0] if found else [], found[1] if found else [], error
+    gpus, apps, error = _smi_csv()
+    if not error and RESIDENT:
+        _SMI_XML_REFUSED.append(True)  # this nvidia-smi cannot: ask the CSV queries from now on
+    return gpus, apps, error
+
+
+_SMI_XML_REFUSED = []  # type: list[bool]
+
+
+def _smi_csv():
+    """The two CSV queries: the GPUs, then the compute processes."""
     errors = []
-    gpus, error = _smi(["--query-gpu=" + GPU_QUERY + "," + ECC_FIELD])
+    rows, error = _smi(["--query-gpu=" + GPU_QUERY + "," + ECC_FIELD])
     if error and "not a valid field" in error and ECC_FIELD in error:  # a driver without it
-        gpus, error = _smi(["--query-gpu=" + GPU_QUERY])
+        rows, error = _smi(["--query-gpu=" + GPU_QUERY])
     if error:
         errors.append(error)
     apps = []
     if not error.endswith(SMI_HUNG):  # one that hung once would hang again: one wait per probe
-        apps, error = _smi(["--query-compute-apps=gpu_uuid,pid,used_memory"])
+        found, error = _smi(["--query-compute-apps=gpu_uuid,pid,used_memory"])
         if error and error not in errors:
             errors.append(error)
-    foreign = {}
-    for app in apps:
-        if len(app) >= 2 and app[1].isdigit() and not _ours(int(app[1]), our_sessions, our_tokens):
-            users = foreign.setdefault(app[0], set())
-            users.update(u for u in [user_of(int(app[1]))] if u)
-    locks = gpu_claims.ClaimLocks()
-    out = []
-    for row in gpus:
+        apps = [(a[0], int(a[1])) for a in found if len(a) >= 2 and a[1].isdigit()]
+    gpus = []
+    for row in rows:
         if len(row) < 6:
             continue
         gpu = {
@@ -353,19 +402,267 @@ def nvidia_gpus(our_sessions, our_tokens=frozenset(), claims_dir=None):
             "memory_used_mib": _int(row[3]),
             "memory_total_mib": _int(row[4]),
             "utilization_pct": _int(row[5]),
-            "foreign": row[1] in foreign,
             "healthy": True,
         }
-        if foreign.get(row[1]):
-            gpu["foreign_users"] = sorted(foreign[row[1]])
-        claim = gpu_claims.read_claim(claims_dir, row[1], locks) if claims_dir else None
-        if claim is not None:
-            gpu["claim"] = claim
         health = _gpu_health(row)
         if health:
             gpu.update(healthy=False, health=health)
-        out.append(gpu)
-    return out, "; ".join(errors)
+        gpus.append(gpu)
+    return gpus, apps, "; ".join(errors)
+
+
+def _smi_xml():
+    """((gpus, apps), "") from one `nvidia-smi -q -x`; (None, why) when it failed or printed
+    no document this parser knows (the caller then asks the CSV queries)."""
+    text, error = _smi_run(["nvidia-smi", "-q", "-x"])
+    if error:
+        return None, error
+    try:
+        import xml.etree.ElementTree as ElementTree
+
+        root = ElementTree.fromstring(text)
+    except Exception:  # no XML, or no xml module: the CSV queries still work
+        return None, ""
+    if root.tag != "nvidia_smi_log":
+        return None, ""
+    gpus, apps = [], []
+    for index, node in enumerate(root.findall("gpu")):
+        gpu, pids = _xml_gpu(index, node)
+        gpus.append(gpu)
+        apps.extend((gpu["uuid"], pid) for pid in pids)
+    return (gpus, apps), ""
+
+
+def _xml_gpu(index, node):
+    """One <gpu> element: the GPU's dict and the pids of its compute processes."""
+    uuid = (node.findtext("uuid") or "").strip()
+    gpu = {
+        "index": str(index),
+        "uuid": uuid,
+        "name": (node.findtext("product_name") or "").strip(),
+        "memory_used_mib": _int(_first_word(node.findtext("fb_memory_usage/used"))),
+        "memory_total_mib": _int(_first_word(node.findtext("fb_memory_usage/total"))),
+        "utilization_pct": _int(_first_word(node.findtext("utilization/gpu_util"))),
+        "healthy": True,
+    }
+    errors = _xml_uncorrected(node)
+    if errors:
+        gpu.update(healthy=False, health=_ecc_text(errors))
+    health = _lost_mark([t for t in (e.text for e in node.iter()) if t])
+    if health:
+        gpu.update(healthy=False, health=health)
+    pids = []
+    for proc in node.findall("processes/process_info"):
+        kind = (proc.findtext("type") or "C").strip()
+        pid = (proc.findtext("pid") or "").strip()
+        if "C" in kind and pid.isdigit():
+            pids.append(int(pid))
+    return gpu, pids
+
+
+def _xml_uncorrected(node):
+    """Volatile uncorrected ECC errors: `*_uncorrectable` counters (newer drivers) or
+    double_bit/total (older ones); "N/A" counts as none."""
+    volatile = node.find("ecc_errors/volatile")
+    if volatile is None:
+        return 0
+    counts = [c.text for c in volatile if c.tag.endswith("uncorrectable")]
+    counts.append(volatile.findtext("double_bit/total"))
+    return sum(_int(c) or 0 for c in counts if c)
+
+
+def _first_word(text):
+    return (text or "").strip().split(" ")[0]
+
+
+def _ecc_text(errors):
+    return "%d uncorrected ECC error%s" % (errors, "" if errors == 1 else "s")
+
+
+NVML_LIBRARY = "libnvidia-ml.so.1"
+NVML_LIBRARY_ENV = "SHEETRUNNER_NVML_LIBRARY"  # another path to load instead (tests)
+NVML_SUCCESS = 0
+NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_INSUFFICIENT_SIZE = 7
+NVML_ERROR_GPU_IS_LOST = 15
+NVML_MEMORY_ERROR_TYPE_UNCORRECTED = 1
+NVML_VOLATILE_ECC = 0
+NVML_TEXT = 96  # NVML_DEVICE_NAME_V2_BUFFER_SIZE; a UUID needs 80
+NVML_PROCESS_FUNCTIONS = (  # newest first; _v3 and _v2 share nvmlProcessInfo_t's layout
+    "nvmlDeviceGetComputeRunningProcesses_v3",
+    "nvmlDeviceGetComputeRunningProcesses_v2",
+    "nvmlDeviceGetComputeRunningProcesses",
+)
+
+
+class Nvml(object):
+    """The NVIDIA driver's library through ctypes: GPUs read in-process, no nvidia-smi.
+
+    Loaded once per process (a resident agent keeps it for its life); what never changes
+    (index, name, UUID, memory total) is read at load, a sample asks only for memory used,
+    utilisation, uncorrected ECC errors and compute processes."""
+
+    _loaded = []  # type: list[Nvml | None]
+
+    @classmethod
+    def get(cls):
+        if not cls._loaded:
+            cls._loaded.append(cls.load(os.environ.get(NVML_LIBRARY_ENV) or NVML_LIBRARY))
+        return cls._loaded[0]
+
+    @classmethod
+    def load(cls, name):
+        """The library ready to sample, or None where it does not load or init fails."""
+        try:
+            import ctypes
+
+            lib = ctypes.CDLL(name)
+            if lib.nvmlInit_v2() != NVML_SUCCESS:
+                return None
+            return cls(lib, ctypes)
+        except (ImportError, OSError, AttributeError):
+            return None
+
+    def __init__(self, lib, ctypes):
+        self.lib, self.c = lib, ctypes
+        c = ctypes
+
+        class Memory(c.Structure):
+            _fields_ = [("total", c.c_ulonglong), ("free", c.c_ulonglong), ("used", c.c_ulonglong)]
+
+        class Utilization(c.Structure):
+            _fields_ = [("gpu", c.c_uint), ("memory", c.c_uint)]
+
+        class ProcessInfo(c.Structure):  # nvmlProcessInfo_t (_v2, _v3)
+            _fields_ = [
+                ("pid", c.c_uint),
+                ("usedGpuMemory", c.c_ulonglong),
+                ("gpuInstanceId", c.c_uint),
+                ("computeInstanceId", c.c_uint),
+            ]
+
+        class ProcessInfoV1(c.Structure):  # nvmlProcessInfo_v1_t
+            _fields_ = [("pid", c.c_uint), ("usedGpuMemory", c.c_ulonglong)]
+
+        self.Memory, self.Utilization = Memory, Utilization
+        lib.nvmlErrorString.restype = c.c_char_p
+        lib.nvmlErrorString.argtypes = [c.c_int]
+        self.processes = None
+        structs = {"nvmlDeviceGetComputeRunningProcesses": ProcessInfoV1}
+        for name in NVML_PROCESS_FUNCTIONS:
+            struct = structs.get(name, ProcessInfo)
+            function = getattr(lib, name, None)
+            if function is not None:
+                function.argtypes = [c.c_void_p, c.POINTER(c.c_uint), c.c_void_p]
+                self.processes = (name, function, struct)
+                break
+        self.devices = self._devices()
+
+    def _devices(self):
+        """Each GPU's facts that never change, and its handle."""
+        c, lib = self.c, self.lib
+        count = c.c_uint(0)
+        self._check("nvmlDeviceGetCount_v2", lib.nvmlDeviceGetCount_v2(c.byref(count)))
+        devices = []
+        for index in range(count.value):
+            handle = c.c_void_p()
+            rc = lib.nvmlDeviceGetHandleByIndex_v2(c.c_uint(index), c.byref(handle))
+            device = {"index": str(index), "handle": handle, "rc": rc}
+            if rc == NVML_SUCCESS:
+                device["name"] = self._text(lib.nvmlDeviceGetName, handle)
+                device["uuid"] = self._text(lib.nvmlDeviceGetUUID, handle)
+                memory = self.Memory()
+                if lib.nvmlDeviceGetMemoryInfo(handle, c.byref(memory)) == NVML_SUCCESS:
+                    device["memory_total_mib"] = memory.total >> 20
+            devices.append(device)
+        return devices
+
+    def _text(self, function, handle):
+        buffer = self.c.create_string_buffer(NVML_TEXT)
+        if function(handle, buffer, self.c.c_uint(NVML_TEXT)) != NVML_SUCCESS:
+            return ""
+        return buffer.value.decode("utf-8", "replace")
+
+    def _check(self, what, rc):
+        if rc != NVML_SUCCESS:
+            raise OSError("NVML %s: %s" % (what, self.error(rc)))
+
+    def error(self, rc):
+        text = self.lib.nvmlErrorString(rc)
+        return text.decode("utf-8", "replace") if text else "error %d" % rc
+
+    def sample(self):
+        """(gpus, [(gpu uuid, pid)], error): what changes, read now."""
+        gpus, apps, errors = [], [], []
+        for device in self.devices:
+            gpu, pids, error = self._sample(device)
+            gpus.append(gpu)
+            apps.extend((gpu["uuid"], pid) for pid in pids)
+            if error and error not in errors:
+                errors.append(error)
+        return gpus, apps, "; ".join(errors)
+
+    def _sample(self, device):
+        c, lib, handle = self.c, self.lib, device["handle"]
+        gpu = {
+            "index": device["index"],
+            "uuid": device.get("uuid", ""),
+            "name": device.get("name", ""),
+            "memory_total_mib": device.get("memory_total_mib"),
+            "memory_used_mib": None,
+            "utilization_pct": None,
+            "healthy": True,
+        }
+        if device["rc"] != NVML_SUCCESS:
+            return self._unhealthy(gpu, device["rc"]), [], ""
+        memory, use, ecc = self.Memory(), self.Utilization(), c.c_ulonglong(0)
+        calls = (
+            ("nvmlDeviceGetMemoryInfo", lib.nvmlDeviceGetMemoryInfo(handle, c.byref(memory))),
+            (
+                "nvmlDeviceGetUtilizationRates",
+                lib.nvmlDeviceGetUtilizationRates(handle, c.byref(use)),
+            ),
+        )
+        for what, rc in calls:
+            if rc == NVML_ERROR_GPU_IS_LOST:
+                return self._unhealthy(gpu, rc), [], ""
+            if rc not in (NVML_SUCCESS, NVML_ERROR_NOT_SUPPORTED):
+                return gpu, [], "NVML %s: %s" % (what, self.error(rc))
+        gpu["memory_used_mib"] = memory.used >> 20
+        gpu["utilization_pct"] = use.gpu if calls[1][1] == NVML_SUCCESS else None
+        rc = lib.nvmlDeviceGetTotalEccErrors(
+            handle, NVML_MEMORY_ERROR_TYPE_UNCORRECTED, NVML_VOLATILE_ECC, c.byref(ecc)
+        )
+        if rc == NVML_SUCCESS and ecc.value:
+            gpu.update(healthy=False, health=_ecc_text(ecc.value))
+        pids, error = self._pids(handle)
+        return gpu, pids, error
+
+    def _unhealthy(self, gpu, rc):
+        lost = rc == NVML_ERROR_GPU_IS_LOST
+        gpu.update(healthy=False, health="GPU is lost" if lost else "NVML: %s" % self.error(rc))
+        return gpu
+
+    def _pids(self, handle):
+        """The GPU's compute processes' pids: asked with no room first, then with room for
+        the count it gave (and a few more that may have started since)."""
+        if self.processes is None:
+            return [], ""
+        name, function, struct = self.processes
+        c = self.c
+        count = c.c_uint(0)
+        rc = function(handle, c.byref(count), None)
+        for _ in range(3):
+            if rc == NVML_SUCCESS:
+                return [], ""
+            if rc != NVML_ERROR_INSUFFICIENT_SIZE:
+                break
+            room = count.value + 8
+            infos, count = (struct * room)(), c.c_uint(room)
+            rc = function(handle, c.byref(count), infos)
+            if rc == NVML_SUCCESS:
+                return [infos[i].pid for i in range(count.value)], ""
+        return [], "NVML %s: %s" % (name, self.error(rc))
 
 
 def user_of(pid):
@@ -390,15 +687,23 @@ def _ours(pid, sessions, tokens):
     return bool(tokens) and token_of(pid) in tokens
 
 
+def _lost_mark(cells):
+    """ "GPU is lost" or "nvidia-smi: Unknown Error" when a cell shows such a mark, else ""."""
+    for mark in LOST_MARKS:
+        if any(mark.lower() in cell.lower() for cell in cells):
+            return "GPU is lost" if "lost" in mark else "nvidia-smi: Unknown Error"
+    return ""
+
+
 def _gpu_health(row):
     """Why a GPU's row says it cannot be used, or "" when it can."""
-    for mark in LOST_MARKS:
-        if any(mark.lower() in cell.lower() for cell in row):
-            return "GPU is lost" if "lost" in mark else "nvidia-smi: Unknown Error"
+    lost = _lost_mark(row)
+    if lost:
+        return lost
     if len(row) >= 7:
         errors = _int(row[6])
         if errors:
-            return "%d uncorrected ECC error%s" % (errors, "" if errors == 1 else "s")
+            return _ecc_text(errors)
     return ""
 
 
@@ -408,7 +713,13 @@ SMI_HUNG = "no answer within %ds" % SMI_TIMEOUT_S
 
 def _smi(query):
     """(rows, error): nvidia-smi's CSV rows and, when it failed, why."""
-    argv = ["nvidia-smi"] + query + ["--format=csv,noheader,nounits"]
+    text, error = _smi_run(["nvidia-smi"] + query + ["--format=csv,noheader,nounits"])
+    rows = [[c.strip() for c in line.split(",")] for line in text.splitlines() if line.strip()]
+    return (rows, "") if not error else ([r for r in rows if len(r) >= 6], error)
+
+
+def _smi_run(argv):
+    """(stdout, error): what nvidia-smi printed and, when it failed, why."""
     try:
         done = subprocess.run(
             argv,
@@ -419,21 +730,18 @@ def _smi(query):
             errors="replace",
         )
     except subprocess.TimeoutExpired:
-        return [], "nvidia-smi failed: " + SMI_HUNG
+        return "", "nvidia-smi failed: " + SMI_HUNG
     except (OSError, subprocess.SubprocessError) as exc:
-        return [], "nvidia-smi failed: %s" % exc
-    rows = [
-        [c.strip() for c in line.split(",")] for line in done.stdout.splitlines() if line.strip()
-    ]
+        return "", "nvidia-smi failed: %s" % exc
     if done.returncode == 0:
-        return rows, ""
+        return done.stdout, ""
     said = (done.stderr.strip() or done.stdout.strip()).splitlines()
     reason = said[-1][:300] if said else ""
     error = "nvidia-smi failed: exit status %d%s" % (
         done.returncode,
         ": " + reason if reason else "",
     )
-    return [r for r in rows if len(r) >= 6], error
+    return done.stdout, error
 
 
 def _int(text):
@@ -1400,30 +1708,70 @@ def launch(args):
         return
     except gpu_claims.ClaimRefused as exc:  # an unusable claims directory: the host's problem
         raise Refused(str(exc)) from None
-    make_dirs(paths.run_dir)
-    try:
-        make_dir(paths.dir)
-    except FileExistsError:
-        print(
-            json.dumps(
-                {"launched": False, "reason": "attempt directory already exists", "dir": paths.dir}
+    try:  # the supervisor holds the claims from its start; this process lets go of them
+        make_dirs(paths.run_dir)
+        try:
+            make_dir(paths.dir)
+        except FileExistsError:
+            print(
+                json.dumps(
+                    {
+                        "launched": False,
+                        "reason": "attempt directory already exists",
+                        "dir": paths.dir,
+                    }
+                )
             )
-        )
-        return
-    write_atomic(paths.spec, text)
-    write_atomic(paths.token, protocol.random_base36(protocol.TOKEN_LENGTH))
-    sup = detach(["supervise", paths.dir], keep_fds=claims)  # it holds the claims from now on
-    try:
-        write_atomic(paths.supervisor, "%d %s %s" % (sup.pid, start_ticks(sup.pid), boot_id()))
-    except OSError:
-        pass  # the pid file the supervisor writes says as much once the job runs
-    print(json.dumps({"launched": True, "dir": paths.dir}))
+            return
+        write_atomic(paths.spec, text)
+        write_atomic(paths.token, protocol.random_base36(protocol.TOKEN_LENGTH))
+        sup = detach(["supervise", paths.dir], keep_fds=claims)  # it holds the claims from now on
+        try:
+            write_atomic(paths.supervisor, "%d %s %s" % (sup.pid, start_ticks(sup.pid), boot_id()))
+        except OSError:
+            pass  # the pid file the supervisor writes says as much once the job runs
+        print(json.dumps({"launched": True, "dir": paths.dir}))
+    finally:
+        for fd in claims:
+            os.close(fd)
 
 
 def detach(command, keep_fds=()):
     """This agent with `command`, in a session of its own, detached from the caller (its
-    stdin, stdout and stderr go nowhere): it outlives the connection that started it.
-    `keep_fds` stay open in it (the GPU claims it holds while it lives)."""
+    stdin, stdout and stderr go nowhere): it outlives the connection that started it. A
+    resident agent starts it through a child that exits at once, so that it is nobody's
+    child here (as when an exec'd agent ends): what ends the serving process and its
+    process tree (sshd's session torn down) never reaches a job's supervisor. `keep_fds`
+    stay open in it (the GPU claims it holds while it lives)."""
+    if not RESIDENT:
+        return _spawn(command, keep_fds)
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # the intermediate: start the process, say its pid, exit
+        code = 1
+        try:
+            os.close(reader)
+            os.write(writer, str(_spawn(command, keep_fds).pid).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(writer)
+    try:
+        said = os.read(reader, 32)
+    finally:
+        os.close(reader)
+        os.waitpid(child, 0)
+    if not said.isdigit():
+        raise OSError("could not start %s" % command[0])
+    return Detached(int(said))
+
+
+class Detached(object):
+    def __init__(self, pid):
+        self.pid = pid
+
+
+def _spawn(command, keep_fds=()):
     devnull = os.open(os.devnull, os.O_RDWR)
     try:
         return subprocess.Popen(
@@ -2039,6 +2387,89 @@ def file_lines(fd, block=1 << 20):
             if rest and len(rest) <= protocol.REPORT_LINE_BYTES and not summary["skipping"]:
                 yield rest  # a last line without its newline
             return
+
+
+# -- resident: one long-lived process answering requests ---------------------------------------
+#
+# `serve` reads one JSON request per line on stdin, {"id", "argv", "stdin"}, runs the same
+# command function a `python3 agent.pyz ARGV` exec would, and writes one JSON answer per line,
+# {"id", "exit", "out" (or "out_b64" for bytes that are not UTF-8), "err"}, each after an
+# {"id", "ack"} line sent on receipt (the daemon bounds that wait like opening a channel,
+# so a frozen host is told apart from a slow command). Its first line
+# names this file (agent-<version>.pyz), so the daemon knows which code answers. It ends at
+# EOF (the channel closed); a request taking over SERVE_REQUEST_LIMIT_S ends it (SIGALRM), so
+# a hung request never leaves a process behind once the daemon gave up on it.
+
+SERVE_COMMANDS = protocol.RESIDENT_COMMANDS
+SERVE_REQUEST_LIMIT_S = 300
+
+
+def serve(args):
+    if args:
+        raise Refused("serve takes no arguments")
+    RESIDENT.append(True)
+    requests, answers = sys.stdin.buffer, sys.stdout.buffer
+    _answer(answers, {"hello": os.path.basename(sys.argv[0]), "pid": os.getpid()})
+    while True:
+        line = requests.readline(REQUEST_BYTES * 2)
+        if not line:
+            return
+        try:
+            request = json.loads(line.decode("utf-8"))
+            if not isinstance(request, dict):
+                raise ValueError("not an object")
+        except (ValueError, UnicodeDecodeError):
+            _answer(answers, {"id": None, "exit": REFUSED_EXIT, "err": "refused: not JSON\n"})
+            continue
+        _answer(answers, {"id": request.get("id"), "ack": True})  # alive: now the command
+        signal.alarm(SERVE_REQUEST_LIMIT_S)
+        try:
+            answer = _serve_one(request)
+        finally:
+            signal.alarm(0)
+        answer["id"] = request.get("id")
+        _answer(answers, answer)
+
+
+def _serve_one(request):
+    """One command, as an exec of it would have run: its stdin, stdout, stderr, exit status."""
+    argv, data = request.get("argv"), request.get("stdin") or ""
+    if not isinstance(argv, list) or not argv or argv[0] not in SERVE_COMMANDS:
+        return {"exit": REFUSED_EXIT, "err": "refused: not a command: %r\n" % (argv,)}
+    if not all(isinstance(a, str) for a in argv) or not isinstance(data, str):
+        return {"exit": REFUSED_EXIT, "err": "refused: argv and stdin must be text\n"}
+    saved = sys.stdin, sys.stdout, sys.stderr
+    out, err = io.BytesIO(), io.StringIO()
+    sys.stdin = io.TextIOWrapper(io.BytesIO(data.encode("utf-8")), encoding="utf-8")
+    text_out = io.TextIOWrapper(out, encoding="utf-8", write_through=True)
+    sys.stdout, sys.stderr = text_out, err
+    code = 0
+    try:
+        main(["agent"] + argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if exc.code is not None and not isinstance(exc.code, int):
+            err.write("%s\n" % exc.code)
+    except Exception:  # one request failing must not end the process serving the others
+        import traceback
+
+        err.write(traceback.format_exc())
+        code = 1
+    finally:
+        text_out.flush()
+        body = out.getvalue()  # before the wrapper goes: it closes what it wraps
+        sys.stdin, sys.stdout, sys.stderr = saved
+    answer = {"exit": code, "err": err.getvalue()[-4000:]}
+    try:
+        answer["out"] = body.decode("utf-8")
+    except UnicodeDecodeError:
+        answer["out_b64"] = base64.b64encode(body).decode("ascii")
+    return answer
+
+
+def _answer(stream, answer):
+    stream.write(json.dumps(answer).encode("utf-8") + b"\n")
+    stream.flush()
 
 
 if __name__ == "__main__":

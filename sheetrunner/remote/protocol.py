@@ -188,6 +188,10 @@ ENV_ATTEMPT_TOKEN = "SHEETRUNNER_ATTEMPT_TOKEN"
 TOKEN_RE = re.compile(r"^[0-9a-z]{32}$")
 TOKEN_LENGTH = 32
 
+# The agent commands a resident agent (`agent.pyz serve`) answers; every other command
+# (code, setup, disk, Slurm) runs as an exec of its own.
+RESIDENT_COMMANDS = ("probe", "facts", "programs", "launch", "kill", "tail", "history")
+
 
 def is_token(text):
     return _full(TOKEN_RE, text)
