@@ -24,7 +24,7 @@ from .table import RowUpdate, SheetWrite, Sparkline, Table, UnsavedFormula
 METRICS_TAB = "_metrics"  # hidden tab of curve histories ([sheet] curve)
 CURVE_COLUMN = "curve"  # the column holding a run's curve ([sheet] curve)
 CODE_COLUMN = "code"  # the code a run's attempt runs (with `[jobs.NAME] sync`): a1b2c3d+dirty
-USER_COLUMNS = ("job", "gpus", "where", "priority", "retries", "action", "time_limit")
+USER_COLUMNS = ("job", "gpus", "where", "priority", "retries", "action", "time_limit", "pin")
 OWNED_COLUMNS = (
     "id",
     "status",
@@ -269,6 +269,7 @@ def _parse_row(
         key=experiment_key(job, values),
         gpus=gpus if gpus is not None else 1,
         where=text["where"] or None,
+        pin=text["pin"] or None,
         priority=priority,
         retries=retries,
         time_limit_s=time_limit,
