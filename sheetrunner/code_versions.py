@@ -81,6 +81,7 @@ class VersionStore:
         self.root = Path(state_dir) / "code"
         self.objects = self.root / "objects"
         self.manifests = self.root / "versions"
+        self._parsed: dict[str, KeptVersion] = {}  # manifest file name -> what kept() read
 
     def keep(self, version: CodeVersion, tree: BlobSource, job: str) -> bool:
         """Keep `version` (read from `tree`) unless it already is. False when a file changed
@@ -110,18 +111,24 @@ class VersionStore:
         return True
 
     def kept(self) -> list[KeptVersion]:
-        """The kept versions (an unreadable manifest is skipped)."""
-        found = []
-        for data in self._manifests():
-            found.append(
-                KeptVersion(
-                    str(data["hash"]),
-                    str(data.get("label") or ""),
-                    str(data.get("commit") or ""),
-                    str(data.get("job") or ""),
-                )
-            )
-        return found
+        """The kept versions (an unreadable manifest is skipped). A manifest is parsed once:
+        pins are looked up every cycle, and a version's manifest never changes."""
+        try:
+            names = sorted(p.name for p in self.manifests.glob("*.json"))
+        except OSError:
+            names = []
+        self._parsed = {n: v for n, v in self._parsed.items() if n in names}
+        for name in names:
+            if name not in self._parsed:
+                data = self._manifest(self.manifests / name)
+                if data is not None:
+                    self._parsed[name] = KeptVersion(
+                        str(data["hash"]),
+                        str(data.get("label") or ""),
+                        str(data.get("commit") or ""),
+                        str(data.get("job") or ""),
+                    )
+        return list(self._parsed.values())
 
     def find(self, pin: str) -> CodeVersion:
         """The kept version a `pin` cell names. Raises PinError (see match_pin)."""
@@ -172,31 +179,18 @@ class VersionStore:
     def _manifests(self) -> list[dict]:
         if not self.manifests.is_dir():
             return []
-        found = []
-        for path in sorted(self.manifests.glob("*.json")):
-            try:
-                data = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            if isinstance(data, dict) and isinstance(data.get("hash"), str):
-                found.append(data)
-        return found
+        found = [self._manifest(p) for p in sorted(self.manifests.glob("*.json"))]
+        return [d for d in found if d is not None]
 
-
-def _unlink(path: Path) -> int:
-    try:
-        size = path.stat().st_size
-        path.unlink()
-    except OSError:
-        return 0
-    return size
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return float("inf")
+    @staticmethod
+    def _manifest(path: Path) -> dict | None:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if isinstance(data, dict) and _HEX.fullmatch(str(data.get("hash"))):
+            return data
+        return None
 
 
 def resolve_pins(
@@ -243,3 +237,19 @@ def code_for_launch(
     if isinstance(pin, str):
         raise PinError(pin)
     return pin or current
+
+
+def _unlink(path: Path) -> int:
+    try:
+        size = path.stat().st_size
+        path.unlink()
+    except OSError:
+        return 0
+    return size
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return float("inf")

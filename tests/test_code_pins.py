@@ -86,6 +86,7 @@ def test_the_store_keeps_each_version_once_and_prune_drops_the_unused(tmp_path):
     store = VersionStore(tmp_path / "state")
     old, tree = version(tmp_path, "print('v1')\n")
     store.keep(old, tree, "train")
+    assert [k.hash for k in store.kept()] == [old.hash]
     new, _ = version(tmp_path, "print('v2')\n")
     store.keep(new, tree, "train")
     manifest = json.loads((store.manifests / f"{old.hash}.json").read_text())
