@@ -132,6 +132,15 @@ def test_synced_code_setups_and_env_on_a_host(tmp_path, sshd_lab_module, host):
         # The running one kept its code, the new one got the edit, the one pinned to the first
         # commit ran the first version (the tree holds only v2 now); host env won.
         assert ran == ["v1 host", "v2 host", "v1 host"]
+        agent = daemon.pool.agents["gpu-a"]  # a host that lost v1 gets it from the state dir
+        ns_root = Path(agent.ns_root())
+        v1 = daemon.prep.kept.find(commit[:7])
+        subprocess.run(["rm", "-rf", str(ns_root / "code" / v1.hash), str(ns_root / "code" / "objects")],
+                       check=True)
+        daemon.prep.uploader.present.clear()
+        rebuilt = daemon.prep.uploader.ensure(agent, v1, daemon.prep.source(daemon.config.jobs["train"], v1))
+        assert (Path(rebuilt) / "version.txt").read_text() == "v1\n"
+        assert daemon.prep.uploader.uploaded["gpu-a"] == 6 + 4
         spec = json.loads((Path(runs[rows[2]["id"]].seen.log_path).parent / "spec.json")
                           .read_text())
         assert spec["code"]["commit"] == commit and spec["code"]["dirty"] is True
