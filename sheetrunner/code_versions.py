@@ -20,7 +20,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -48,6 +48,7 @@ class KeptVersion:
     label: str
     commit: str = ""
     job: str = ""
+    tree: str = ""  # the local directory it was read from ("": not recorded)
 
 
 def match_pin(pin: str, kept: Iterable[KeptVersion]) -> str:
@@ -83,9 +84,10 @@ class VersionStore:
         self.manifests = self.root / "versions"
         self._parsed: dict[str, KeptVersion] = {}  # manifest file name -> what kept() read
 
-    def keep(self, version: CodeVersion, tree: BlobSource, job: str) -> bool:
-        """Keep `version` (read from `tree`) unless it already is. False when a file changed
-        while it was read: it is kept on a later cycle, from a consistent read."""
+    def keep(self, version: CodeVersion, tree: BlobSource, job: str, where: str = "") -> bool:
+        """Keep `version` (read from `tree`, the local directory `where`) unless it already
+        is. False when a file changed while it was read: it is kept on a later cycle, from a
+        consistent read."""
         if self._path(version.hash).exists():  # a stat a cycle: `gc` by hand may have pruned it
             return True
         self.objects.mkdir(parents=True, exist_ok=True)
@@ -105,6 +107,7 @@ class VersionStore:
             "dirty": version.dirty,
             "label": version.label,
             "job": job,
+            "tree": where,
             "files": [[f.path, f.blob, f.executable] for f in version.files],
         }
         write_atomic(self._path(version.hash), json.dumps(manifest).encode(), 0o600)
@@ -127,12 +130,16 @@ class VersionStore:
                         str(data.get("label") or ""),
                         str(data.get("commit") or ""),
                         str(data.get("job") or ""),
+                        str(data.get("tree") or ""),
                     )
         return list(self._parsed.values())
 
-    def find(self, pin: str) -> CodeVersion:
-        """The kept version a `pin` cell names. Raises PinError (see match_pin)."""
-        return self.load(match_pin(pin, self.kept()))
+    def find(self, pin: str, tree: str = "") -> CodeVersion:
+        """The kept version a `pin` cell names, among those read from the local directory
+        `tree` (all when ""): a pin never runs another job's code. Raises PinError (see
+        match_pin)."""
+        kept = [k for k in self.kept() if not tree or not k.tree or k.tree == tree]
+        return self.load(match_pin(pin, kept))
 
     def load(self, content_hash: str) -> CodeVersion:
         """A kept version, with its file list. Raises PinError when it is not kept (any
@@ -194,13 +201,12 @@ class VersionStore:
 
 
 def resolve_pins(
-    experiments: list[Experiment], synced: Iterable[str], store: VersionStore
+    experiments: list[Experiment], synced: Mapping[str, str], store: VersionStore
 ) -> tuple[list[Experiment], dict[int, CodeVersion | str]]:
     """The rows with a `pin` cell: the version each names, or why none (by sheet row); a row
     whose pin names none is made invalid with the fix (a run that already launched is left
     as it is by the core, and never launched again from the wrong code: see Daemon._launch).
-    A pin on a job without `sync` is invalid too."""
-    synced = set(synced)
+    A pin on a job without `sync` is invalid too. `synced`: job -> its local directory."""
     pins: dict[int, CodeVersion | str] = {}
     found: dict[str, CodeVersion | PinError] = {}
     out = []
@@ -213,12 +219,13 @@ def resolve_pins(
             pins[exp.row] = error
             out.append(replace(exp, error=error))
             continue
-        if exp.pin not in found:
+        wish = f"{synced[exp.job]}\0{exp.pin}"
+        if wish not in found:
             try:
-                found[exp.pin] = store.find(exp.pin)
+                found[wish] = store.find(exp.pin, synced[exp.job])
             except PinError as exc:
-                found[exp.pin] = exc
-        version = found[exp.pin]
+                found[wish] = exc
+        version = found[wish]
         if isinstance(version, PinError):
             pins[exp.row] = str(version)
             out.append(replace(exp, error=str(version)))

@@ -181,7 +181,7 @@ class Daemon:
         self._repair(now)
         pins: dict[int, CodeVersion | str] = {}
         if plain is not None:
-            synced = [n for n, j in self.config.jobs.items() if j.sync is not None]
+            synced = {n: str(j.sync) for n, j in self.config.jobs.items() if j.sync is not None}
             plain, pins = resolve_pins(plain, synced, self.prep.kept)
         capacities = self._prepare_hosts(plain, known, now, pins)
         plan = reconcile.plan(plain, known, observed, capacities, self.policy, now)

@@ -93,7 +93,8 @@ class HostPrep:
         self.current = {n: v.hash for n, v in found.items()}
         for name, version in found.items():
             try:  # kept in the state directory, so a row can pin it later
-                self.kept.keep(version, self.trees[self.config.jobs[name].sync], name)  # type: ignore[index]
+                where = self.config.jobs[name].sync
+                self.kept.keep(version, self.trees[where], name, str(where))  # type: ignore[index]
             except OSError as exc:
                 log.warning("code %s of job %s not kept for pins: %s", version.label, name, exc)
         return found

@@ -57,16 +57,19 @@ def version(tmp_path, text: str) -> tuple[CodeVersion, LocalTree]:
 def test_a_pinned_row_launches_its_version_and_a_bad_pin_makes_it_invalid(tmp_path):
     store = VersionStore(tmp_path / "state")
     old, tree = version(tmp_path, "print('v1')\n")
-    assert store.keep(old, tree, "train")
+    assert store.keep(old, tree, "train", str(tree.root))
     current, _ = version(tmp_path, "print('v2')\n")
     table = Table(header=["job", "--lr", "pin"], rows=[
         ["train", "0.1", old.label], ["train", "0.2", None], ["train", "0.3", "zzz"],
-        ["eval", "0.4", old.label],
+        ["eval", "0.4", old.label], ["other", "0.5", old.label],
     ])
-    rows, pins = resolve_pins(parse_table(table, ["train", "eval"]), ["train"], store)
+    synced = {"train": str(tree.root), "other": str(tmp_path / "elsewhere")}
+    jobs = ["train", "eval", "other"]
+    rows, pins = resolve_pins(parse_table(table, jobs), synced, store)
     assert [r.error for r in rows[:2]] == [None, None]
     assert "pin 'zzz' matches no code version" in rows[2].error
     assert "only for jobs with sync" in rows[3].error
+    assert "matches no code version" in rows[4].error  # another directory's code: never run
     assert rows[0].key == parse_table(Table(["job", "--lr"], [["train", "0.1"]]), ["train"])[0].key
     pinned = pins[rows[0].row]
     assert pinned.hash == old.hash and pinned.files == old.files
