@@ -22,6 +22,7 @@ import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from .errors import TransportError
 from .pool.hosts import HostAgent
@@ -62,6 +63,13 @@ class CodeVersion:
     def spec(self) -> dict[str, object]:
         """What a run records of its code (in its launch spec, on the host)."""
         return {"hash": self.hash, "commit": self.commit, "dirty": self.dirty, "label": self.label}
+
+
+class BlobSource(Protocol):
+    """Where a version's file contents are read from: the local tree (its current version)
+    or the state directory's store of every version kept (code_versions.py, a pinned one)."""
+
+    def read(self, blob: str, files: Iterable[CodeFile]) -> bytes: ...
 
 
 class LocalTree:
@@ -186,7 +194,7 @@ class CodeUploader:
         """The version's directory on the host (`~` expanded there)."""
         return code_dir(agent.ns_root(), version.hash)
 
-    def ensure(self, agent: HostAgent, version: CodeVersion, tree: LocalTree) -> str:
+    def ensure(self, agent: HostAgent, version: CodeVersion, tree: BlobSource) -> str:
         """The version's directory on the host, uploading what it lacks. Raises
         TransportError when the host cannot be reached or refuses."""
         where = self.where(agent, version)

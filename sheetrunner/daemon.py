@@ -33,6 +33,7 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from . import config as config_module
 from . import disk_gc, gang, reconcile, views
 from .code_sync import CodeVersion
+from .code_versions import PinError, code_for_launch, resolve_pins
 from .config import Config, HostConfig, job_workdir
 from .errors import SheetError, SheetOwned, SheetrunnerError, SheetUnavailable, TransportError
 from .host_prep import HostPrep, wanted_hosts
@@ -123,6 +124,7 @@ class Daemon:
         self.view = SheetView(config.sheet, code=_synced(config))
         self.prep = HostPrep(config)  # code on the hosts, setups (host_prep.py)
         self.versions: dict[str, CodeVersion] = {}  # each synced job's code this cycle
+        self.pinned: dict[str, CodeVersion | str] = {}  # run id -> its row's pin (or why bad)
         self.tidied_at: dict[str, datetime] = {}  # host -> its last automatic gc
         self.archive = LogArchive(config.daemon.state_dir)
         self._cycle_lock = threading.Lock()
@@ -180,8 +182,13 @@ class Daemon:
         )
         self.store.save_hosts(observed.values())
         self._repair(now)
-        capacities = self._prepare_hosts(plain, known, now)
+        pins: dict[int, CodeVersion | str] = {}
+        if plain is not None:
+            synced = {n: str(j.sync) for n, j in self.config.jobs.items() if j.sync is not None}
+            plain, pins = resolve_pins(plain, synced, self.prep.kept)
+        capacities = self._prepare_hosts(plain, known, now, pins)
         plan = reconcile.plan(plain, known, observed, capacities, self.policy, now)
+        self.pinned = {plan.rows[row]: v for row, v in pins.items() if row in plan.rows}
         self.store.save_runs(
             plan.runs.values(), [(e.run_id, e.kind, e.detail) for e in plan.events], now
         )
@@ -203,7 +210,11 @@ class Daemon:
         return report
 
     def _prepare_hosts(
-        self, plain: list[Experiment] | None, known: dict[str, Run], now: datetime
+        self,
+        plain: list[Experiment] | None,
+        known: dict[str, Run],
+        now: datetime,
+        pins: dict[int, CodeVersion | str] | None = None,
     ) -> list[HostCapacity]:
         """The hosts' capacities, less the jobs each cannot start yet: the code of synced jobs
         is uploaded and setups started (detached) on the hosts that may take waiting rows
@@ -222,7 +233,8 @@ class Daemon:
             self.versions = {}
         open_hosts = {c.name for c in capacities if c.reachable and not c.closed}
         wanted = wanted_hosts(self.config.hosts, waiting, open_hosts)
-        blocked = self.prep.prepare(self.pool, wanted, self.versions, now)
+        pinned = _waiting_pins(plain or [], known, pins or {})
+        blocked = self.prep.prepare(self.pool, wanted, self.versions, now, pinned)
         unreadable = {n for n, j in self.config.jobs.items() if j.sync and n not in self.versions}
         for c in capacities:
             blocked.setdefault(c.name, {}).update(dict.fromkeys(unreadable, "code not readable"))
@@ -406,10 +418,18 @@ class Daemon:
             run = runs[launch.run_id]
             job = self.config.jobs[run.spec.job]
             workdir = job_workdir(self.config, run.spec.job, agent.config)
-            version = self.versions.get(run.spec.job)
+            try:  # a launched run whose row got a bad pin: never from the wrong code
+                version = code_for_launch(
+                    self.versions.get(run.spec.job), self.pinned.get(run.run_id)
+                )
+            except PinError as exc:
+                self.store.record_intent(run, now)
+                self._launch_failed(run, str(exc), now)
+                continue
             if version is not None:
                 try:  # the host has it (host_prep, this cycle): no call, unless it did not
-                    workdir = self.prep.uploader.ensure(agent, version, self.prep.trees[job.sync])  # type: ignore[index]
+                    source = self.prep.source(job, version)
+                    workdir = self.prep.uploader.ensure(agent, version, source)
                 except (TransportError, ValueError, OSError) as exc:
                     self.store.record_intent(run, now)
                     self._launch_failed(run, f"code upload: {exc}", now)
@@ -785,6 +805,22 @@ def _synced(config: Config) -> bool:
 
 
 WAITING = frozenset({Status.QUEUED, Status.RETRYING, Status.LOST})  # may launch again
+
+
+def _waiting_pins(
+    experiments: list[Experiment], known: dict[str, Run], pins: dict[int, CodeVersion | str]
+) -> dict[str, set[CodeVersion]]:
+    """The versions pinned by rows that may start soon (as _waiting_jobs), per job: hosts
+    get them (and their setups) ready before the launch."""
+    found: dict[str, set[CodeVersion]] = {}
+    for e in experiments:
+        version = pins.get(e.row)
+        if not isinstance(version, CodeVersion) or e.action in (Action.HOLD, Action.STOP):
+            continue
+        run = known.get(e.run_id or "")
+        if run is None or run.status in WAITING or e.action == Action.RERUN:
+            found.setdefault(e.job, set()).add(version)
+    return found
 
 
 def _waiting_jobs(

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from .code_versions import VersionStore
 from .config import Config, HostConfig
 from .errors import TransportError
 from .log_archive import ARCHIVED_BYTES, LogArchive
@@ -64,7 +65,24 @@ def collect(
         return _tidy(pool.agents[host.name], choice, runs, archive, dry_run)
 
     with ThreadPoolExecutor(max_workers=min(pool.max_parallel, len(chosen))) as ex:
-        return list(ex.map(tidy, chosen))
+        results = list(ex.map(tidy, chosen))
+    if not dry_run:
+        prune_kept_code(config, runs, current)
+    return results
+
+
+def prune_kept_code(config: Config, runs: Iterable[Run], current: Iterable[str]) -> int:
+    """The versions kept in the state directory for `pin` cells (code_versions.py) that no
+    run in the store used and no job has now are dropped, with their unshared blobs."""
+    keep = {*current, *(r.code_hash for r in runs if r.code_hash)}
+    try:
+        freed = VersionStore(config.daemon.state_dir).prune(keep)
+    except OSError as exc:
+        log.warning("kept code versions not pruned: %s", exc)
+        return 0
+    if freed:
+        log.info("kept code versions pruned: %d bytes freed", freed)
+    return freed
 
 
 def _tidy(

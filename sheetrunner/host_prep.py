@@ -25,7 +25,8 @@ from typing import Any
 
 from . import prep_policy as policy
 from .atomic import write_atomic
-from .code_sync import CodeUploader, CodeVersion, LocalTree
+from .code_sync import BlobSource, CodeUploader, CodeVersion, LocalTree
+from .code_versions import VersionStore
 from .config import Config, HostConfig, JobConfig, job_workdir
 from .errors import TransportError
 from .pool.hosts import HostAgent, Pool
@@ -65,7 +66,9 @@ class HostPrep:
         self.state_dir = Path(config.daemon.state_dir)
         self.uploader = CodeUploader()
         self.trees: dict[Path, LocalTree] = {}
-        self.setups: dict[tuple[str, str], SetupSeen] = {}  # (host, job) -> last seen
+        self.setups: dict[tuple[str, str], SetupSeen] = {}  # (host, job[@pin]) -> last seen
+        self.kept = VersionStore(self.state_dir)  # every version read, for `pin` cells
+        self.current: dict[str, str] = {}  # job -> its current version's hash (last read)
         self.use(config)
 
     def use(self, config: Config) -> None:
@@ -86,7 +89,23 @@ class HostPrep:
     def versions(self) -> dict[str, CodeVersion]:
         """Each synced job's code as it is now (a file is read again only when changed)."""
         read = {path: tree.snapshot() for path, tree in self.trees.items()}
-        return {n: read[j.sync] for n, j in self.config.jobs.items() if j.sync is not None}
+        found = {n: read[j.sync] for n, j in self.config.jobs.items() if j.sync is not None}
+        self.current = {n: v.hash for n, v in found.items()}
+        for name, version in found.items():
+            try:  # kept in the state directory, so a row can pin it later
+                where = self.config.jobs[name].sync
+                self.kept.keep(version, self.trees[where], name, str(where))  # type: ignore[index]
+            except OSError as exc:
+                log.warning("code %s of job %s not kept for pins: %s", version.label, name, exc)
+        return found
+
+    def source(self, job: JobConfig, version: CodeVersion) -> BlobSource:
+        """Where the version's files are read from: the job's tree for its current version,
+        the state directory's store for a pinned one."""
+        tree = self.trees.get(job.sync) if job.sync is not None else None
+        if tree is not None and self.current.get(job.name) == version.hash:
+            return tree
+        return self.kept
 
     def prepare(
         self,
@@ -94,9 +113,13 @@ class HostPrep:
         wanted: Mapping[str, Iterable[str]],
         versions: dict[str, CodeVersion],
         now: datetime,
+        pinned: Mapping[str, Iterable[CodeVersion]] | None = None,
     ) -> dict[str, dict[str, str]]:
         """For every host in `wanted` (host -> jobs with rows waiting that it may take): the
-        jobs it cannot start yet, and why. Hosts are prepared in parallel."""
+        jobs it cannot start yet, and why. Hosts are prepared in parallel. `pinned`: the
+        versions rows pin, per job; a job is blocked on a host until every version it needs
+        there (its current one and the pinned ones) is uploaded and set up."""
+        pins = {job: sorted(set(v), key=lambda v: v.hash) for job, v in (pinned or {}).items()}
         retry = self._take_retry()
         todo = {h: sorted(set(j)) for h, j in wanted.items() if h in pool.agents and j}
         if not todo:
@@ -106,7 +129,9 @@ class HostPrep:
                 zip(
                     todo,
                     ex.map(
-                        lambda h: self._prepare_host(pool.agents[h], todo[h], versions, now, retry),
+                        lambda h: self._prepare_host(
+                            pool.agents[h], todo[h], versions, pins, now, retry
+                        ),
                         todo,
                     ),
                     strict=True,
@@ -120,22 +145,30 @@ class HostPrep:
         agent: HostAgent,
         jobs: list[str],
         versions: dict[str, CodeVersion],
+        pins: dict[str, list[CodeVersion]],
         now: datetime,
         retry: set[str],
     ) -> dict[str, str]:
         blocked = {}
+        again = agent.name in retry or "*" in retry
         for name in jobs:
             job = self.config.jobs[name]
-            version = versions.get(name)
-            try:
-                if version is not None:
-                    self.uploader.ensure(agent, version, self.trees[job.sync])  # type: ignore[index]
-                reason = self._setup(agent, job, version, now, agent.name in retry or "*" in retry)
-            except (TransportError, ValueError, OSError) as exc:  # host down, refused; file gone
-                log.warning("host=%s job=%s not ready: %s", agent.name, name, exc)
-                reason = f"code or setup not ready: {exc}"
-            if reason:
-                blocked[name] = reason
+            current = versions.get(name)
+            needed = [(None, current)] + [
+                (v, v) for v in pins.get(name, []) if current is None or v.hash != current.hash
+            ]
+            for pin, version in needed:
+                try:
+                    if version is not None:
+                        self.uploader.ensure(agent, version, self.source(job, version))
+                    reason = self._setup(agent, job, version, now, again, pinned=pin is not None)
+                except (TransportError, ValueError, OSError) as exc:  # down, refused; file gone
+                    log.warning("host=%s job=%s not ready: %s", agent.name, name, exc)
+                    reason = f"code or setup not ready: {exc}"
+                if reason:
+                    label = f" (pinned code {version.label})" if pin and version else ""
+                    blocked[name] = reason + label
+                    break
         return blocked
 
     def _setup(
@@ -145,6 +178,7 @@ class HostPrep:
         version: CodeVersion | None,
         now: datetime,
         retry: bool,
+        pinned: bool = False,
     ) -> str:
         python = agent.config.python
         commands = [
@@ -156,7 +190,8 @@ class HostPrep:
         workdir = self.workdir(agent, job, version)
         env = {**job.env, **agent.config.env}
         key = policy.setup_key(version.hash if version else "", commands, env, workdir)
-        seen = self.setups.get((agent.name, job.name))
+        slot = (agent.name, f"{job.name}@{version.label}" if pinned and version else job.name)
+        seen = self.setups.get(slot)
         known = seen.state if seen is not None and seen.key == key else None
         if policy.setup_call_needed(known, retry):
             request = {
@@ -168,7 +203,7 @@ class HostPrep:
             }
             answer = agent.command("setup", request)
             seen = SetupSeen(
-                job.name,
+                slot[1],
                 key,
                 str(answer.get("state") or policy.SETUP_RUNNING),
                 str(answer.get("tail") or ""),
@@ -177,7 +212,7 @@ class HostPrep:
             )
             if known != seen.state:
                 log.info("host=%s job=%s setup %s", agent.name, job.name, seen.state)
-            self.setups[(agent.name, job.name)] = seen
+            self.setups[slot] = seen
         assert seen is not None
         return policy.setup_blocks(seen.state, seen.detail)
 

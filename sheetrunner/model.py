@@ -107,6 +107,7 @@ class Experiment:
     key: str  # hash of (job, canonical params): the experiment's identity
     gpus: int = 1
     where: str | None = None
+    pin: str | None = None  # the `pin` cell: the code version its next attempts run (not hashed)
     priority: float = 0
     retries: int | None = None  # None: the config's default
     time_limit_s: float | None = None  # the `time_limit` cell (None: the job's or the default)

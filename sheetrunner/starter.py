@@ -82,7 +82,8 @@ STARTER_ROWS: list[dict[str, Any]] = [
 
 
 def starter_header(params: list[str]) -> list[str]:
-    return ["job", *params, *USER_COLUMNS[1:], *OWNED_COLUMNS]
+    users = [c for c in USER_COLUMNS[1:] if c != "pin"]  # only for synced jobs: added by hand
+    return ["job", *params, *users, *OWNED_COLUMNS]
 
 
 def initialize(path: Path) -> Iterator[str]:

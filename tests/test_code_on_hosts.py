@@ -105,7 +105,7 @@ def test_synced_code_setups_and_env_on_a_host(tmp_path, sshd_lab_module, host):
         },
         "host": {"env": {"FLAG": "host"}},
     }
-    write_workbook(tmp_path / "experiments.xlsx", ["job", "gpus", "--wait", *OWNED_COLUMNS],
+    write_workbook(tmp_path / "experiments.xlsx", ["job", "gpus", "--wait", "pin", *OWNED_COLUMNS],
                    [["train", 0, str(release)], ["broken", 0, "-"]])
     daemon = make_daemon(tmp_path, sshd_lab_module, raw)
     sheet = daemon.config.sheet.path
@@ -118,16 +118,29 @@ def test_synced_code_setups_and_env_on_a_host(tmp_path, sshd_lab_module, host):
         (code / "version.txt").write_text("v2\n")  # edited while row 1 runs: now dirty
         (code / "notes.txt").write_text("untracked, not ignored: uploaded\n")
         add_row(sheet, {"job": "train", "gpus": 0, "--wait": "-"})
+        add_row(sheet, {"job": "train", "gpus": 0, "--wait": str(tmp_path), "pin": commit[:7]})
         daemon.cycle()
         release.write_text("")
         rows = cycle_until(daemon, lambda rows: rows[0]["status"] == "succeeded"
-                           and rows[2]["status"] == "succeeded", 40)
+                           and rows[2]["status"] == rows[3]["status"] == "succeeded", 40)
         assert daemon.prep.uploader.uploaded["gpu-a"] == 6  # only the edited and the new file
-        assert [rows[0]["code"], rows[2]["code"]] == [commit[:7], commit[:7] + "+dirty"]
+        assert [rows[0]["code"], rows[2]["code"], rows[3]["code"]] == [
+            commit[:7], commit[:7] + "+dirty", commit[:7]]
         runs = daemon.store.runs()
         ran = [(Path(runs[r["id"]].seen.log_path).parent / "ran.txt").read_text()
-               for r in (rows[0], rows[2])]
-        assert ran == ["v1 host", "v2 host"]  # the running one kept its code; host env won
+               for r in (rows[0], rows[2], rows[3])]
+        # The running one kept its code, the new one got the edit, the one pinned to the first
+        # commit ran the first version (the tree holds only v2 now); host env won.
+        assert ran == ["v1 host", "v2 host", "v1 host"]
+        agent = daemon.pool.agents["gpu-a"]  # a host that lost v1 gets it from the state dir
+        ns_root = Path(agent.ns_root())
+        v1 = daemon.prep.kept.find(commit[:7])
+        subprocess.run(["rm", "-rf", str(ns_root / "code" / v1.hash), str(ns_root / "code" / "objects")],
+                       check=True)
+        daemon.prep.uploader.present.clear()
+        rebuilt = daemon.prep.uploader.ensure(agent, v1, daemon.prep.source(daemon.config.jobs["train"], v1))
+        assert (Path(rebuilt) / "version.txt").read_text() == "v1\n"
+        assert daemon.prep.uploader.uploaded["gpu-a"] == 6 + 4
         spec = json.loads((Path(runs[rows[2]["id"]].seen.log_path).parent / "spec.json")
                           .read_text())
         assert spec["code"]["commit"] == commit and spec["code"]["dirty"] is True

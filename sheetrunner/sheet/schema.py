@@ -36,6 +36,7 @@ USER_COLUMNS = (
     "time_limit",
     "gpu_memory",
     "nodes",
+    "pin",
 )
 CODE_COLUMN = "code"  # the code a run's attempt runs (with `[jobs.NAME] sync`): a1b2c3d+dirty
 OWNED_COLUMNS = (
@@ -292,6 +293,7 @@ def _parse_row(
         key=experiment_key(job, values),
         gpus=gpus if gpus is not None else 1,
         where=text["where"] or None,
+        pin=text["pin"] or None,
         priority=priority,
         retries=retries,
         time_limit_s=time_limit,
