@@ -190,6 +190,17 @@ class Run:
     avoid_host: str | None = None  # where the last launch failed: another host first
     stall_reason: str = ""  # why the current attempt was killed as stalled
     timed_out: bool = False  # the current attempt passed its time limit and is being stopped
+    # The current attempt waits in a cluster scheduler's queue (Slurm PENDING): the run is
+    # live (`launching`: it holds its attempt), but users see it as `queued` (shown_status).
+    in_cluster_queue: bool = False
+
+    @property
+    def shown_status(self) -> Status:
+        """The status users see: a launched attempt still in a cluster's queue shows as
+        `queued` (with the scheduler's reason in `message`), though the core keeps it live."""
+        if self.in_cluster_queue and self.status == Status.LAUNCHING:
+            return Status.QUEUED
+        return self.status
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ def full_run(run_id: str = "r-0001", **changes) -> Run:
         avoid_host="gpu-b",
         stall_reason="stalled: no heartbeat for 700s; killed",
         timed_out=True,
+        in_cluster_queue=True,
     )
     values.update(changes)
     return make_run(run_id, **values)

@@ -434,7 +434,7 @@ def owned_values(run: Run, now: datetime) -> dict[str, Any]:
 def _own_values(run: Run, now: datetime) -> dict[str, Any]:
     return {
         "id": run.run_id,
-        "status": run.status.value,
+        "status": run.shown_status.value,
         "host": run.host or "",
         "attempt": run.attempt or "",
         "started": format_time(run.started_at),
