@@ -202,7 +202,8 @@ def test_usr1_hold_stop_and_scancel_from_outside(tmp_path, slurm):  # noqa: F811
                 and "queued by the cluster" in (r[2].get("message") or "")
             ),
         )
-        assert shown[2]["status"] == "queued" and "Resources" in shown[2]["message"]
+        assert shown[2]["status"] == "queued"  # Slurm's reason: Resources, or Priority
+        assert any(w in shown[2]["message"] for w in ("Resources", "Priority"))
         (long_job,) = _job_of(slurm, shown[0]["id"])
         marker = Path(shown[0]["log"]).parent / "wants_usr1"  # job.on_time_limit was called
         cycle_until(daemon, lambda r: marker.exists())
