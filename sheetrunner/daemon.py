@@ -693,7 +693,7 @@ class Daemon:
         runs = self.store.runs()
         shown = [runs[run_id] for _, run_id in sorted(self._shown.items()) if run_id in runs]
         return Outcome(
-            [(r.link.row, r.status.value, r.message) for r in shown]
+            [(r.link.row, r.shown_status.value, r.message) for r in shown]
             + [(n["row"], n["status"], n["message"]) for n in self.store.noted_rows()]
         )
 

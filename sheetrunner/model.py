@@ -208,6 +208,17 @@ class Run:
     spread: tuple[tuple[str, tuple[str, ...]], ...] = ()
     waited_cycles: int = 0  # cycles a run across hosts has waited for them (sheetrunner/gang.py)
     slice_name: str = ""  # the [[slices]] entry the current attempt took whole, if any
+    # The current attempt waits in a cluster scheduler's queue (Slurm PENDING): the run is
+    # live (`launching`: it holds its attempt), but users see it as `queued` (shown_status).
+    in_cluster_queue: bool = False
+
+    @property
+    def shown_status(self) -> Status:
+        """The status users see: a launched attempt still in a cluster's queue shows as
+        `queued` (with the scheduler's reason in `message`), though the core keeps it live."""
+        if self.in_cluster_queue and self.status == Status.LAUNCHING:
+            return Status.QUEUED
+        return self.status
 
 
 @dataclass(frozen=True)

@@ -451,7 +451,7 @@ def _run_line(run: Run, config: Config, now: datetime, curve_width: int) -> dict
         "id": Text(run.run_id, style="bold" if run.status.is_live else ""),
         "row": str(run.link.row or ""),
         "job": run.spec.job,
-        "status": Text(f" {run.status.value} ", style=_status_style(run.status)),
+        "status": Text(f" {run.shown_status.value} ", style=_status_style(run.shown_status)),
         "host": shown_host(run),
         "attempt": str(run.attempt or ""),
         "elapsed": _elapsed(run, now),

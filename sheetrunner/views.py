@@ -75,7 +75,7 @@ def run_json(run: Run, now: datetime | None = None) -> dict[str, Any]:
         "job": run.spec.job,
         "params": dict(run.spec.params),
         "sweep": getattr(run, "sweep_id", "") or "",  # the store keeps it once it is wired
-        "status": run.status.value,
+        "status": run.shown_status.value,
         "host": shown_host(run) or None,
         "attempt": run.attempt,
         "accelerators": list(run.accelerators),

@@ -117,6 +117,7 @@ def test_a_node_failure_is_left_to_slurms_requeue_and_the_run_goes_on(tmp_path, 
         rows = cycle_until(
             daemon, lambda rows: "queued by the cluster" in (rows[0]["message"] or "")
         )
+        assert rows[0]["status"] == "queued"  # requeued: pending again in Slurm's queue
         slurm.run("scontrol", "update", "nodename=localhost", "state=resume", check=False)
         rows = cycle_until(daemon, lambda rows: rows[0]["status"] == "succeeded", timeout_s=40)
     finally:
@@ -201,7 +202,8 @@ def test_usr1_hold_stop_and_scancel_from_outside(tmp_path, slurm):  # noqa: F811
                 and "queued by the cluster" in (r[2].get("message") or "")
             ),
         )
-        assert shown[2]["status"] == "launching" and "Resources" in shown[2]["message"]
+        assert shown[2]["status"] == "queued"  # Slurm's reason: Resources, or Priority
+        assert any(w in shown[2]["message"] for w in ("Resources", "Priority"))
         (long_job,) = _job_of(slurm, shown[0]["id"])
         marker = Path(shown[0]["log"]).parent / "wants_usr1"  # job.on_time_limit was called
         cycle_until(daemon, lambda r: marker.exists())

@@ -8,6 +8,7 @@ import pytest
 
 from sheetrunner import config as config_module
 from sheetrunner.errors import ConfigError
+from sheetrunner.model import AttemptObservation, AttemptState, Status
 from sheetrunner.model import AttemptState as A
 from sheetrunner.pool.slurm import partition_summary, sbatch_args
 from sheetrunner.slurm_states import SlurmJob, verdict
@@ -130,3 +131,26 @@ def test_the_pool_rows_show_each_clusters_partition():
         ["ci", "up", "gpu", "1 idle, 2 mixed", "5/12", 1],
         ["far", "down: not probed", "gpu", "1 idle, 2 mixed", "5/12", 1],
     ]
+
+
+def test_a_launched_attempt_pending_in_the_queue_shows_queued_but_stays_live():
+    """Slurm PENDING: the sheet, ps and top say `queued` with Slurm's reason, while the core
+    keeps the run live (launching) so it is never submitted twice; running clears it."""
+    from tests.test_reconcile import World, exp, gpu_host
+
+    world = World([gpu_host("campus", 4)])
+    (launch,) = world.step([exp()]).launches
+    world.outcome[(launch.run_id, 1)] = AttemptObservation(
+        launch.run_id, 1, AttemptState.QUEUED, reason="Resources", scheduler="PENDING"
+    )
+    del world.alive[(launch.run_id, 1)]
+    plan = world.step([exp(run_id=launch.run_id)])
+    run = world.runs[launch.run_id]
+    assert not plan.launches and run.status == Status.LAUNCHING and run.status.is_live
+    assert run.shown_status == Status.QUEUED and "Resources" in run.message
+    del world.outcome[(launch.run_id, 1)]
+    world.alive[(launch.run_id, 1)] = "campus"
+    world.heartbeat[(launch.run_id, 1)] = world.now
+    world.step([exp(run_id=launch.run_id)])
+    run = world.runs[launch.run_id]
+    assert run.status == run.shown_status == Status.RUNNING

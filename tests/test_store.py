@@ -75,6 +75,7 @@ def full_run(run_id: str = "r-0001", **changes) -> Run:
         spread=(("gpu-a", ("0", "3")), ("gpu-c", ("1", "2"))),
         waited_cycles=4,
         slice_name="v4-32-a",
+        in_cluster_queue=True,
     )
     values.update(changes)
     return make_run(run_id, **values)

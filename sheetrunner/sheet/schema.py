@@ -482,7 +482,7 @@ def owned_values(run: Run, now: datetime) -> dict[str, Any]:
 def _own_values(run: Run, now: datetime) -> dict[str, Any]:
     return {
         "id": run.run_id,
-        "status": run.status.value,
+        "status": run.shown_status.value,
         "host": shown_host(run),
         "attempt": run.attempt or "",
         "started": format_time(run.started_at),
