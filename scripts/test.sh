@@ -16,4 +16,6 @@ if ! command -v tmux >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
     $sudo_ apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq tmux >/dev/null
 fi
 scripts/install.sh "jobs,test"
-exec "${SHEETRUNNER_VENV:-.venv}/bin/python" -m pytest -q "$@"
+# Two worker processes by default (pytest-xdist): SHEETRUNNER_TEST_WORKERS=0 runs them in
+# this process (e.g. to use a debugger), =auto one per core.
+exec "${SHEETRUNNER_VENV:-.venv}/bin/python" -m pytest -q -n "${SHEETRUNNER_TEST_WORKERS:-2}" "$@"
