@@ -21,7 +21,9 @@ from sheetrunner.doctor import run_checks
 pytestmark = pytest.mark.slurm
 
 
-def cluster_config(tmp: Path, slurm_conf: Path, extra: str = "", retries: int = 0) -> Path:
+def cluster_config(
+    tmp: Path, slurm_conf: Path, extra: str = "", retries: int = 0, time: str = "10"
+) -> Path:
     text = textwrap.dedent(f"""
         [sheet]
         path = "experiments.xlsx"
@@ -43,7 +45,7 @@ def cluster_config(tmp: Path, slurm_conf: Path, extra: str = "", retries: int = 
         local = true
         partition = "gpu"
         root = "{tmp}/shared"
-        time = "10"
+        time = "{time}"
         slurm_conf = "{slurm_conf}"
     """) + textwrap.dedent(extra)
     path = tmp / "sheetrunner.toml"
@@ -255,3 +257,18 @@ def test_the_cluster_is_reached_through_an_ssh_login_node(tmp_path, slurm, sshd_
         daemon.close()
     assert rows[0]["metrics"] == "step=2 loss=0.5" and rows[0]["host"] == "ci"
     assert _job_of(slurm, rows[0]["id"])[0]["state"] == "COMPLETED"
+
+
+def test_a_job_past_its_time_limit_ends_in_slurms_timeout_named_as_such(tmp_path, slurm):  # noqa: F811
+    """Slurm enforces the limit (here the cluster's `time`, one minute: Slurm counts in
+    minutes and checks about every 30 s): the job's TIMEOUT is a crash whose message says
+    so, and the exit code comes from the attempt's own file."""
+    daemon = start(tmp_path, slurm, [["fake", 3000, 0.1, 0, 0]], time="1")
+    try:
+        rows = cycle_until(daemon, lambda rows: rows[0].get("status") == "running")
+        rows = cycle_until(daemon, lambda rows: rows[0].get("status") == "failed", timeout_s=150)
+    finally:
+        daemon.close()
+    assert "TIMEOUT" in rows[0]["message"], rows[0]["message"]
+    (job,) = _job_of(slurm, rows[0]["id"])
+    assert job["state"] == "TIMEOUT"
