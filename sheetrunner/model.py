@@ -214,9 +214,10 @@ class Run:
 
     @property
     def shown_status(self) -> Status:
-        """The status users see: a launched attempt still in a cluster's queue shows as
-        `queued` (with the scheduler's reason in `message`), though the core keeps it live."""
-        if self.in_cluster_queue and self.status == Status.LAUNCHING:
+        """The status users see: a launched attempt in a cluster's queue (not started yet, or
+        requeued after a node failure) shows as `queued` (with the scheduler's reason in
+        `message`), though the core keeps it live."""
+        if self.in_cluster_queue and self.status in (Status.LAUNCHING, Status.RUNNING):
             return Status.QUEUED
         return self.status
 

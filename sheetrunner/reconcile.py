@@ -398,7 +398,10 @@ class _Cycle:
             run.seen.summary = dict(seen.summary) or run.seen.summary
             run.seen.log_path = seen.log_path or run.seen.log_path
         state = seen.state if seen else AttemptState.MISSING
+        left_queue = run.in_cluster_queue and state == AttemptState.RUNNING
         run.in_cluster_queue = state == AttemptState.QUEUED and seen is not None
+        if left_queue:
+            run.message = ""  # Slurm's reason for waiting no longer holds
         tail = f": {seen.log_tail}" if seen and seen.log_tail else ""
         said = f" ({seen.reason})" if seen and seen.scheduler and seen.reason else ""
         ended = state in (AttemptState.EXITED, AttemptState.VANISHED)

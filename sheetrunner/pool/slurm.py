@@ -87,9 +87,10 @@ class SlurmAgent(HostAgent):
         timeout_s: float = 30.0,
         namespace: str | None = None,
     ):
-        super().__init__(cluster_host(cluster), transport, timeout_s, namespace)
         self.cluster = cluster
         self.slurm_conf = cluster.slurm_conf  # SLURM_CONF for the commands; None: the site's
+        # every call on a login node is an exec: its Slurm commands are not resident ones
+        super().__init__(cluster_host(cluster), transport, timeout_s, namespace, resident=False)
         self.partition_seen: dict | None = None  # the last probe's partition_summary
 
     def argv(self, args: Sequence[str]) -> list[str]:
