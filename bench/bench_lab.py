@@ -179,6 +179,37 @@ def bench_probe(quick: bool) -> None:
     results["probe_sim"] = sim
 
 
+def bench_agent_cpu(quick: bool) -> None:
+    """The resident agent's own CPU per probe, read from /proc for its process: the part of
+    a probe's host CPU that is sheetrunner's (no GPU query: no nvidia-smi, no NVML here)."""
+    from sheetrunner.config import HostConfig
+    from sheetrunner.pool.local import LocalTransport
+
+    probes = 20 if quick else 200
+    with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
+        config = HostConfig(name="local", local=True, root=tmp, python=sys.executable)
+        agent = HostAgent(config, LocalTransport("local"), 30, NS)
+        try:
+            agent.probe(set())  # uploads, by exec
+            agent.probe(set())  # starts the resident agent
+            before = _proc_cpu_s(agent.resident.pid)
+            start = time.perf_counter()
+            for _ in range(probes):
+                agent.probe(set())
+            wall = (time.perf_counter() - start) / probes
+            cpu = (_proc_cpu_s(agent.resident.pid) - before) / probes
+        finally:
+            agent.close()
+    print(f"1b. resident agent's own CPU per probe (no runs, no GPU query): {cpu * 1e3:.2f} ms "
+          f"CPU, {wall * 1e3:.2f} ms round trip through a local pipe ({probes} probes)")
+    results["agent_cpu"] = {"cpu_ms": cpu * 1e3, "wall_ms": wall * 1e3, "probes": probes}
+
+
+def _proc_cpu_s(pid: int | None) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class SimStream:
     """A resident agent on a simulated host: one round trip and the agent's work per request."""
 
@@ -258,7 +289,7 @@ def bench_sheet_calls(quick: bool) -> None:
     header = ["job", "--lr", "gpus", *OWNED_COLUMNS]
     print("2. Google Sheets calls per cycle (emulator): idle (nothing to write) and busy "
           "(every row's status and metrics change); baseline: one update call per changed cell")
-    print(f"  {'rows':>6} {'idle':>5} {'busy':>5} {'per-cell busy':>14}")
+    print(f"  {'rows':>6} {'idle':>5} {'busy':>5} {'':>22} {'per-cell busy':>10}")
     rows = []
     with SheetsEmulator() as emu:
         for n in sizes:
@@ -268,25 +299,36 @@ def bench_sheet_calls(quick: bool) -> None:
             sheet.read()  # the metadata reads made once at start
             emu.reset_counts()
             sheet.read()
-            idle = sum(emu.counts.values())
+            idle = _requests(emu)
             change = SheetWrite(rows=[RowUpdate(i + 2, f"r-{i}", {"status": "running",
                                                                   "metrics": f"loss={i}"})
                                       for i in range(n)])
             emu.reset_counts()
             sheet.read()
             sheet.write(change)
-            busy = sum(emu.counts.values())
+            busy = _requests(emu)
             per_cell = 1 + 2 * n  # one read, then one update per changed cell
-            rows.append({"rows": n, "idle": idle, "busy": busy, "per_cell": per_cell})
-            print(f"  {n:>6} {idle:>5} {busy:>5} {per_cell:>14}", flush=True)
+            rows.append({"rows": n, "idle": sum(idle), "busy": sum(busy), "busy_reads": busy[0],
+                         "busy_writes": busy[1], "per_cell": per_cell})
+            print(f"  {n:>6} {sum(idle):>5} {sum(busy):>5} ({busy[0]} reads, {busy[1]} writes) "
+                  f"{per_cell:>10}", flush=True)
     for poll in (15, 5):
         cycles = 60 / poll
-        ours = max(r["busy"] for r in rows) * cycles
-        cells = int(QUOTA_PER_MIN / cycles) - 1
-        print(f"  poll {poll:>2} s: sheetrunner {ours:.0f} requests/min at any size measured "
-              f"(quota {QUOTA_PER_MIN}); a per-cell client stays within it only while at most "
-              f"{cells} cells change per cycle (~{max(cells // 2, 0)} busy rows)")
+        reads = max(r["busy_reads"] for r in rows) * cycles
+        writes = max(r["busy_writes"] for r in rows) * cycles
+        cells = int(QUOTA_PER_MIN / cycles)
+        print(f"  poll {poll:>2} s, busy every cycle: sheetrunner {reads:.0f} reads and "
+              f"{writes:.0f} writes a minute at every size measured (quota {QUOTA_PER_MIN} "
+              f"each); a per-cell client stays within it while at most {cells} cells change "
+              f"per cycle (~{max(cells // 2, 0)} busy rows)")
     results["sheet_calls"] = rows
+
+
+def _requests(emu) -> tuple[int, int]:
+    """(reads, writes) the emulator answered since its counts were reset."""
+    kinds = [r.kind for r in emu.log]
+    reads = sum(1 for k in kinds if k == "read")
+    return reads, len(kinds) - reads
 
 
 # -- 3. row typed -> process running ---------------------------------------------------------
@@ -499,7 +541,7 @@ def bench_recovery(quick: bool) -> None:
     results["recovery"] = found[:8]
 
 
-PARTS = {"probe": bench_probe, "sheet": bench_sheet_calls, "latency": bench_latency,
+PARTS = {"probe": bench_probe, "agent": bench_agent_cpu, "sheet": bench_sheet_calls, "latency": bench_latency,
          "fill": bench_fill, "cost": bench_cost, "recovery": bench_recovery}
 
 

@@ -361,7 +361,8 @@ def _values(sheet: Worksheet) -> list[list[Any]]:
         return [list(r) for r in sheet.iter_rows(values_only=True)]
     if not cells:
         return []  # as iter_rows gives for a tab nothing was ever written to
-    rows: list[list[Any]] = [[None] * sheet.max_column for _ in range(sheet.max_row)]
+    width, height = sheet.max_column, sheet.max_row  # each a scan of every cell: once
+    rows: list[list[Any]] = [[None] * width for _ in range(height)]
     for (row, column), cell in cells.items():
         rows[row - 1][column - 1] = cell.value
     return rows
