@@ -124,6 +124,8 @@ class Daemon:
         self.view = SheetView(config.sheet, code=_synced(config))
         self.prep = HostPrep(config)  # code on the hosts, setups (host_prep.py)
         self.versions: dict[str, CodeVersion] = {}  # each synced job's code this cycle
+        self.parsed = rows.ParseCache()  # the rows of a sheet unchanged since the last cycle
+        self.noted: list[dict] | None = None  # the rows with no run, as last saved for `ps`
         self.pinned: dict[str, CodeVersion | str] = {}  # run id -> its row's pin (or why bad)
         self.tidied_at: dict[str, datetime] = {}  # host -> its last automatic gc
         self.archive = LogArchive(config.daemon.state_dir)
@@ -193,7 +195,10 @@ class Daemon:
             plan.runs.values(), [(e.run_id, e.kind, e.detail) for e in plan.events], now
         )
         if plain is not None:
-            self.store.save_noted_rows(_noted_rows(plain, plan))
+            noted = _noted_rows(plain, plan)
+            if noted != self.noted:  # most cycles: the same invalid rows as the last one
+                self.store.save_noted_rows(noted)
+                self.noted = noted
         _log_status_changes(known, plan)
         runs = {**known, **plan.runs}
         if plain is not None:
@@ -315,7 +320,7 @@ class Daemon:
             return table, None
         for line in rows.header_problems(table):
             self._say_once("sheet header", line, logging.WARNING)
-        return table, rows.parse_table(table, self.config.jobs)
+        return table, self.parsed.parse(table, self.config.jobs)
 
     def _say_once(self, topic: str, text: str, level: int, tail: str = "") -> None:
         """A problem of the sheet, logged once rather than every cycle."""
