@@ -480,23 +480,12 @@ def _hosts(raw: Any, base: Path, clusters: bool = False) -> tuple[HostConfig, ..
             'no [[hosts]] declared; add e.g.\n[[hosts]]\nname = "local"\nlocal = true'
         )
     hosts = tuple(_host(i, spec, base) for i, spec in enumerate(raw))
-    names = [h.name for h in hosts]
-    for name in names:
-        if names.count(name) > 1:
-            raise ConfigError(
-                f"hosts: the name {name!r} is used twice; every host needs its own name"
-            )
+    checks.unique_names("host", [h.name for h in hosts])
     return hosts
 
 
 def _host(index: int, raw: Any, base: Path) -> HostConfig:
-    where = f"hosts[{index}]"
-    expect(where, raw, dict, '[[hosts]] with name = "gpu-a"')
-    known_keys(where, raw, HOST_KEYS)
-    name = raw.get("name")
-    if not isinstance(name, str):
-        raise ConfigError(f'{where}.name is missing; e.g. name = "gpu-a"')
-    check_name("host name", f"{where}.name", name)
+    name = checks.table_name("host", f"hosts[{index}]", raw, HOST_KEYS, "gpu-a")
     where = f"hosts[{name}]"
     local = raw.get("local", False)
     expect(f"{where}.local", local, bool, "true")

@@ -554,3 +554,24 @@ def days(where: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e6:
         raise ConfigError(f"{where} = {value!r}; expected a positive number of days, e.g. 30")
     return float(value)
+
+
+def table_name(kind: str, where: str, raw: Any, keys: set[str], example: str) -> str:
+    """The `name` of one `[[<kind>s]]` table (hosts, clusters), checked with the table's
+    keys; errors name the table and a right value."""
+    expect(where, raw, dict, f'[[{kind}s]] with name = "{example}"')
+    known_keys(where, raw, keys)
+    name = raw.get("name")
+    if not isinstance(name, str):
+        raise ConfigError(f'{where}.name is missing; e.g. name = "{example}"')
+    check_name(f"{kind} name", f"{where}.name", name)
+    return name
+
+
+def unique_names(kind: str, names: list[str]) -> None:
+    """Every `[[<kind>s]]` table has its own name (rows and `where` cells name them)."""
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(
+                f"{kind}s: the name {name!r} is used twice; every {kind} needs its own name"
+            )

@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from .config_checks import (
-    check_name,
     expect,
     expect_list_of_str,
-    known_keys,
     non_negative_int,
     opt_str,
     positive,
     resolve,
+    table_name,
+    unique_names,
 )
 from .errors import ConfigError
 
@@ -96,23 +96,12 @@ class ClusterConfig:
 def parse_clusters(raw: Any, base: Path) -> tuple[ClusterConfig, ...]:
     expect("clusters", raw, list, '[[clusters]] tables, e.g.\n[[clusters]]\nname = "campus"')
     clusters = tuple(_cluster(i, spec, base) for i, spec in enumerate(raw))
-    names = [c.name for c in clusters]
-    for name in names:
-        if names.count(name) > 1:
-            raise ConfigError(
-                f"clusters: the name {name!r} is used twice; every cluster needs its own name"
-            )
+    unique_names("cluster", [c.name for c in clusters])
     return clusters
 
 
 def _cluster(index: int, raw: Any, base: Path) -> ClusterConfig:
-    where = f"clusters[{index}]"
-    expect(where, raw, dict, '[[clusters]] with name = "campus"')
-    known_keys(where, raw, CLUSTER_KEYS)
-    name = raw.get("name")
-    if not isinstance(name, str):
-        raise ConfigError(f'{where}.name is missing; e.g. name = "campus"')
-    check_name("cluster name", f"{where}.name", name)
+    name = table_name("cluster", f"clusters[{index}]", raw, CLUSTER_KEYS, "campus")
     where = f"clusters[{name}]"
     kind = raw.get("kind", "slurm")
     if kind != "slurm":
