@@ -105,24 +105,32 @@ def cycle_until(daemon, done: Callable[[list[dict]], bool], timeout_s: float = 3
         time.sleep(0.2)
 
 
+def processes_under(root: Path) -> list[int]:
+    """Processes whose SHEETRUNNER_RUN_DIR lies under `root`: jobs started from attempt
+    directories there."""
+    marker = f"SHEETRUNNER_RUN_DIR={root}".encode()
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if any(item.startswith(marker) for item in environ.split(b"\0")):
+            found.append(int(pid))
+    return found
+
+
 def kill_jobs_under(root: Path, settle_s: float = 5.0) -> None:
     """SIGKILL every process whose SHEETRUNNER_RUN_DIR lies under `root`, again until none
     is left (a supervisor may be starting its job just as the first pass looks)."""
-    marker = f"SHEETRUNNER_RUN_DIR={root}".encode()
     deadline = time.monotonic() + settle_s
     while True:
-        found = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
+        found = processes_under(root)
+        for pid in found:
             try:
-                environ = Path(f"/proc/{pid}/environ").read_bytes()
+                os.kill(pid, signal.SIGKILL)
             except OSError:
-                continue
-            if any(item.startswith(marker) for item in environ.split(b"\0")):
-                found.append(int(pid))
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except OSError:
-                    pass
+                pass
         if not found or time.monotonic() > deadline:
             return
         time.sleep(0.1)

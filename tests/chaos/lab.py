@@ -19,7 +19,14 @@ from pathlib import Path
 
 from sheetrunner.daemon import Daemon, build
 from sheetrunner.sheet.schema import OWNED_COLUMNS
-from tests.helpers import files_outside, guard_report, local_config, read_workbook, write_workbook
+from tests.helpers import (
+    files_outside,
+    guard_report,
+    local_config,
+    processes_under,
+    read_workbook,
+    write_workbook,
+)
 
 HEADER = ["job", "--tag", "--steps", "--sleep", "--exit", "--fail-attempts", "gpus", "retries",
           "action", *OWNED_COLUMNS]
@@ -120,13 +127,4 @@ def record(**facts: object) -> None:
 def our_processes(root: Path) -> list[int]:
     """Processes still running from attempt directories under `root` (escaped ones, once
     every row is final)."""
-    marker = f"SHEETRUNNER_RUN_DIR={root}".encode()
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes()
-        except OSError:
-            continue
-        if any(item.startswith(marker) for item in environ.split(b"\0")):
-            found.append(int(pid))
-    return found
+    return processes_under(root)
