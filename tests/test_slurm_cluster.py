@@ -261,12 +261,13 @@ def test_the_cluster_is_reached_through_an_ssh_login_node(tmp_path, slurm, sshd_
 
 def test_a_job_past_its_time_limit_ends_in_slurms_timeout_named_as_such(tmp_path, slurm):  # noqa: F811
     """Slurm enforces the limit (here the cluster's `time`, one minute: Slurm counts in
-    minutes and checks about every 30 s): the job's TIMEOUT is a crash whose message says
+    minutes, checks about every 30 s, then waits KillWait before the kill: 1.5 to 4 minutes
+    here): the job's TIMEOUT is a crash whose message says
     so, and the exit code comes from the attempt's own file."""
     daemon = start(tmp_path, slurm, [["fake", 3000, 0.1, 0, 0]], time="1")
     try:
         rows = cycle_until(daemon, lambda rows: rows[0].get("status") == "running")
-        rows = cycle_until(daemon, lambda rows: rows[0].get("status") == "failed", timeout_s=150)
+        rows = cycle_until(daemon, lambda rows: rows[0].get("status") == "failed", timeout_s=300)
     finally:
         daemon.close()
     assert "TIMEOUT" in rows[0]["message"], rows[0]["message"]
